@@ -1,0 +1,59 @@
+"""The `captioner` command: one subcommand per job, each in `captioner/commands/`.
+
+    captioner train fit --config configs/shapes.yaml
+    captioner data synth --out data/shapes
+    captioner caption --ckpt best.ckpt photos/
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from captioner.errors import CaptionerError
+
+# subcommand -> (module under captioner.commands, one-line help). Modules are imported only
+# when their subcommand runs, so `captioner caption` does not pay for Lightning's import.
+COMMANDS = {
+    "train": ("train", "train / validate / test / predict through the Lightning CLI"),
+    "data": ("data", "make or inspect data sets (data synth)"),
+    "caption": ("caption", "caption images with a trained checkpoint"),
+    "attend": ("attend", "draw where each word looked, one PNG per image"),
+    "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
+    "features": ("features", "extract and cache encoder features"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        # LightningCLI owns its own argument parsing.
+        from captioner.commands.train import cli_main
+
+        cli_main(argv[1:])
+        return 0
+
+    parser = argparse.ArgumentParser(prog="captioner", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage and exits 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(f"captioner.commands.{COMMANDS[name][0]}")
+    command_parser = argparse.ArgumentParser(prog=f"captioner {name}", description=COMMANDS[name][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except CaptionerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
