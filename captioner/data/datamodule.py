@@ -1,0 +1,305 @@
+"""The `LightningDataModule`: records -> vocabulary -> datasets -> batches.
+
+Training yields one (image, caption) pair per reference caption; validation, test and
+predict yield each image once with all its references, for free-running decoding and the
+COCO metrics.
+
+    train batch: images (B, 3, S, S) float, tokens (B, T) long (<start> ... <end>, padded
+                 with <pad>), lengths (B,) long (real tokens incl. <start>/<end>), image_ids (B,) long
+    eval batch:  images (B, 3, S, S), image_ids (B,) long, references list[list[str]], paths list[str]
+
+Every listed image is checked to exist when the records are read (an error, or a counted
+warning and a skip with `skip_missing_images`). A file that exists but cannot be decoded is
+found only when its batch is built; it then raises `ImageLoadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from captioner.data.images import image_transform, load_image
+from captioner.data.records import Box, DataWarning, ImageRecord, read_boxes, read_coco, read_karpathy
+from captioner.errors import CaptionerError
+from captioner.vocab import Vocabulary, tokenize
+
+ROLES = ("train", "val", "test")
+
+
+class CaptionPairs(Dataset):
+    """One item per (image, caption): `(image (3, S, S), token ids (L,) long, image_id)`."""
+
+    def __init__(self, records: list[ImageRecord], encoded: list[tuple[int, list[int]]], transform: Callable):
+        self.records = records
+        self.encoded = encoded  # (index into records, token ids incl. <start>/<end>)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, ids = self.encoded[i]
+        record = self.records[index]
+        return self.transform(load_image(record.path)), torch.tensor(ids, dtype=torch.long), record.image_id
+
+
+class CaptionImages(Dataset):
+    """One item per image: `(image (3, S, S), image_id, references, path)`."""
+
+    def __init__(self, records: list[ImageRecord], transform: Callable):
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[str], str]:
+        record = self.records[i]
+        return self.transform(load_image(record.path)), record.image_id, list(record.captions), str(record.path)
+
+
+def collate_pairs(items: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack images and right-pad token ids with `pad_id` to the longest caption in the batch."""
+    images, tokens, image_ids = zip(*items)
+    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
+    padded = torch.nn.utils.rnn.pad_sequence(list(tokens), batch_first=True, padding_value=pad_id)
+    return {
+        "images": torch.stack(images),
+        "tokens": padded,
+        "lengths": lengths,
+        "image_ids": torch.tensor(image_ids, dtype=torch.long),
+    }
+
+
+def collate_images(items: list[tuple[torch.Tensor, int, list[str], str]]) -> dict:
+    images, image_ids, references, paths = zip(*items)
+    return {
+        "images": torch.stack(images),
+        "image_ids": torch.tensor(image_ids, dtype=torch.long),
+        "references": list(references),
+        "paths": list(paths),
+    }
+
+
+class CaptionDataModule(pl.LightningDataModule):
+    """Caption data from a COCO-format folder or a Karpathy-split file.
+
+    Args:
+        data_dir: Root of the data. COCO format: images in `data_dir/<split>/`, captions in
+            `data_dir/annotations/captions_<split>.json`. Karpathy format: the image root that
+            the file's `filepath/filename` entries are relative to.
+        format: "coco" (official annotation files, read with pycocotools) or "karpathy".
+        karpathy_json: The Karpathy-split file (`dataset_coco.json`, ...); required for
+            format "karpathy".
+        train_split: Split name used for training (COCO: e.g. "train2014").
+        val_split: Split name used for validation (COCO: e.g. "val2014").
+        test_split: Split name used for testing and prediction.
+        image_size: Side S in pixels that images are resized to (S x S).
+        batch_size: Training batch size, in (image, caption) pairs.
+        eval_batch_size: Validation/test/predict batch size in images; None = batch_size.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        min_word_count: Words seen fewer times in the training captions become <unk>.
+        max_caption_len: Training captions longer than this many words are truncated (with a
+            warning that counts them); references used for evaluation are kept whole.
+        vocab_path: JSON vocabulary file: loaded if it exists, else built from the training
+            split and saved there. None = build in memory.
+        skip_missing_images: Skip images listed in the annotations but absent on disk (with a
+            counted warning) instead of raising an error.
+        seed: Seed of the training shuffle. The order differs every epoch but the sequence of
+            orders is the same for a seed (a torch.Generator owned by the loader; under DDP
+            Lightning's distributed sampler takes over the shuffling).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        format: str = "coco",
+        karpathy_json: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        image_size: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        min_word_count: int = 1,
+        max_caption_len: int = 20,
+        vocab_path: str | None = None,
+        skip_missing_images: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if format not in ("coco", "karpathy"):
+            raise CaptionerError(f'data format must be "coco" or "karpathy", got {format!r}')
+        if format == "karpathy" and not karpathy_json:
+            raise CaptionerError('format "karpathy" needs karpathy_json: the path of the dataset_*.json file')
+        for name, value in [("image_size", image_size), ("batch_size", batch_size), ("max_caption_len", max_caption_len)]:
+            if value < 1:
+                raise CaptionerError(f"{name} must be at least 1, got {value}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise CaptionerError(f"eval_batch_size must be at least 1 or None, got {eval_batch_size}")
+        if num_workers < 0:
+            raise CaptionerError(f"num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.format = format
+        self.karpathy_json = karpathy_json
+        self.split_names = {"train": train_split, "val": val_split, "test": test_split}
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.min_word_count = min_word_count
+        self.max_caption_len = max_caption_len
+        self.vocab_path = vocab_path
+        self.skip_missing_images = skip_missing_images
+        self.seed = seed
+        self._records: dict[str, list[ImageRecord]] = {}
+        self._karpathy: dict[str, list[ImageRecord]] | None = None
+        self._vocab: Vocabulary | None = None
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- records and vocabulary -------------------------------------------------------------
+
+    def _split_name(self, split: str) -> str:
+        if split not in ROLES:
+            raise CaptionerError(f"split must be one of {ROLES}, got {split!r}")
+        return self.split_names[split]
+
+    def records(self, split: str) -> list[ImageRecord]:
+        """Records of `split` ("train", "val" or "test"; mapped to the configured split names), cached."""
+        if split not in self._records:
+            name = self._split_name(split)
+            if self.format == "coco":
+                self._records[split] = read_coco(
+                    self.data_dir / name,
+                    self.data_dir / "annotations" / f"captions_{name}.json",
+                    name,
+                    skip_missing=self.skip_missing_images,
+                )
+            else:
+                if self._karpathy is None:
+                    self._karpathy = read_karpathy(self.karpathy_json, self.data_dir, skip_missing=self.skip_missing_images)
+                if name not in self._karpathy:
+                    raise CaptionerError(
+                        f"split {name!r} is not in {self.karpathy_json} (it has {sorted(self._karpathy)}); "
+                        f"set {split}_split to one of those"
+                    )
+                self._records[split] = self._karpathy[name]
+        return self._records[split]
+
+    def boxes(self, split: str) -> dict[int, list[Box]]:
+        """Image id -> boxes from `data_dir/annotations/instances_<split name>.json`; {} if absent."""
+        path = self.data_dir / "annotations" / f"instances_{self._split_name(split)}.json"
+        return read_boxes(path) if path.exists() else {}
+
+    @property
+    def vocab(self) -> Vocabulary:
+        """The vocabulary: loaded from `vocab_path` if that exists, else built from the TRAIN captions."""
+        if self._vocab is None:
+            if self.vocab_path and Path(self.vocab_path).exists():
+                self._vocab = Vocabulary.load(self.vocab_path)
+            else:
+                captions = (c for record in self.records("train") for c in record.captions)
+                self._vocab = Vocabulary.build(captions, min_count=self.min_word_count)
+                if self.vocab_path:
+                    self._vocab.save(self.vocab_path)
+        return self._vocab
+
+    @property
+    def vocab_words(self) -> list[str]:
+        """`vocab.words` as a plain list (what the model and its checkpoint store)."""
+        return list(self.vocab.words)
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def _train_pairs(self) -> CaptionPairs:
+        records = self.records("train")
+        vocab = self.vocab
+        encoded, too_long = [], 0
+        for index, record in enumerate(records):
+            for caption in record.captions:
+                too_long += len(tokenize(caption)) > self.max_caption_len
+                encoded.append((index, vocab.encode(caption, max_len=self.max_caption_len)))
+        if not encoded:
+            raise CaptionerError(f"the training split {self.split_names['train']!r} has no captions to train on")
+        if too_long:
+            warnings.warn(
+                f"truncating {too_long} of {len(encoded)} training captions to max_caption_len="
+                f"{self.max_caption_len} words; raise max_caption_len to keep them whole",
+                DataWarning,
+                stacklevel=2,
+            )
+        return CaptionPairs(records, encoded, image_transform(self.image_size))
+
+    def _eval_images(self, split: str, *, need_references: bool) -> CaptionImages:
+        records = self.records(split)
+        if need_references:
+            # An image without references cannot be scored; keep it out of val/test, say so.
+            scored = [r for r in records if r.captions]
+            if len(scored) < len(records):
+                warnings.warn(
+                    f"leaving {len(records) - len(scored)} images without captions out of the "
+                    f"{self.split_names[split]!r} split",
+                    DataWarning,
+                    stacklevel=2,
+                )
+            records = scored
+        return CaptionImages(records, image_transform(self.image_size))
+
+    def _build(self, key: str) -> Dataset:
+        if key == "train":
+            return self._train_pairs()
+        if key == "predict":
+            return self._eval_images("test", need_references=False)
+        return self._eval_images(key, need_references=True)
+
+    def _dataset(self, key: str) -> Dataset:
+        """The dataset for "train", "val", "test" or "predict", built on first use."""
+        if key not in self._datasets:
+            self._datasets[key] = self._build(key)
+        return self._datasets[key]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and check the data the stage needs ("fit", "validate", "test", "predict"; None = all)."""
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        if stage is not None and stage not in stages:
+            raise CaptionerError(f"unknown stage {stage!r}; expected one of {sorted(stages)}")
+        for key in stages[stage] if stage else ("train", "val", "test", "predict"):
+            self._dataset(key)
+
+    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(
+            self._dataset("train"),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            collate_fn=partial(collate_pairs, pad_id=self.vocab.pad_id),  # picklable for workers
+        )
+
+    def _eval_loader(self, key: str) -> DataLoader:
+        return self._loader(self._dataset(key), batch_size=self.eval_batch_size, collate_fn=collate_images)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")

@@ -1,0 +1,167 @@
+"""Loading images robustly, turning them into model input, and finding image files.
+
+`load_image` is the only way the package opens an image. It always returns a fully decoded
+8-bit RGB image the right way up, or raises `ImageLoadError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision import transforms
+
+from captioner.errors import CaptionerError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# Refuse to decode anything bigger: 100 megapixels of RGB is already 300 MB of memory.
+MAX_PIXELS = 100_000_000
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+class ImageLoadError(CaptionerError):
+    """An image file that cannot be used; `.path` and `.reason` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot load image {path}: {reason}")
+
+
+def _to_uint8(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Rescale a one-channel 16-bit, 32-bit int or float image to 0..255 (never clip)."""
+    pixels = pixels.astype(np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and low >= 0 and high <= 65535):
+        # 16-bit data (PNG/TIFF decode 16-bit grey to I;16 or I): full range maps to full range.
+        scaled = pixels / 257.0
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled = pixels * 255.0
+    else:
+        # Unknown range (negative or huge values): stretch what is there.
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+    return np.round(scaled).astype(np.uint8)
+
+
+def to_upright_rgb(image: Image.Image) -> Image.Image:
+    """An open image as 8-bit RGB, rotated by its EXIF orientation (see `_to_rgb`)."""
+    return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: transparency is composited on white; 16-bit/float grey is rescaled, not clipped."""
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
+    return image.convert("RGB")  # RGB, L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open `path` as an 8-bit RGB image, rotated by its EXIF orientation and fully decoded.
+
+    Grey, palette, CMYK and 16-bit images are converted; transparent pixels (RGBA, LA, palette
+    or tRNS transparency) are composited onto a white background. The whole file is decoded
+    here, so a truncated or corrupt file fails now rather than later in a batch.
+
+    Raises:
+        ImageLoadError: the file is missing, a directory, empty, not an image, truncated or
+            corrupt, or larger than MAX_PIXELS (checked from the header, before decoding).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(path, "file does not exist")
+    if path.is_dir():
+        raise ImageLoadError(path, "is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(path, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # MAX_PIXELS below is our own, stricter guard; Pillow's warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageLoadError(path, f"image is too large ({width}x{height} > {MAX_PIXELS} pixels)")
+                image.load()
+                return to_upright_rgb(image)
+    except ImageLoadError:
+        raise  # our own size guard; it is a ValueError, so let it pass the handlers below
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(path, f"image is too large ({error})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file (unrecognised format)") from None
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageLoadError(path, f"truncated or corrupt image data ({error})") from None
+
+
+def image_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL RGB image -> (3, S, S) float tensor: resized to S x S, ImageNet-normalised. No flips."""
+    if image_size < 1:
+        raise CaptionerError(f"image_size must be a positive number of pixels, got {image_size}")
+    return transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size), antialias=True),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def _is_image_file(path: Path) -> bool:
+    # Hidden files (".DS_Store", macOS "._x.jpg" forks) are never images worth captioning.
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _walk(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if _is_image_file(p))
+
+
+def list_image_files(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand files, directories and glob patterns into image files; report what matched nothing.
+
+    A file named explicitly is kept whatever its extension (`load_image` will judge it); a
+    directory is walked recursively for image extensions, sorted; a glob pattern (`*`, `?`,
+    `[`) keeps its matching image files and walks matching directories. Duplicates are dropped,
+    first occurrence wins.
+
+    Returns:
+        (files, problems): the image paths in input order, and one message per input that
+        yielded no image (missing path, empty directory, pattern without matches). Callers
+        decide whether a problem is fatal.
+    """
+    files: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_file():
+            found = [path]
+        elif path.is_dir():
+            found = _walk(path)
+            if not found:
+                problems.append(f"{text}: no image files in this directory")
+        elif any(ch in text for ch in "*?["):
+            found = []
+            for match in map(Path, sorted(glob.glob(text, recursive=True))):
+                found.extend(_walk(match) if match.is_dir() else [match] if _is_image_file(match) else [])
+            if not found:
+                problems.append(f"{text}: pattern matched no image files")
+        else:
+            found = []
+            problems.append(f"{text}: no such file or directory")
+        files.extend(found)
+    return list(dict.fromkeys(files)), problems
