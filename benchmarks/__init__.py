@@ -1,0 +1,1 @@
+"""Speed benchmarks for the captioner model: `python -m benchmarks [--tiny]` prints one JSON object."""

@@ -1,0 +1,48 @@
+"""Decoder and decoding speed at COCO sizes; prints one JSON object.
+
+    python -m benchmarks            # COCO sizes, a few minutes on 2 CPU cores
+    python -m benchmarks --tiny     # toy sizes, seconds (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import torch
+
+from benchmarks.suite import COCO, TINY, Context, run
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="toy sizes: a seconds-long smoke run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    results = {
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cpu": cpu_name(),
+        "sizes": "tiny" if args.tiny else "coco",
+        **run(Context(TINY if args.tiny else COCO, device)),
+    }
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

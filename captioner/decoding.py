@@ -1,0 +1,202 @@
+"""Free-running decoding over a `Decoder`: greedy and batched beam search.
+
+Both return one `Caption` per image with token ids, a score and the attention α behind
+every returned word (for overlays and grounding metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from captioner.errors import CaptionerError
+from captioner.models.decoder import Decoder
+from captioner.vocab import Vocabulary
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Caption:
+    """tokens: word ids without <start>, stopping before <end>; score: log-probability of the
+    sequence including its <end> (divided by its length when length-normalised); alphas (L, P):
+    one attention row per returned token, L = len(tokens)."""
+
+    tokens: list[int]
+    score: float
+    alphas: Tensor
+
+
+@torch.inference_mode()
+def greedy_decode(
+    decoder: Decoder,
+    features: Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    max_len: int = 30,
+    banned_ids: Sequence[int] = (),
+) -> list[Caption]:
+    """Pick the most probable word at every step. features (B, P, D) -> B captions; score is
+    the raw log-probability. A caption that has not emitted <end> after max_len words stops."""
+    _check_positive("max_len", max_len)
+    batch = features.size(0)
+    projected = decoder.prepare(features)
+    h, c = decoder.init_state(features)
+    state = (h.unsqueeze(1), c.unsqueeze(1))  # a beam axis of 1, as beam_search with beam_size=1
+    prev = torch.full((batch, 1), start_id, dtype=torch.long, device=features.device)
+    banned = _banned_mask(decoder.vocab_size, banned_ids, features.device)
+    scores = features.new_zeros(batch, 1)
+    finished = torch.zeros(batch, dtype=torch.bool, device=features.device)
+    lengths = torch.full((batch,), max_len, dtype=torch.long)
+    tokens, alphas = [], []
+    for t in range(max_len):
+        log_probs, state, alpha = decoder.step(prev, state, features, projected)
+        best, prev = log_probs.masked_fill(banned, NEG_INF).max(dim=-1)  # (B, 1)
+        scores = torch.where(finished.unsqueeze(1), scores, scores + best)
+        ended = (prev.squeeze(1) == end_id) & ~finished
+        lengths[ended.cpu()] = t
+        finished |= ended
+        tokens.append(prev.squeeze(1))
+        alphas.append(alpha.squeeze(1))
+        if finished.all():
+            break
+    tokens_bt, alphas_btp = torch.stack(tokens, 1).cpu(), torch.stack(alphas, 1).cpu()
+    return [
+        Caption(tokens_bt[b, :n].tolist(), scores[b, 0].item(), alphas_btp[b, :n].clone())
+        for b, n in enumerate(lengths.tolist())
+    ]
+
+
+@torch.inference_mode()
+def beam_search(
+    decoder: Decoder,
+    features: Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    beam_size: int = 3,
+    max_len: int = 30,
+    length_normalize: bool = True,
+    banned_ids: Sequence[int] = (),
+) -> list[Caption]:
+    """Beam search for B images at once. features (B, P, D) -> B captions (the best hypothesis each).
+
+    All B·K live beams advance as one batch per step; an image's K beams share its features
+    and its attention projection (computed once). Each step, an image's candidates that end
+    with <end> and rank among its top K become finished hypotheses, which stop growing;
+    the K live beams are refilled with the best candidates that do not end. An image is done
+    when it has K finished hypotheses (its beams are then masked with -inf); the loop stops
+    when every image is done or after max_len steps, when unfinished beams are candidates too.
+    Score = log-probability (including <end>), divided by the length in tokens (including
+    <end>) when length_normalize.
+    """
+    _check_positive("beam_size", beam_size)
+    _check_positive("max_len", max_len)
+    batch, k, vocab, device = features.size(0), beam_size, decoder.vocab_size, features.device
+    rows = torch.arange(batch, device=device)
+    projected = decoder.prepare(features)
+    h, c = decoder.init_state(features)
+    state = (h.unsqueeze(1).repeat(1, k, 1), c.unsqueeze(1).repeat(1, k, 1))  # (B, K, H)
+    prev = torch.full((batch, k), start_id, dtype=torch.long, device=device)
+    # Only beam 0 is live at first: the K identical copies would otherwise fill the beam.
+    scores = torch.full((batch, k), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    banned = _banned_mask(vocab, banned_ids, device)
+    ranks = torch.arange(k, device=device)
+    # Finished hypotheses, best K per image: score, and where their prefix sits in `history`
+    # (step index of the last kept token, -1 for an empty caption, and the beam slot there).
+    pool_scores = torch.full((batch, k), NEG_INF, device=device)
+    pool_last = torch.zeros((batch, k), dtype=torch.long, device=device)
+    pool_slot = torch.zeros((batch, k), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    history: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: parent, token (B, K), alpha (B, K, P)
+    for t in range(max_len):
+        log_probs, state, alpha = decoder.step(prev, state, features, projected)
+        candidates = scores.unsqueeze(-1) + log_probs.masked_fill(banned, NEG_INF)  # (B, K, V)
+        candidates.masked_fill_(done.view(batch, 1, 1), NEG_INF)
+
+        # Finished: <end> candidates ranking in an image's top K over all its candidates.
+        top_all = candidates.view(batch, -1).topk(k, dim=1)
+        ends = (top_all.indices % vocab == end_id) & top_all.values.isfinite()
+        new_scores = top_all.values / (t + 1) if length_normalize else top_all.values
+        merged = torch.cat([pool_scores, new_scores.masked_fill(~ends, NEG_INF)], 1).topk(k, dim=1)
+        pool_scores = merged.values
+        pool_last = torch.cat([pool_last, torch.full_like(pool_last, t - 1)], 1).gather(1, merged.indices)
+        pool_slot = torch.cat([pool_slot, top_all.indices // vocab], 1).gather(1, merged.indices)
+
+        # Live: the best K candidates that do not end.
+        candidates[..., end_id] = NEG_INF
+        scores, top = candidates.view(batch, -1).topk(k, dim=1)
+        parent, prev = top // vocab, top % vocab
+        state = tuple(s.gather(1, parent.unsqueeze(-1).expand_as(s)) for s in state)
+        history.append((parent, prev, alpha.gather(1, parent.unsqueeze(-1).expand_as(alpha))))
+
+        done |= pool_scores[:, -1].isfinite()  # K finished hypotheses
+        if done.all():
+            break
+
+    # Images still open at max_len: their live beams compete with their finished ones.
+    steps = len(history)
+    live_scores = scores / steps if length_normalize else scores
+    live_scores = live_scores.masked_fill(done.unsqueeze(1), NEG_INF)
+    all_scores = torch.cat([pool_scores, live_scores], 1)
+    all_last = torch.cat([pool_last, torch.full_like(pool_last, steps - 1)], 1)
+    all_slot = torch.cat([pool_slot, ranks.expand(batch, k)], 1)
+    best_score, best = all_scores.max(dim=1)
+    last, slot = all_last[rows, best], all_slot[rows, best]
+    tokens, alphas = _backtrack(history, last, slot)
+    return [
+        Caption(tokens[b, : n + 1].tolist(), best_score[b].item(), alphas[b, : n + 1].clone())
+        for b, n in enumerate(last.tolist())
+    ]
+
+
+def decode_captions(
+    decoder: Decoder,
+    features: Tensor,
+    vocab: Vocabulary,
+    *,
+    beam_size: int = 3,
+    max_len: int = 30,
+    length_normalize: bool = True,
+    allow_unk: bool = False,
+) -> list[Caption]:
+    """The one decoding entry point for validation, the API and the CLI.
+
+    features (B, P, D) -> B captions; beam_size 1 decodes greedily. <pad> and <start> are
+    never words, and <unk> is emitted only when `allow_unk` asks for it.
+    """
+    banned = (vocab.pad_id, vocab.start_id) + (() if allow_unk else (vocab.unk_id,))
+    common = dict(start_id=vocab.start_id, end_id=vocab.end_id, max_len=max_len, banned_ids=banned)
+    if beam_size == 1:
+        return greedy_decode(decoder, features, **common)
+    return beam_search(decoder, features, beam_size=beam_size, length_normalize=length_normalize, **common)
+
+
+def _backtrack(history: list[tuple[Tensor, Tensor, Tensor]], last: Tensor, slot: Tensor) -> tuple[Tensor, Tensor]:
+    """Follow parent pointers from (step `last`, beam `slot`) per image -> tokens (B, S), alphas (B, S, P)
+    on the CPU; entries after `last` are meaningless (callers cut them)."""
+    rows = torch.arange(slot.size(0), device=slot.device)
+    tokens, alphas = [], []
+    for t in reversed(range(len(history))):
+        parent, token, alpha = history[t]
+        tokens.append(token[rows, slot])
+        alphas.append(alpha[rows, slot])
+        slot = torch.where(t <= last, parent[rows, slot], slot)
+    return torch.stack(tokens[::-1], 1).cpu(), torch.stack(alphas[::-1], 1).cpu()
+
+
+def _banned_mask(vocab_size: int, banned_ids: Sequence[int], device: torch.device) -> Tensor:
+    """(V,) bool, True for ids that must never be emitted."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask[list(banned_ids)] = True
+    return mask
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise CaptionerError(f"{name}={value!r} must be an integer >= 1")

@@ -1,0 +1,131 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captioner.decoding import beam_search, greedy_decode
+from captioner.errors import CaptionerError
+from captioner.models import Decoder, ModelConfig, SoftAttention, build_decoder, caption_loss
+
+V, D, P = 13, 10, 6
+
+
+def _decoder(gate="scalar", seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    return Decoder(V, D, embed_dim=8, hidden_dim=9, attention_dim=7, dropout=dropout, gate=gate)
+
+
+def test_attention_weights_sum_to_one_and_are_zero_where_masked():
+    torch.manual_seed(0)
+    att = SoftAttention(D, 9, 7)
+    features, hidden = torch.randn(4, P, D), torch.randn(4, 9)
+    mask = torch.rand(4, P) > 0.4
+    mask[:, 0] = True
+    context, alpha = att(features, att.project_features(features), hidden, mask)
+    assert alpha.shape == (4, P) and context.shape == (4, D)
+    assert torch.allclose(alpha.sum(-1), torch.ones(4))
+    assert torch.all(alpha[~mask] == 0)
+    assert torch.allclose(context, torch.einsum("bp,bpd->bd", alpha, features), atol=1e-6)
+
+
+def test_attention_matches_the_tanh_formula():
+    torch.manual_seed(1)
+    att = SoftAttention(D, 9, 7)
+    features, hidden = torch.randn(3, P, D), torch.randn(3, 9)
+    energy = torch.tanh(att.feature_proj(features) + att.hidden_proj(hidden).unsqueeze(1))
+    expected = att.score(energy).squeeze(-1).softmax(-1)
+    _, alpha = att(features, att.project_features(features), hidden)
+    assert torch.allclose(alpha, expected, atol=1e-6)
+
+
+def test_attention_broadcasts_beams_over_shared_features():
+    torch.manual_seed(2)
+    att = SoftAttention(D, 9, 7)
+    features, hidden = torch.randn(2, P, D), torch.randn(2, 3, 9)
+    projected = att.project_features(features)
+    context, alpha = att(features, projected, hidden)
+    assert context.shape == (2, 3, D) and alpha.shape == (2, 3, P)
+    for k in range(3):
+        c_k, a_k = att(features, projected, hidden[:, k])
+        assert torch.allclose(context[:, k], c_k, atol=1e-6) and torch.allclose(alpha[:, k], a_k, atol=1e-6)
+
+
+def _count_feature_projections(decoder):
+    calls = []
+    decoder.attention.feature_proj.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_feature_projection_runs_once_per_forward_and_per_decode():
+    decoder = _decoder().eval()
+    calls = _count_feature_projections(decoder)
+    features = torch.randn(3, P, D)
+    decoder(features, torch.randint(0, V, (3, 7)))
+    assert len(calls) == 1
+    beam_search(decoder, features, start_id=1, end_id=2, beam_size=4, max_len=8)
+    assert len(calls) == 2
+    greedy_decode(decoder, features, start_id=1, end_id=2, max_len=8)
+    assert len(calls) == 3
+
+
+def test_teacher_forced_shapes():
+    decoder = _decoder(dropout=0.5)
+    logits, alphas = decoder(torch.randn(2, P, D), torch.randint(0, V, (2, 5)))
+    assert logits.shape == (2, 5, V) and alphas.shape == (2, 5, P)
+    assert torch.allclose(alphas.sum(-1), torch.ones(2, 5))
+
+
+def _naive_loss(decoder, features, inputs, targets, pad_id):
+    """Reference: one `step` per time step, vocabulary projection inside the loop."""
+    projected = decoder.prepare(features)
+    state = decoder.init_state(features)
+    log_probs, alphas = [], []
+    for t in range(inputs.size(1)):
+        lp, state, alpha = decoder.step(inputs[:, t], state, features, projected)
+        log_probs.append(lp)
+        alphas.append(alpha)
+    log_probs, alphas = torch.stack(log_probs, 1), torch.stack(alphas, 1)
+    ce = F.nll_loss(log_probs.flatten(0, 1), targets.flatten(), ignore_index=pad_id)
+    real = (targets != pad_id).unsqueeze(-1)
+    attention = ((1 - (alphas * real).sum(1)) ** 2).sum(1).mean()
+    return ce + attention
+
+
+@pytest.mark.parametrize("gate", ["scalar", "channel", "none"])
+def test_fast_forward_equals_step_by_step_reference(gate):
+    decoder = _decoder(gate=gate)
+    features = torch.randn(3, P, D)
+    tokens = torch.randint(3, V, (3, 7))
+    tokens[1, 5:] = 0
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    logits, alphas = decoder(features, inputs)
+    fast = caption_loss(logits, targets, alphas, pad_id=0).total
+    fast_grads = torch.autograd.grad(fast, list(decoder.parameters()), allow_unused=True)
+    naive = _naive_loss(decoder, features, inputs, targets, pad_id=0)
+    naive_grads = torch.autograd.grad(naive, list(decoder.parameters()), allow_unused=True)
+
+    assert torch.allclose(fast, naive, atol=1e-5)
+    for (name, _), g1, g2 in zip(decoder.named_parameters(), fast_grads, naive_grads):
+        assert (g1 is None) == (g2 is None), name
+        if g1 is not None:
+            assert torch.allclose(g1, g2, atol=1e-5), name
+
+
+def test_step_with_beams_equals_step_per_beam():
+    decoder = _decoder().eval()
+    features = torch.randn(2, P, D)
+    projected = decoder.prepare(features)
+    h = torch.randn(2, 3, 9)
+    c = torch.randn(2, 3, 9)
+    prev = torch.randint(0, V, (2, 3))
+    log_probs, (h2, c2), alpha = decoder.step(prev, (h, c), features, projected)
+    assert log_probs.shape == (2, 3, V) and h2.shape == (2, 3, 9) and alpha.shape == (2, 3, P)
+    for k in range(3):
+        lp_k, (h_k, _), a_k = decoder.step(prev[:, k], (h[:, k], c[:, k]), features, projected)
+        assert torch.allclose(log_probs[:, k], lp_k, atol=1e-5)
+        assert torch.allclose(h2[:, k], h_k, atol=1e-6) and torch.allclose(alpha[:, k], a_k, atol=1e-6)
+
+
+def test_bad_gate_is_a_clear_error():
+    with pytest.raises(CaptionerError, match="gate='sigmoid'.*scalar, channel, none"):
+        build_decoder(ModelConfig(gate="sigmoid"), vocab_size=V, feature_dim=D)

@@ -1,0 +1,41 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.__main__ import main
+
+NUMBERS = [
+    "decoder_train_images_per_s",
+    "decoder_train_naive_images_per_s",
+    "decoder_train_speedup",
+    "beam5_images_per_s",
+    "beam5_one_at_a_time_images_per_s",
+    "beam5_speedup",
+    "end_to_end_images_per_s",
+    "encoder_only_images_per_s",
+    "end_to_end_over_encoder_time",
+    "threads",
+]
+
+
+def _check(results):
+    for key in NUMBERS:
+        assert isinstance(results[key], (int, float)) and results[key] > 0, key
+    assert results["device"] in ("cpu", "cuda")
+    assert results["torch_version"] and results["cpu"]
+
+
+def test_tiny_run_reports_every_number(capsys):
+    results = main(["--tiny", "--device", "cpu"])
+    _check(results)
+    assert json.loads(capsys.readouterr().out) == results
+
+
+def test_module_prints_one_json_object():
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--tiny", "--device", "cpu"],
+        cwd=root, capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    _check(json.loads(out))
