@@ -1,0 +1,363 @@
+"""Caption metrics (the COCO caption evaluation) and attention-grounding metrics.
+
+Caption metrics use pycocoevalcap exactly as the COCO server does: every caption goes
+through its PTB tokenizer (a Java program), then BLEU-1..4, METEOR (another Java
+program), ROUGE-L and CIDEr. Java must be on PATH.
+
+Grounding metrics ask whether the decoder looks at the right place when it says an
+object word: for each generated word that names a category (``word_to_category``) the
+*pointing game* checks whether the grid cell with the largest α lies in a box of that
+category, and *attention in box* sums the α mass there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:  # only a type here: grounding reads .category .x .y .w .h
+    from captioner.data import Box
+
+__all__ = [
+    "GroundingSample",
+    "caption_scores",
+    "coco_category_words",
+    "grounding_scores",
+    "per_image_cider",
+]
+
+
+# --------------------------------------------------------------------------- caption metrics
+
+
+def caption_scores(
+    references: Mapping[int, Sequence[str]],
+    candidates: Mapping[int, str],
+    *,
+    spice: bool = False,
+) -> dict[str, float]:
+    """Corpus-level COCO caption scores.
+
+    Args:
+        references: image id -> its reference captions (raw text, at least one non-empty).
+        candidates: image id -> the one generated caption (raw text; may be empty).
+        spice: also compute SPICE when its Stanford CoreNLP models are installed;
+            otherwise warn and leave the key out.
+
+    Returns:
+        ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}`` (+ ``"SPICE"``)
+        as plain floats, on pycocoevalcap's scale (CIDEr is not multiplied by 100).
+
+    An empty candidate (or one that is only punctuation) scores 0 on every metric
+    for its image instead of crashing pycocoevalcap's ROUGE-L.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _tokenized(references, candidates)
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    scores = {f"BLEU-{n}": float(bleu[n - 1]) for n in range(1, 5)}
+    scores["METEOR"] = _meteor(gts, res)
+    scores["ROUGE-L"] = _rouge_l(gts, res)
+    scores["CIDEr"] = float(cider)
+    if spice:
+        value = _spice(gts, res)
+        if value is not None:
+            scores["SPICE"] = value
+    return scores
+
+
+def per_image_cider(
+    references: Mapping[int, Sequence[str]], candidates: Mapping[int, str]
+) -> dict[int, float]:
+    """CIDEr of each image's candidate, image id -> score.
+
+    CIDEr weighs n-grams by their document frequency over *all* the references given,
+    so an image's score depends on the set it is scored with (as on the COCO server).
+    """
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _tokenized(references, candidates)
+    _, per_image = Cider().compute_score(gts, res)
+    return {image_id: float(s) for image_id, s in zip(gts, per_image)}
+
+
+def _tokenized(
+    references: Mapping[int, Sequence[str]], candidates: Mapping[int, str]
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """Validate ids, then PTB-tokenize into pycocoevalcap's ``{id: [sentences]}`` shape.
+
+    Blank strings are not sent to the tokenizer (one caption per line: they would be
+    the only lines that can go missing); they come back as "" for a candidate and are
+    dropped for a reference.
+    """
+    if set(candidates) != set(references):
+        missing = sorted(set(references) - set(candidates))[:5]
+        extra = sorted(set(candidates) - set(references))[:5]
+        raise CaptionerError(
+            "caption scores need exactly one candidate per reference image: "
+            f"images without a candidate {missing}, candidates without references {extra} "
+            "(first five shown); score the same set of image ids on both sides"
+        )
+    if not candidates:
+        raise CaptionerError("no captions to score: pass at least one image")
+    _require_java()
+
+    ids = sorted(candidates)
+    # Keys are (image id, index) so each text keeps its slot through the tokenizer.
+    texts: dict[tuple[int, int], str] = {}
+    for image_id in ids:
+        texts[(image_id, -1)] = candidates[image_id]
+        for k, ref in enumerate(references[image_id]):
+            texts[(image_id, k)] = ref
+    tokens = _ptb_tokenize({key: text for key, text in texts.items() if text.strip()})
+
+    gts: dict[int, list[str]] = {}
+    res: dict[int, list[str]] = {}
+    for image_id in ids:
+        res[image_id] = [tokens.get((image_id, -1), "")]
+        refs = [tokens.get((image_id, k), "") for k in range(len(references[image_id]))]
+        gts[image_id] = [r for r in refs if r]
+        if not gts[image_id]:
+            raise CaptionerError(
+                f"image {image_id} has no non-empty reference caption; "
+                "drop it from the evaluation set or fix its annotations"
+            )
+    return gts, res
+
+
+def _ptb_tokenize(texts: dict[Any, str]) -> dict[Any, str]:
+    """PTB-tokenize (lower-cased, punctuation removed) each text, keyed as given."""
+    if not texts:
+        return {}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    out = PTBTokenizer().tokenize({key: [{"caption": text}] for key, text in texts.items()})
+    if set(out) != set(texts):
+        raise CaptionerError("the PTB tokenizer (Java) returned fewer lines than it was given")
+    return {key: sentences[0] for key, sentences in out.items()}
+
+
+def _require_java() -> None:
+    if shutil.which("java") is None:
+        raise CaptionerError(
+            "Java is needed for METEOR and the PTB tokenizer of the COCO caption metrics, "
+            "but `java` is not on PATH; install a JRE (e.g. `apt-get install default-jre`)"
+        )
+
+
+def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    """METEOR over the corpus; its Java process is always shut down afterwards."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    try:
+        score, _ = meteor.compute_score(gts, res)
+    finally:
+        _close_meteor(meteor)
+    return float(score)
+
+
+def _close_meteor(meteor: Any) -> None:
+    """End the METEOR subprocess and free its pipes.
+
+    pycocoevalcap only does this in ``__del__``, which waits on a lock that stays held
+    forever if ``compute_score`` raised; release it so garbage collection cannot hang.
+    """
+    process: subprocess.Popen = meteor.meteor_p
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        pipe.close()
+    process.kill()
+    process.wait()
+    if meteor.lock.locked():
+        meteor.lock.release()
+
+
+def _rouge_l(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    """Mean ROUGE-L; an empty candidate scores 0 (pycocoevalcap would divide by zero)."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    rouge = Rouge()
+    per_image = [rouge.calc_score(res[i], gts[i]) if res[i][0] else 0.0 for i in gts]
+    return float(np.mean(per_image))
+
+
+def _spice(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float | None:
+    """SPICE, or None (with a warning) when it cannot run here.
+
+    pycocoevalcap's ``Spice()`` downloads Stanford CoreNLP on first use; we never let it
+    (no network at run time), so SPICE runs only when those jars are already installed.
+    """
+    from pycocoevalcap.spice import get_stanford_models as models
+
+    jar = os.path.join(models.SPICEDIR, models.SPICELIB, f"{models.JAR}.jar")
+    if not os.path.exists(jar):
+        warnings.warn(
+            f"SPICE skipped: it needs Stanford CoreNLP ({jar} is missing); "
+            "run pycocoevalcap's spice/get_stanford_models.py once with network access",
+            stacklevel=3,
+        )
+        return None
+    from pycocoevalcap.spice.spice import Spice
+
+    try:
+        score, _ = Spice().compute_score(gts, res)
+    except (OSError, subprocess.CalledProcessError) as error:
+        warnings.warn(f"SPICE skipped: its Java run failed ({error})", stacklevel=3)
+        return None
+    return float(score)
+
+
+# --------------------------------------------------------------------------- grounding
+
+
+@dataclass(frozen=True)
+class GroundingSample:
+    """One generated caption with its attention, and the image's boxes.
+
+    words: the generated words (no <start>/<end>).
+    alphas: (L, P) attention, row t for ``words[t]``; L >= len(words) (extra trailing
+        rows, e.g. one for <end>, are ignored). P = rows·cols, row-major, row 0 at the top of the image.
+    grid: (rows, cols) of the attention grid.
+    image_size: (W, H) in the pixels the boxes are given in.
+    boxes: the image's boxes (``captioner.data.Box``: category, x, y, w, h; COCO xywh).
+    """
+
+    words: Sequence[str]
+    alphas: Any
+    grid: tuple[int, int]
+    image_size: tuple[int, int]
+    boxes: Sequence[Box]
+
+
+# Plurals the simple rules below get wrong, for COCO's single-word category names.
+_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "sheep"}
+
+
+def coco_category_words(category_names: Sequence[str]) -> dict[str, str]:
+    """Map caption words to category names: each name, its plural, and for multi-word
+    names ("cell phone") the head noun ("phone", "phones").
+
+    Captions are tokenized into single words, so a multi-word name can only be matched
+    through its last word; a word that is itself a category name (or the plural of one)
+    always maps to that category ("hot dog" does not take "dog").
+    """
+    single = [name for name in category_names if " " not in name]
+    multi = [name for name in category_names if " " in name]
+    mapping = {name: name for name in single}
+    # setdefault: an exact name beats a plural, which beats a head noun.
+    for name in single:
+        mapping.setdefault(_plural(name), name)
+    for name in multi:
+        head = name.split()[-1]
+        mapping.setdefault(head, name)
+        mapping.setdefault(_plural(head), name)
+    return mapping
+
+
+def _plural(word: str) -> str:
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def grounding_scores(
+    samples: Sequence[GroundingSample], word_to_category: Mapping[str, str]
+) -> dict[str, float | int]:
+    """Pointing game and attention-in-box over every category word of every caption.
+
+    A grid cell is "in" a category when its centre lies inside (edges included) any box
+    of that category. For each generated word found (lower-cased) in ``word_to_category``:
+
+    - pointing game: 1 if the cell with the largest α is in the category. Ties count
+      as the fraction of tied cells that are in (a random tie-break, in expectation),
+      so a uniform α scores exactly the chance rate.
+    - attention in box: the α mass of the cells in the category.
+    - chance: the fraction of cells in the category, i.e. what a pointer choosing a
+      cell at random would score (the boxes' share of the image, up to grid rounding).
+
+    A word naming a category with no box in the image is a miss (0 on all three), so
+    hallucinated objects lower the scores.
+
+    Returns ``pointing_game``, ``attention_in_box``, ``chance_pointing_game`` (means
+    over the grounded words; NaN when there are none) and ``grounded_words`` (count).
+    """
+    hits: list[float] = []
+    masses: list[float] = []
+    chances: list[float] = []
+    for sample in samples:
+        alphas = _as_array(sample.alphas)
+        rows, cols = sample.grid
+        if alphas.ndim != 2 or alphas.shape[1] != rows * cols:
+            raise ValueError(f"alphas must be (L, {rows * cols}) for grid {sample.grid}, got {alphas.shape}")
+        if alphas.shape[0] < len(sample.words):
+            raise ValueError(f"{len(sample.words)} words but only {alphas.shape[0]} attention rows")
+        centres_x, centres_y = _cell_centres(sample.grid, sample.image_size)
+        for t, word in enumerate(sample.words):
+            category = word_to_category.get(word.lower())
+            if category is None:
+                continue
+            inside = _cells_in_category(centres_x, centres_y, sample.boxes, category)
+            alpha = alphas[t]
+            peaks = alpha == alpha.max()
+            hits.append(float(inside[peaks].mean()))
+            masses.append(float(alpha[inside].sum()))
+            chances.append(float(inside.mean()))
+    return {
+        "pointing_game": _mean(hits),
+        "attention_in_box": _mean(masses),
+        "chance_pointing_game": _mean(chances),
+        "grounded_words": len(hits),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan
+
+
+def _cell_centres(grid: tuple[int, int], image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(P,) x and (P,) y pixel centres of the grid cells, row-major."""
+    rows, cols = grid
+    width, height = image_size
+    xs = (np.arange(cols) + 0.5) * width / cols
+    ys = (np.arange(rows) + 0.5) * height / rows
+    grid_x, grid_y = np.meshgrid(xs, ys)  # (rows, cols) each
+    return grid_x.ravel(), grid_y.ravel()
+
+
+def _cells_in_category(
+    centres_x: np.ndarray, centres_y: np.ndarray, boxes: Sequence[Box], category: str
+) -> np.ndarray:
+    """(P,) bool: cells whose centre lies in any box of ``category``."""
+    inside = np.zeros(centres_x.shape, dtype=bool)
+    for box in boxes:
+        if box.category == category:
+            inside |= (
+                (centres_x >= box.x)
+                & (centres_x <= box.x + box.w)
+                & (centres_y >= box.y)
+                & (centres_y <= box.y + box.h)
+            )
+    return inside
+
+
+def _as_array(values: Any) -> np.ndarray:
+    """A float64 ndarray from a tensor (any device) or array-like."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)

@@ -1,0 +1,169 @@
+"""Attention overlays: where the decoder looked while emitting each word.
+
+Figures are built on matplotlib's ``Figure`` with an Agg canvas (never pyplot), so no
+display is needed and nothing stays registered in pyplot's global figure list.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+__all__ = ["attention_map", "draw_attention", "save_attention"]
+
+# Gaussian σ for ``smooth=True``, in grid cells: softens the blocky grid as the paper's
+# figures do, while a single attended cell still stays in its own neighbourhood.
+SMOOTH_SIGMA_CELLS = 0.5
+HEATMAP_CMAP = "jet"
+HEATMAP_OPACITY = 0.55
+
+
+def attention_map(
+    alpha: Any, grid: tuple[int, int], image_size: tuple[int, int], smooth: bool = False
+) -> np.ndarray:
+    """Upsample one word's attention to the image.
+
+    Args:
+        alpha: (P,) attention weights (tensor or array), P = rows·cols, row-major with
+            row 0 at the top of the image.
+        grid: (rows, cols).
+        image_size: (W, H) of the image, as PIL reports it.
+        smooth: blur with a Gaussian of σ = ``SMOOTH_SIGMA_CELLS`` cells.
+
+    Returns:
+        (H, W) float32 map. Cell (r, c) sits over pixels [r·H/rows, (r+1)·H/rows) ×
+        [c·W/cols, (c+1)·W/cols); values are interpolated α (bilinear between cell
+        centres), not rescaled.
+    """
+    rows, cols = grid
+    width, height = image_size
+    cells = _as_array(alpha).astype(np.float32)
+    if cells.size != rows * cols:
+        raise ValueError(f"alpha has {cells.size} weights but grid {grid} has {rows * cols} cells")
+    # PIL's resize samples at pixel centres, so each cell centre lands at the centre of
+    # its own image region (no half-cell shift as with align_corners=True).
+    small = Image.fromarray(cells.reshape(rows, cols))  # float32 -> mode "F"
+    upsampled = np.asarray(small.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    if smooth:
+        sigma = SMOOTH_SIGMA_CELLS * min(height / rows, width / cols)
+        upsampled = _gaussian_blur(upsampled, sigma)
+    return upsampled
+
+
+def draw_attention(
+    image: Image.Image,
+    words: Sequence[str],
+    alphas: Any,
+    grid: tuple[int, int],
+    *,
+    cols: int = 5,
+    smooth: bool = False,
+    title: str | None = None,
+) -> Figure:
+    """The image, then one panel per word with that word's attention over the image.
+
+    Args:
+        image: the RGB image (any size; boxes and grid are relative to it).
+        words: the caption's words; panel t shows ``alphas[t]`` titled ``words[t]``.
+        alphas: (L, P) attention, L >= len(words) (extra trailing rows are not drawn).
+        grid: (rows, cols) of the attention grid, rows·cols = P.
+        cols: panels per figure row.
+        title: the first panel's title (e.g. the whole caption).
+    """
+    weights = _as_array(alphas)
+    if weights.ndim != 2 or weights.shape[0] < len(words):
+        raise ValueError(f"alphas must be (L >= {len(words)}, P), got {weights.shape}")
+    panels = 1 + len(words)
+    fig_cols = min(cols, panels)
+    fig_rows = math.ceil(panels / fig_cols)
+    figure = Figure(figsize=(2.6 * fig_cols, 2.6 * fig_rows * image.height / image.width + 0.4 * fig_rows))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(fig_rows, fig_cols, squeeze=False).ravel()
+    axes[0].imshow(image)
+    axes[0].set_title(title or "", fontsize=9, wrap=True)
+    for ax, word, alpha in zip(axes[1:], words, weights):
+        _draw_word(ax, image, word, attention_map(alpha, grid, image.size, smooth))
+    for ax in axes[:panels]:
+        ax.set_axis_off()
+    for ax in axes[panels:]:
+        figure.delaxes(ax)
+    figure.tight_layout()
+    return figure
+
+
+def save_attention(
+    image: Image.Image,
+    words: Sequence[str],
+    alphas: Any,
+    grid: tuple[int, int],
+    out_path: str | Path,
+    *,
+    cols: int = 5,
+    smooth: bool = False,
+    per_word_dir: str | Path | None = None,
+) -> list[Path]:
+    """Write the overlay figure to ``out_path`` (PNG) and, when ``per_word_dir`` is given,
+    one PNG per word there (``00_<word>.png``, ...). Returns the paths written, figure first."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    caption = " ".join(words)
+    written = [_save(draw_attention(image, words, alphas, grid, cols=cols, smooth=smooth, title=caption), out_path)]
+    if per_word_dir is not None:
+        per_word_dir = Path(per_word_dir)
+        per_word_dir.mkdir(parents=True, exist_ok=True)
+        weights = _as_array(alphas)
+        for t, word in enumerate(words):
+            figure = Figure(figsize=(3.0, 3.0 * image.height / image.width + 0.3))
+            FigureCanvasAgg(figure)
+            ax = figure.add_subplot()
+            _draw_word(ax, image, word, attention_map(weights[t], grid, image.size, smooth))
+            ax.set_axis_off()
+            figure.tight_layout()
+            written.append(_save(figure, per_word_dir / f"{t:02d}_{_file_safe(word)}.png"))
+    return written
+
+
+def _draw_word(ax: Any, image: Image.Image, word: str, heat: np.ndarray) -> None:
+    ax.imshow(image)
+    ax.imshow(heat, cmap=HEATMAP_CMAP, alpha=HEATMAP_OPACITY)  # (H, W) like the image: same pixel grid
+    ax.set_title(word, fontsize=10)
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=100)
+    figure.clear()  # drop the artists now; the Figure is not in pyplot, so nothing else holds it
+    return path
+
+
+def _file_safe(word: str) -> str:
+    """The word itself (punctuation included) minus characters no file system accepts."""
+    return re.sub(r'[\\/:*?"<>|\s\x00-\x1f]+', "_", word) or "_"
+
+
+def _gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an (H, W) array, edges replicated."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = values
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
+        size = out.shape[axis]
+        out = sum(k * padded.take(np.arange(i, i + size), axis=axis) for i, k in enumerate(kernel))
+    return out.astype(np.float32)
+
+
+def _as_array(values: Any) -> np.ndarray:
+    """An ndarray from a tensor (any device) or array-like."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
