@@ -29,10 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "train":
         # LightningCLI owns its own argument parsing.
-        from captioner.commands.train import cli_main
+        from captioner.commands.train import main as train_main
 
-        cli_main(argv[1:])
-        return 0
+        return train_main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="captioner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

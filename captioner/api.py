@@ -1,0 +1,216 @@
+"""Captioning from Python with a trained checkpoint.
+
+    from captioner.api import Captioner
+
+    captioner = Captioner.from_checkpoint("runs/demo/checkpoints/best.ckpt")
+    for result in captioner.caption(["cat.jpg", "dog.png"], beam_size=3):
+        print(result.caption, result.score)
+        result.alphas      # (L, P): where each of the L words looked, over result.grid
+
+Images may be file paths, PIL images or tensors. Paths are opened with the data layer's
+`load_image` (RGB, EXIF-rotated); PIL images get the same RGB conversion; both are resized
+and normalised exactly as in training. Tensors are taken as already prepared.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Union
+
+import torch
+from PIL import Image
+
+from captioner.checkpoint import LoadedModel, load_model
+from captioner.data import ImageLoadError, image_transform, load_image
+from captioner.data.images import to_upright_rgb
+from captioner.decoding import Caption, decode_captions
+from captioner.errors import CaptionerError
+
+ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One image's caption.
+
+    Attributes:
+        tokens: word ids, without `<start>` and `<end>`.
+        words: the words of `tokens`.
+        caption: `words` joined by spaces.
+        score: the decoder's score (log-probability; length-normalised under beam search
+            with `length_normalize`).
+        alphas: (L, P) float CPU tensor, L = len(words): row t is the attention over the
+            P grid cells while word t was emitted; each row sums to 1.
+        grid: (rows, cols) of the attention grid, P = rows·cols, cells row-major over the
+            whole image (see `captioner.overlay.attention_map`).
+    """
+
+    tokens: list[int]
+    words: list[str]
+    caption: str
+    score: float
+    alphas: torch.Tensor
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FileCaption:
+    """The outcome for one image file: `result` and `image` when it was read, else `error`.
+
+    `image` is the file as decoded (RGB, EXIF-rotated, its own size): what overlays draw on.
+    """
+
+    path: Path
+    image: Image.Image | None
+    result: CaptionResult | None
+    error: ImageLoadError | None
+
+
+class Captioner:
+    """A trained encoder + decoder ready to caption images (inference only, no Lightning)."""
+
+    def __init__(self, model: LoadedModel, device: torch.device):
+        self.model = model
+        self.device = device
+        self.vocab = model.vocab
+        self.image_size = model.image_size
+        self.grid = model.grid_shape
+        self.encoder = model.encoder.to(device)
+        self.decoder = model.decoder.to(device)
+        self._transform = image_transform(model.image_size)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Captioner:
+        """Load `path` safely (see `captioner.checkpoint`); `device="auto"` means cuda if available."""
+        return cls(load_model(path), resolve_device(device))
+
+    def open_image(self, image: str | os.PathLike | Image.Image) -> Image.Image:
+        """RGB, upright, at its own size: a path through `load_image`, a PIL image converted alike."""
+        if isinstance(image, Image.Image):
+            return to_upright_rgb(image)
+        return load_image(image)
+
+    def to_tensor(self, image: ImageInput) -> torch.Tensor:
+        """(3, S, S) model input, S = `image_size`, ImageNet-normalised.
+
+        A tensor must already be that: (3, S, S) float, prepared as `image_transform(S)` does.
+        """
+        if isinstance(image, torch.Tensor):
+            expected = (3, self.image_size, self.image_size)
+            if tuple(image.shape) != expected or not image.is_floating_point():
+                raise CaptionerError(
+                    f"an image tensor must be float of shape {expected} (or a batch of them, (B, 3, S, S)) "
+                    f"normalised like captioner.data.images.image_transform({self.image_size}); "
+                    f"got {image.dtype} {tuple(image.shape)}"
+                )
+            return image
+        return self._transform(self.open_image(image))
+
+    def caption(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        *,
+        beam_size: int = 3,
+        max_len: int = 30,
+        length_normalize: bool = True,
+        allow_unk: bool = False,
+        batch_size: int = 16,
+    ) -> list[CaptionResult]:
+        """Caption `images` (one item or a sequence; a (B, 3, S, S) tensor counts as B images).
+
+        Returns one result per image, in order. `beam_size=1` decodes greedily. Images are
+        read and decoded `batch_size` at a time. Raises `ImageLoadError` for an unreadable
+        path (use `caption_files` to go on past bad files) and CaptionerError for bad settings.
+        """
+        _require_positive(beam_size=beam_size, max_len=max_len, batch_size=batch_size)
+        results: list[CaptionResult] = []
+        batch: list[torch.Tensor] = []
+        for image in _flatten(images):
+            batch.append(self.to_tensor(image))
+            if len(batch) == batch_size:
+                results.extend(self._decode(torch.stack(batch), beam_size, max_len, length_normalize, allow_unk))
+                batch = []
+        if batch:
+            results.extend(self._decode(torch.stack(batch), beam_size, max_len, length_normalize, allow_unk))
+        return results
+
+    def caption_files(
+        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 16, **options
+    ) -> Iterator[FileCaption]:
+        """Caption image files, yielding one `FileCaption` per path in order as each batch finishes.
+
+        An unreadable file does not stop the others: it comes back with `error` set.
+        `options` are those of `caption` (beam_size, max_len, ...).
+        """
+        _require_positive(batch_size=batch_size)
+        pending: list[tuple[Path, Image.Image | None, ImageLoadError | None]] = []
+        for path in paths:
+            try:
+                pending.append((Path(path), load_image(path), None))
+            except ImageLoadError as error:
+                pending.append((Path(path), None, error))
+            if sum(image is not None for _, image, _ in pending) == batch_size:
+                yield from self._finish(pending, batch_size, options)
+                pending = []
+        yield from self._finish(pending, batch_size, options)
+
+    def _finish(self, pending, batch_size: int, options: dict) -> Iterator[FileCaption]:
+        images = [image for _, image, _ in pending if image is not None]
+        results = iter(self.caption(images, batch_size=batch_size, **options))
+        for path, image, error in pending:
+            yield FileCaption(path, image, None if image is None else next(results), error)
+
+    @torch.inference_mode()
+    def _decode(
+        self, images: torch.Tensor, beam_size: int, max_len: int, length_normalize: bool, allow_unk: bool
+    ) -> list[CaptionResult]:
+        """images (B, 3, S, S) -> B results."""
+        features = self.encoder(images.to(self.device))
+        captions = decode_captions(
+            self.decoder, features, self.vocab, beam_size=beam_size, max_len=max_len,
+            length_normalize=length_normalize, allow_unk=allow_unk,
+        )
+        return [self._result(caption) for caption in captions]
+
+    def _result(self, caption: Caption) -> CaptionResult:
+        # Decoding returns the words only (no <start>/<end>), one α row each.
+        words = [self.vocab.words[i] for i in caption.tokens]
+        return CaptionResult(
+            tokens=list(caption.tokens),
+            words=words,
+            caption=" ".join(words),
+            score=float(caption.score),
+            alphas=caption.alphas.float().cpu(),
+            grid=self.grid,
+        )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else must name a usable device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CaptionerError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CaptionerError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    return resolved
+
+
+def _require_positive(**counts: int) -> None:
+    for name, value in counts.items():
+        if value < 1:
+            raise CaptionerError(f"{name} must be at least 1, got {value}")
+
+
+def _flatten(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput]:
+    """Single images and sequences alike, with a (B, 3, H, W) tensor split into B images."""
+    single = isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor))
+    for item in [images] if single else images:
+        if isinstance(item, torch.Tensor) and item.dim() == 4:
+            yield from item
+        else:
+            yield item

@@ -1,0 +1,157 @@
+"""Loading a trained checkpoint safely, without Lightning.
+
+    model = load_model("runs/demo/checkpoints/best.ckpt")
+    features = model.encoder(images)          # (B, P, D)
+
+A checkpoint is a file anyone may hand us, and a pickle can run code while it is read. So
+every checkpoint is opened with `torch.load(..., weights_only=True)`, which only rebuilds
+tensors and plain containers and refuses anything else; there is no fallback that trusts
+the file. The model is then rebuilt from the plain-data `hyper_parameters` and the
+`encoder.*` / `decoder.*` entries of `state_dict` (the checkpoint contract in
+INTERFACES.md). Every way this can go wrong is one `CaptionerError` naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from captioner.errors import CaptionerError
+from captioner.models import ModelConfig, build_decoder, build_encoder
+from captioner.vocab import Vocabulary
+
+# Written by the training module beside the ModelConfig fields; needed to caption.
+REQUIRED_HPARAMS = ("vocab_words", "image_size", "max_caption_len")
+_FORBIDDEN_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The networks (in eval mode, on CPU) and the settings a checkpoint carries.
+
+    `grid_shape` is (rows, cols) of the attention grid: α rows of length P = rows·cols are
+    laid out row-major over it.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+    vocab: Vocabulary
+    config: ModelConfig
+    image_size: int
+    max_caption_len: int
+    hparams: dict[str, Any]
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return (self.config.grid_size, self.config.grid_size)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict at `path`, read with `weights_only=True` (no code in it runs).
+
+    Checks that it has `hyper_parameters` (a dict) and `state_dict` (a dict); raises
+    CaptionerError naming the path when the file is missing, is not a PyTorch checkpoint,
+    holds objects other than tensors and plain data, or lacks those entries.
+    """
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise CaptionerError(
+            f"checkpoint {path} {problem}; pass the .ckpt file written by `captioner train fit` "
+            "(e.g. runs/<name>/checkpoints/best.ckpt)"
+        )
+    try:
+        with warnings.catch_warnings():
+            # Non-checkpoint pickles make torch warn about their protocol before failing.
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        forbidden = _FORBIDDEN_GLOBAL.search(str(error))
+        if forbidden:
+            raise CaptionerError(
+                f"checkpoint {path} was refused: it holds a Python object ({forbidden.group(1)}) "
+                "besides tensors and plain data, and loading it could run code stored in the file; "
+                "use a checkpoint written by `captioner train fit` from a source you trust"
+            ) from None
+        raise _not_a_checkpoint(path) from None
+    except Exception:  # noqa: BLE001 - garbage bytes make the unpickler fail in arbitrary ways
+        raise _not_a_checkpoint(path) from None
+    if not isinstance(checkpoint, dict):
+        raise CaptionerError(
+            f"checkpoint {path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict; "
+            "pass the .ckpt written by `captioner train fit`"
+        )
+    for key in ("hyper_parameters", "state_dict"):
+        if not isinstance(checkpoint.get(key), dict):
+            raise CaptionerError(
+                f"checkpoint {path} has no {key!r} dict, so it was not written by `captioner train fit`; "
+                "pass a captioner checkpoint"
+            )
+    return checkpoint
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Rebuild the encoder and decoder of the checkpoint at `path` (CPU, eval mode).
+
+    Raises CaptionerError naming the path when hyper-parameters are missing or invalid or
+    the weights do not fit the model they describe (a checkpoint from an incompatible version).
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    missing = [key for key in REQUIRED_HPARAMS if key not in hparams]
+    if missing:
+        raise _incompatible(path, f"its hyper-parameters lack {', '.join(missing)}")
+    # Model settings it lacks take ModelConfig's defaults, so settings added later keep older
+    # checkpoints loadable; if that changes the shape of a weight, the state dict check says so.
+    settings = {f.name: hparams[f.name] for f in dataclasses.fields(ModelConfig) if f.name in hparams}
+    try:
+        vocab = Vocabulary.from_words(list(hparams["vocab_words"]))
+        # The state dict replaces every weight, so never fetch pretrained ones here.
+        config = dataclasses.replace(ModelConfig(**settings), weights=None)
+        encoder = build_encoder(config)
+        decoder = build_decoder(config, len(vocab), encoder.out_channels)
+        image_size, max_caption_len = int(hparams["image_size"]), int(hparams["max_caption_len"])
+    except (TypeError, ValueError) as error:  # CaptionerError is a ValueError
+        raise _incompatible(path, f"its hyper-parameters do not describe a model ({error})") from None
+
+    state = checkpoint["state_dict"]
+    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as error:
+            detail = " ".join(str(error).split())
+            raise _incompatible(path, f"its {prefix[:-1]} weights do not fit the model ({detail[:300]})") from None
+    return LoadedModel(
+        encoder=encoder.eval(),
+        decoder=decoder.eval(),
+        vocab=vocab,
+        config=config,
+        image_size=image_size,
+        max_caption_len=max_caption_len,
+        hparams=dict(hparams),
+    )
+
+
+def _not_a_checkpoint(path: Path) -> CaptionerError:
+    # torch's own messages here are misleading (they suggest weights_only=False), so say it plainly.
+    return CaptionerError(
+        f"checkpoint {path} is not a PyTorch checkpoint, or it is damaged or truncated; "
+        "pass the .ckpt file written by `captioner train fit`"
+    )
+
+
+def _incompatible(path: Path, problem: str) -> CaptionerError:
+    return CaptionerError(
+        f"checkpoint {path} does not fit this version of captioner: {problem}; "
+        "retrain with `captioner train fit` or use the captioner version that wrote it"
+    )

@@ -1,0 +1,66 @@
+"""`captioner attend`: draw where each word of the caption looked.
+
+    captioner attend --ckpt runs/demo/checkpoints/best.ckpt photo.jpg photos/ --out overlays/
+    captioner attend --ckpt best.ckpt photo.jpg --out overlays/ --smooth --per-word
+
+Writes `OUT/<image name>.png` per image: the image, then one panel per emitted word with
+its attention as a heat map over the image, the word as the panel's title. With
+--per-word, also `OUT/<image name>/<t>_<word>.png`, one file per word. Overlays are drawn
+over the original image (upright, at its own size): the attention grid covers the whole
+image, whatever size the model saw. Prints each path written. Unreadable images are
+reported on stderr and skipped, exit status 1, as in `captioner caption`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from captioner.api import Captioner
+from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.errors import CaptionerError
+from captioner.overlay import save_attention
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories (walked) or glob patterns")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the PNG files")
+    add_decoding_arguments(parser)
+    parser.add_argument("--smooth", action="store_true", help="blur the attention grid instead of showing cells")
+    parser.add_argument("--cols", type=int, default=5, help="panels per row of the figure (default 5)")
+    parser.add_argument("--per-word", action="store_true", help="also write one PNG per word")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_decoding_arguments(args)
+    if args.cols < 1:
+        raise CaptionerError(f"--cols must be at least 1, got {args.cols}")
+    captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
+    images = CaptionRun(captioner, args.images, args, "drawing attention")
+    names: set[str] = set()
+    for item in images:
+        name = unique_name(item.path.stem, names)
+        result = item.result
+        written = save_attention(
+            item.image,
+            result.words,
+            result.alphas,
+            result.grid,
+            args.out / f"{name}.png",
+            cols=args.cols,
+            smooth=args.smooth,
+            per_word_dir=args.out / name if args.per_word else None,
+        )
+        for path in written:
+            print(path, flush=True)
+    return 1 if images.failed else 0
+
+
+def unique_name(stem: str, taken: set[str]) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ... when images in different folders share a name."""
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return name

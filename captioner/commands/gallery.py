@@ -1,0 +1,67 @@
+"""`captioner gallery`: a static HTML page of captions, references, CIDEr and attention.
+
+    captioner gallery --ckpt runs/demo/checkpoints/best.ckpt --data data/shapes --split test --n 24 --out gallery/
+    captioner gallery --ckpt best.ckpt --data /data/coco --format karpathy \\
+        --karpathy-json /data/coco/dataset_coco.json --split test --out gallery/
+
+Captions the first N images of the split, scores each against its references with CIDEr
+(computed over those N images), draws its attention overlay and writes `OUT/index.html`
+with everything it shows copied beside it. Opens in any browser, no server needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from captioner.api import Captioner
+from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.data import CaptionDataModule
+from captioner.errors import CaptionerError
+from captioner.gallery import GalleryItem, write_gallery
+from captioner.metrics import per_image_cider
+from captioner.overlay import save_attention
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="data set folder (as data.data_dir in training)")
+    parser.add_argument("--format", choices=("coco", "karpathy"), default="coco", help="annotation format (default coco)")
+    parser.add_argument("--karpathy-json", type=Path, help="Karpathy split file, for --format karpathy")
+    parser.add_argument("--split", default="test", help="split name to show, e.g. test or val2014 (default test)")
+    parser.add_argument("--n", type=int, default=24, help="number of images, from the start of the split (default 24)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for index.html and its images")
+    add_decoding_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_decoding_arguments(args)
+    if args.n < 1:
+        raise CaptionerError(f"--n must be at least 1, got {args.n}")
+    captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
+    karpathy_json = None if args.karpathy_json is None else str(args.karpathy_json)
+    # The split is read in the data module's "test" role, so any split name works.
+    data = CaptionDataModule(str(args.data), format=args.format, karpathy_json=karpathy_json, test_split=args.split)
+    records = data.records("test")[: args.n]
+    if not records:
+        raise CaptionerError(f"split {args.split!r} of {args.data} has no images; pick another --split")
+    by_path = {record.path: record for record in records}
+
+    with tempfile.TemporaryDirectory() as scratch:  # write_gallery copies the overlays in
+        images = CaptionRun(captioner, list(by_path), args, "captioning")
+        shown = []
+        for item in images:
+            record = by_path[item.path]
+            result = item.result
+            overlay = Path(scratch) / f"{record.image_id}.png"
+            save_attention(item.image, result.words, result.alphas, result.grid, overlay)
+            shown.append((record, result.caption, overlay))
+        scored = {record.image_id: caption for record, caption, _ in shown if record.captions}
+        cider = per_image_cider({r.image_id: list(r.captions) for r, _, _ in shown if r.captions}, scored) if scored else {}
+        items = [
+            GalleryItem(record.path, caption, record.captions, cider.get(record.image_id), overlay)
+            for record, caption, overlay in shown
+        ]
+        page = write_gallery(items, args.out, title=f"{args.ckpt.name} on {args.data.name}/{args.split}")
+    print(page)
+    return 1 if images.failed else 0

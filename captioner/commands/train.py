@@ -1,0 +1,85 @@
+"""`captioner train` (and `python train.py`): the Lightning CLI over `CaptioningModule` and
+`CaptionDataModule`, with subcommands fit / validate / test / predict.
+
+    captioner train fit --config configs/shapes.yaml
+    captioner train test --config configs/shapes.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+    captioner train fit --config configs/shapes.yaml --ckpt_path last    # resume
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from captioner.data import CaptionDataModule
+from captioner.errors import CaptionerError
+from captioner.module import CaptioningModule
+
+
+class CaptionerCLI(LightningCLI):
+    """LightningCLI with the vocabulary linked from data to model, and two checkpoints:
+    `best.ckpt` (highest val/CIDEr) and `last.ckpt` (end of the latest epoch, for resuming).
+
+    Lightning's own `save_last` only refreshes last.ckpt in epochs where the best one
+    improved, so "last" is a second, unmonitored ModelCheckpoint in the same folder.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The data module builds the vocabulary from its training split when instantiated;
+        # the model needs its words (and so its size) before it can build its output layer.
+        parser.link_arguments("data.vocab_words", "model.vocab_words", apply_on="instantiate")
+        parser.link_arguments("data.max_caption_len", "model.max_caption_len")
+        parser.link_arguments("data.image_size", "model.image_size")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/CIDEr",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.enable_version_counter": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
+
+    def after_test(self) -> None:
+        """Write the test metrics as metrics.json beside the checkpoint that was tested."""
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if not ckpt_path or not self.trainer.is_global_zero:
+            return
+        metrics = {
+            name: float(value) for name, value in self.trainer.callback_metrics.items()
+            if name.startswith("test/")
+        }
+        resolved = Path(self.trainer.ckpt_path or ckpt_path)
+        out = resolved.with_name("metrics.json")
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {out}")
+
+
+def cli_main(args: list[str] | None = None) -> CaptionerCLI:
+    """Run the Lightning CLI; `args=None` reads sys.argv (tests pass a list)."""
+    return CaptionerCLI(
+        CaptioningModule,
+        CaptionDataModule,
+        args=args,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(args: list[str] | None = None) -> int:
+    try:
+        cli_main(args)
+    except CaptionerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,95 @@
+"""Training through the Lightning CLI, in-process, on the tiny synthetic data set."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from captioner.commands.train import cli_main
+from captioner.module import CaptioningModule
+
+TINY_MODEL = [
+    "--model.backbone", "resnet18", "--model.stages", "2", "--model.grid_size", "4",
+    "--model.fine_tune", "all", "--model.embed_dim", "32", "--model.hidden_dim", "64",
+    "--model.attention_dim", "32", "--model.dropout", "0.0", "--model.lr_schedule", "constant",
+    "--data.image_size", "64", "--data.batch_size", "8",
+    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]
+
+
+def test_fast_dev_run(synth_data, tmp_path):
+    cli = cli_main([
+        "fit", "--data.data_dir", str(synth_data), *TINY_MODEL,
+        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
+    ])
+    assert cli.trainer.state.finished
+    assert len(cli.model.vocab) == len(cli.datamodule.vocab)
+
+
+@pytest.fixture(scope="module")
+def trained(synth_data, tmp_path_factory):
+    """A short real run: 4 epochs, CSV logs and checkpoints in a temp folder."""
+    run = tmp_path_factory.mktemp("run")
+    cli = cli_main([
+        "fit", "--data.data_dir", str(synth_data), *TINY_MODEL,
+        "--model.decoder_lr", "0.003", "--model.encoder_lr", "0.001",
+        "--trainer.max_epochs", "4", "--trainer.log_every_n_steps", "1",
+        "--trainer.num_sanity_val_steps", "0",
+        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(run), "--trainer.logger.name", "logs",
+        "--checkpoint.dirpath", str(run / "checkpoints"),
+    ])
+    return cli, run
+
+
+def test_loss_falls_and_metrics_are_logged(trained):
+    cli, run = trained
+    rows = list(csv.DictReader((run / "logs" / "version_0" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) >= 8
+    quarter = len(losses) // 4
+    assert sum(losses[-quarter:]) / quarter < 0.8 * sum(losses[:quarter]) / quarter
+    val_rows = [r for r in rows if r.get("val/CIDEr")]
+    assert len(val_rows) == 4  # one per epoch
+    for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        assert f"val/{name}" in cli.trainer.callback_metrics
+
+
+def test_checkpoints_and_reload_give_same_captions(trained):
+    cli, run = trained
+    best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
+    assert best.is_file() and last.is_file()
+    reloaded = CaptioningModule.load_from_checkpoint(last, map_location="cpu").eval()
+    model = cli.model.eval()
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    original = model.caption_images(batch["images"])
+    again = reloaded.caption_images(batch["images"])
+    assert [c.tokens for c in again] == [c.tokens for c in original]
+    assert reloaded.hparams.vocab_words == cli.datamodule.vocab_words
+
+
+def test_test_subcommand_writes_metrics_json(trained, synth_data):
+    cli, run = trained
+    best = run / "checkpoints" / "best.ckpt"
+    cli_main([
+        "test", "--data.data_dir", str(synth_data), *TINY_MODEL,
+        "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
+        "--ckpt_path", str(best),
+    ])
+    metrics = json.loads((best.parent / "metrics.json").read_text())
+    assert {"test/BLEU-4", "test/CIDEr", "test/METEOR"} <= set(metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert metrics["test/CIDEr"] >= 0.0
+
+
+def test_checkpoint_hyperparameters_are_plain_data(trained):
+    _, run = trained
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    hparams = ckpt["hyper_parameters"]
+    assert isinstance(hparams["vocab_words"], list) and hparams["vocab_words"][:4] == [
+        "<pad>", "<start>", "<end>", "<unk>"
+    ]
+    assert hparams["image_size"] == 64
+    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"encoder", "decoder"}
