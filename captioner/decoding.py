@@ -114,10 +114,12 @@ def beam_search(
     pool_slot = torch.zeros((batch, k), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     history: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: parent, token (B, K), alpha (B, K, P)
+    workspace = projected.new_empty(batch * k * projected.numel() // batch)  # attention scratch, see Decoder.step
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected)
-        candidates = scores.unsqueeze(-1) + log_probs.masked_fill(banned, NEG_INF)  # (B, K, V)
-        candidates.masked_fill_(done.view(batch, 1, 1), NEG_INF)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected, workspace)
+        # In place: (B, K, V) is the largest tensor here after the attention's.
+        scores.masked_fill_(done.unsqueeze(1), NEG_INF)
+        candidates = log_probs.masked_fill_(banned, NEG_INF).add_(scores.unsqueeze(-1))  # (B, K, V)
 
         # Finished: <end> candidates ranking in an image's top K over all its candidates.
         top_all = candidates.view(batch, -1).topk(k, dim=1)

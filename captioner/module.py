@@ -10,6 +10,7 @@ gathered and each image is scored exactly once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -17,7 +18,7 @@ import torch
 
 from captioner.decoding import Caption, decode_captions
 from captioner.errors import CaptionerError
-from captioner.metrics import caption_scores
+from captioner.metrics import GroundingSample, caption_scores, coco_category_words, grounding_scores
 from captioner.models import ModelConfig, build_decoder, build_encoder, caption_loss
 from captioner.vocab import Vocabulary
 
@@ -89,11 +90,15 @@ class CaptioningModule(pl.LightningModule):
         self.encoder = build_encoder(self.config)
         self.decoder = build_decoder(self.config, len(self.vocab), self.encoder.out_channels)
         self._eval_outputs: list[dict[str, Any]] = []
+        self._boxes_by_stage: dict[str, dict[int, list[Any]]] = {}
 
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(rows, cols) of the attention grid; α rows are laid out row-major over it."""
         return (self.config.grid_size, self.config.grid_size)
+
+    def setup(self, stage: str) -> None:
+        self._boxes_by_stage = {}  # a new fit/validate/test may bring another data module
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -147,27 +152,39 @@ class CaptioningModule(pl.LightningModule):
             max_len=self.hparams.max_caption_len,
         )
 
-    def _decode_batch(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def _decode_batch(self, batch: dict[str, Any], keep_attention: bool = False) -> list[dict[str, Any]]:
+        """One dict per image: image_id, path, caption, score, references; with `keep_attention`
+        also words, alphas (L, P) on the CPU and size (W, H), for the grounding scores."""
         captions = self.caption_images(batch["images"])
-        return [
-            {
-                "image_id": int(image_id),
+        outputs = []
+        for i, caption in enumerate(captions):
+            item = {
+                "image_id": int(batch["image_ids"][i]),
                 "caption": self.vocab.decode(caption.tokens),
-                "references": list(references),
-                "path": path,
+                "references": list(batch["references"][i]),
+                "path": batch["paths"][i],
                 "score": caption.score,
             }
-            for image_id, caption, references, path in zip(
-                batch["image_ids"].tolist(), captions, batch["references"], batch["paths"]
-            )
-        ]
+            if keep_attention:
+                item["words"] = self.vocab.decode_tokens(caption.tokens)
+                item["alphas"] = caption.alphas.float().cpu()
+                item["size"] = tuple(batch["sizes"][i].tolist())
+            outputs.append(item)
+        return outputs
 
     # ------------------------------------------------------ validation and test
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_outputs.extend(self._decode_batch(batch))
+        self._eval_outputs.extend(self._decode_batch(batch, keep_attention=bool(self._boxes("val"))))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_outputs.extend(self._decode_batch(batch))
+        self._eval_outputs.extend(self._decode_batch(batch, keep_attention=bool(self._boxes("test"))))
+
+    def _boxes(self, stage: str) -> dict[int, list[Any]]:
+        """Image id -> boxes of the data module's `stage` split ({} without instances), read once."""
+        if stage not in self._boxes_by_stage:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            self._boxes_by_stage[stage] = datamodule.boxes(stage) if hasattr(datamodule, "boxes") else {}
+        return self._boxes_by_stage[stage]
 
     def on_validation_epoch_end(self) -> None:
         self._log_caption_metrics("val")
@@ -177,13 +194,14 @@ class CaptioningModule(pl.LightningModule):
 
     def _log_caption_metrics(self, stage: str) -> None:
         outputs, self._eval_outputs = self._eval_outputs, []
-        scores = self._score_once(outputs)
+        scores = self._score_once(outputs, self._boxes(stage))
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("CIDEr", "BLEU-4"), sync_dist=False)
 
-    def _score_once(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
+    def _score_once(self, outputs: list[dict[str, Any]], boxes: dict[int, list[Any]]) -> dict[str, float]:
         """Gather every rank's captions, drop the distributed sampler's padding duplicates,
-        score on rank 0 and share the result, so every image counts exactly once."""
+        score on rank 0 and share the result, so every image counts exactly once. With boxes,
+        add the grounding scores (pointing game, attention mass in the named object's box)."""
         strategy = self.trainer.strategy
         if self.trainer.world_size > 1:
             gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
@@ -198,7 +216,18 @@ class CaptioningModule(pl.LightningModule):
                     {i: item["caption"] for i, item in by_image.items()},
                     spice=self.hparams.spice,
                 )
+                if boxes:
+                    scores.update(self._grounding(by_image.values(), boxes))
         return strategy.broadcast(scores, src=0)
+
+    def _grounding(self, items: Iterable[dict[str, Any]], boxes: dict[int, list[Any]]) -> dict[str, float]:
+        samples = [
+            GroundingSample(item["words"], item["alphas"], self.grid_shape, item["size"], boxes.get(item["image_id"], []))
+            for item in items
+        ]
+        categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
+        scores = grounding_scores(samples, coco_category_words(categories))
+        return {name: float(scores[name]) for name in ("pointing_game", "attention_in_box", "chance_pointing_game")}
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ def test_loss_falls_and_metrics_are_logged(trained):
     assert sum(losses[-quarter:]) / quarter < 0.8 * sum(losses[:quarter]) / quarter
     val_rows = [r for r in rows if r.get("val/CIDEr")]
     assert len(val_rows) == 4  # one per epoch
-    for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+    for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "pointing_game", "attention_in_box"):
         assert f"val/{name}" in cli.trainer.callback_metrics
 
 
@@ -79,7 +79,8 @@ def test_test_subcommand_writes_metrics_json(trained, synth_data):
         "--ckpt_path", str(best),
     ])
     metrics = json.loads((best.parent / "metrics.json").read_text())
-    assert {"test/BLEU-4", "test/CIDEr", "test/METEOR"} <= set(metrics)
+    assert {"test/BLEU-4", "test/CIDEr", "test/METEOR", "test/pointing_game", "test/attention_in_box"} <= set(metrics)
+    assert 0.0 < metrics["test/chance_pointing_game"] < 1.0
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["test/CIDEr"] >= 0.0
 

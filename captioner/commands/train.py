@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -67,13 +68,17 @@ class CaptionerCLI(LightningCLI):
 
 def cli_main(args: list[str] | None = None) -> CaptionerCLI:
     """Run the Lightning CLI; `args=None` reads sys.argv (tests pass a list)."""
-    return CaptionerCLI(
-        CaptioningModule,
-        CaptionDataModule,
-        args=args,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-    )
+    with warnings.catch_warnings():
+        # `captioner train ...` hands over its own argv slice, which this warning mistakes
+        # for a clash with sys.argv.
+        warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+        return CaptionerCLI(
+            CaptioningModule,
+            CaptionDataModule,
+            args=args,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+        )
 
 
 def main(args: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ COCO metrics.
 
     train batch: images (B, 3, S, S) float, tokens (B, T) long (<start> ... <end>, padded
                  with <pad>), lengths (B,) long (real tokens incl. <start>/<end>), image_ids (B,) long
-    eval batch:  images (B, 3, S, S), image_ids (B,) long, references list[list[str]], paths list[str]
+    eval batch:  images (B, 3, S, S), image_ids (B,) long, references list[list[str]], paths list[str],
+                 sizes (B, 2) long: each image's (W, H) before resizing, the pixels its boxes use
 
 Every listed image is checked to exist when the records are read (an error, or a counted
 warning and a skip with `skip_missing_images`). A file that exists but cannot be decoded is
@@ -50,7 +51,7 @@ class CaptionPairs(Dataset):
 
 
 class CaptionImages(Dataset):
-    """One item per image: `(image (3, S, S), image_id, references, path)`."""
+    """One item per image: `(image (3, S, S), image_id, references, path, (W, H) before resizing)`."""
 
     def __init__(self, records: list[ImageRecord], transform: Callable):
         self.records = records
@@ -59,9 +60,10 @@ class CaptionImages(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[str], str]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[str], str, tuple[int, int]]:
         record = self.records[i]
-        return self.transform(load_image(record.path)), record.image_id, list(record.captions), str(record.path)
+        image = load_image(record.path)
+        return self.transform(image), record.image_id, list(record.captions), str(record.path), image.size
 
 
 def collate_pairs(items: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -77,13 +79,14 @@ def collate_pairs(items: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: i
     }
 
 
-def collate_images(items: list[tuple[torch.Tensor, int, list[str], str]]) -> dict:
-    images, image_ids, references, paths = zip(*items)
+def collate_images(items: list[tuple[torch.Tensor, int, list[str], str, tuple[int, int]]]) -> dict:
+    images, image_ids, references, paths, sizes = zip(*items)
     return {
         "images": torch.stack(images),
         "image_ids": torch.tensor(image_ids, dtype=torch.long),
         "references": list(references),
         "paths": list(paths),
+        "sizes": torch.tensor(sizes, dtype=torch.long),
     }
 
 
