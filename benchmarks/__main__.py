@@ -7,12 +7,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 
 import torch
 
 from benchmarks.suite import COCO, TINY, Context, run
+
+# Modules whose @measurement functions register themselves in suite.MEASUREMENTS on import;
+# they run in this order. To add measurements, write them in a module and list it here.
+MEASUREMENT_MODULES = ["benchmarks.suite"]
 
 
 def cpu_name() -> str:
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a seconds-long smoke run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    for name in MEASUREMENT_MODULES:
+        importlib.import_module(name)
     device = torch.device(args.device)
     results = {
         "device": device.type,

@@ -114,25 +114,29 @@ def beam_search(
     pool_slot = torch.zeros((batch, k), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     history: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: parent, token (B, K), alpha (B, K, P)
-    workspace = projected.new_empty(batch * k * projected.numel() // batch)  # attention scratch, see Decoder.step
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected, workspace)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected)
         # In place: (B, K, V) is the largest tensor here after the attention's.
         scores.masked_fill_(done.unsqueeze(1), NEG_INF)
         candidates = log_probs.masked_fill_(banned, NEG_INF).add_(scores.unsqueeze(-1))  # (B, K, V)
 
+        # An image's best 2K candidates hold both its top K and its best K that do not end (at
+        # most K candidates end, one per beam): one topk over (B, K·V) per step, not two.
+        best = candidates.view(batch, -1).topk(min(2 * k, k * vocab), dim=1)
+        ends = best.indices % vocab == end_id
+
         # Finished: <end> candidates ranking in an image's top K over all its candidates.
-        top_all = candidates.view(batch, -1).topk(k, dim=1)
-        ends = (top_all.indices % vocab == end_id) & top_all.values.isfinite()
-        new_scores = top_all.values / (t + 1) if length_normalize else top_all.values
-        merged = torch.cat([pool_scores, new_scores.masked_fill(~ends, NEG_INF)], 1).topk(k, dim=1)
+        top_values, top_indices = best.values[:, :k], best.indices[:, :k]
+        new_scores = top_values / (t + 1) if length_normalize else top_values
+        finished = ends[:, :k] & top_values.isfinite()
+        merged = torch.cat([pool_scores, new_scores.masked_fill(~finished, NEG_INF)], 1).topk(k, dim=1)
         pool_scores = merged.values
         pool_last = torch.cat([pool_last, torch.full_like(pool_last, t - 1)], 1).gather(1, merged.indices)
-        pool_slot = torch.cat([pool_slot, top_all.indices // vocab], 1).gather(1, merged.indices)
+        pool_slot = torch.cat([pool_slot, top_indices // vocab], 1).gather(1, merged.indices)
 
         # Live: the best K candidates that do not end.
-        candidates[..., end_id] = NEG_INF
-        scores, top = candidates.view(batch, -1).topk(k, dim=1)
+        scores, live = best.values.masked_fill(ends, NEG_INF).topk(k, dim=1)
+        top = best.indices.gather(1, live)
         parent, prev = top // vocab, top % vocab
         state = tuple(s.gather(1, parent.unsqueeze(-1).expand_as(s)) for s in state)
         history.append((parent, prev, alpha.gather(1, parent.unsqueeze(-1).expand_as(alpha))))

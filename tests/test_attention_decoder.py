@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from captioner.decoding import beam_search, greedy_decode
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, ModelConfig, SoftAttention, build_decoder, caption_loss
+from captioner.models import Decoder, ModelConfig, SoftAttention, attention, build_decoder, caption_loss
 
 V, D, P = 13, 10, 6
 
@@ -129,3 +129,51 @@ def test_step_with_beams_equals_step_per_beam():
 def test_bad_gate_is_a_clear_error():
     with pytest.raises(CaptionerError, match="gate='sigmoid'.*scalar, channel, none"):
         build_decoder(ModelConfig(gate="sigmoid"), vocab_size=V, feature_dim=D)
+
+
+def _energies_reference(projected, hidden_projected, weight):
+    """The paper's formula, by plain autograd: w·tanh(W_a a + b + W_h h), (B, K, P)."""
+    return torch.tanh(projected.unsqueeze(1) + hidden_projected.unsqueeze(2)) @ weight
+
+
+@pytest.mark.parametrize("chunk_floats", [1, 7 * 2 * 5, 2**21])  # one image, two, all at once
+def test_chunked_energies_and_their_backward_match_the_tanh_formula(monkeypatch, chunk_floats):
+    monkeypatch.setattr(attention, "CHUNK_FLOATS", chunk_floats)
+    torch.manual_seed(3)
+    projected = torch.randn(5, 7, 4, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(5, 2, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(5, 2, 7, dtype=torch.float64)
+    # Equal up to a constant per (image, beam), which softmax ignores: compare centred scores.
+    fast, ref = attention.energies(projected, hidden, weight), _energies_reference(projected, hidden, weight)
+    centred = lambda e: e - e.mean(dim=-1, keepdim=True)  # noqa: E731
+    assert torch.allclose(centred(fast), centred(ref), atol=1e-10)
+    fast_grads = torch.autograd.grad(fast, (projected, hidden, weight), centred(grad))
+    ref_grads = torch.autograd.grad(ref, (projected, hidden, weight), centred(grad))
+    for g1, g2 in zip(fast_grads, ref_grads):
+        assert torch.allclose(g1, g2, atol=1e-10)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "channel", "none"])
+def test_fast_backward_gives_feature_gradients_for_fine_tuning(monkeypatch, gate):
+    monkeypatch.setattr(attention, "CHUNK_FLOATS", 2 * P * 7)  # several chunks per step
+    decoder = _decoder(gate=gate).double()
+    features = torch.randn(3, P, D, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(3, V, (3, 6))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits, alphas = decoder(features, inputs)
+    fast = torch.autograd.grad(caption_loss(logits, targets, alphas, pad_id=0).total, features)[0]
+    naive = torch.autograd.grad(_naive_loss(decoder, features, inputs, targets, pad_id=0), features)[0]
+    assert torch.allclose(fast, naive, atol=1e-10)
+
+
+def test_fast_path_gradients_pass_gradcheck():
+    decoder = _decoder(gate="channel").double()
+    features = torch.randn(2, P, D, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(3, V, (2, 4))
+
+    def outputs(features):
+        logits, alphas = decoder(features, tokens)
+        return logits, alphas
+
+    assert torch.autograd.gradcheck(outputs, (features,), fast_mode=True)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from captioner.errors import CaptionerError
-from captioner.models.attention import SoftAttention, energies, energies_backward
+from captioner.models.attention import SoftAttention, energies_backward
 
 GATES = ("scalar", "channel", "none")
 
@@ -105,12 +105,7 @@ class Decoder(nn.Module):
         return logits, alphas.transpose(0, 1)
 
     def step(
-        self,
-        prev_tokens: Tensor,
-        state: State,
-        features: Tensor,
-        projected: Tensor,
-        workspace: Tensor | None = None,
+        self, prev_tokens: Tensor, state: State, features: Tensor, projected: Tensor
     ) -> tuple[Tensor, State, Tensor]:
         """One decoding step for K hypotheses (beams) per image.
 
@@ -118,15 +113,13 @@ class Decoder(nn.Module):
         -> log_probs (B, K, V), new state (h, c) each (B, K, H), alpha (B, K, P).
         The K beams of an image share its features and projection (broadcast, not copied).
         Without the beam axis — prev_tokens (B,), state (B, H) — outputs drop it too.
-        workspace: optional scratch memory of at least B·K·P·A floats for the attention,
-        reused across steps (see `attention.energies`).
         """
         single = prev_tokens.dim() == 1
         if single:
             prev_tokens, state = prev_tokens.unsqueeze(1), (state[0].unsqueeze(1), state[1].unsqueeze(1))
         embedded = self.embedding(prev_tokens)  # (B, K, E)
         embed_weight, weights = self._weights()
-        out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, workspace)
+        out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights)
         log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1)
         if single:
             return log_probs.squeeze(1), (out.h.squeeze(1), out.c.squeeze(1)), out.alpha.squeeze(1)
@@ -154,7 +147,6 @@ class Decoder(nn.Module):
         features: Tensor,
         projected: Tensor,
         weights: StepWeights,
-        workspace: Tensor | None = None,
     ) -> _Step:
         """The recurrent core. input_gates (B, [K,] 4H) = W_ih[:, :E] E y_{t-1}, state (h, c)
         (B, [K,] H) -> h, c (B, [K,] H), gated context z (B, [K,] D), alpha (B, [K,] P), and
@@ -166,7 +158,7 @@ class Decoder(nn.Module):
             [4 * self.hidden_dim, self.attention_dim, on_hidden.size(-1) - 4 * self.hidden_dim - self.attention_dim],
             dim=-1,
         )
-        attended, alpha = self.attention.attend(features, projected, hidden_att, workspace=workspace)
+        attended, alpha = self.attention.attend(features, projected, hidden_att)
         context = torch.sigmoid(hidden_gate) * attended if self.gate is not None else attended
         gates = F.linear(context, context_weight) + hidden_gates + input_gates
         i, f, g, o = gates.chunk(4, dim=-1)  # LSTMCell's gate order
@@ -192,24 +184,23 @@ class _TimeLoop(torch.autograd.Function):
     matmul of only B rows (16 MB for W_ih's context half) and add it up, and allocate several
     (B, P, A) attention intermediates. Here the backward through time computes only the
     gradients that flow between steps; each weight's gradient is then one matmul over all T·B
-    rows, the attention's (B, P, A) work reuses two buffers, and the gradient of W_a a + b is
-    summed over the steps in place.
+    rows, the attention's (B, P, A) work runs in cache-sized chunks (`energies_backward`), and
+    the gradient of W_a a + b is summed over the steps in one buffer.
     """
 
     @staticmethod
-    def forward(ctx, decoder, input_gates, h, c, features, projected, context_weight, hidden_weight, hidden_bias, score):
-        weights = (context_weight, hidden_weight, hidden_bias)
-        h0, c0, sigmoids = h, c, torch.empty_like(projected)
+    def forward(ctx, decoder, input_gates, h, c, features, projected, context_weight, hidden_weight, bias, score):
+        weights = (context_weight, hidden_weight, bias)
+        h0, c0 = h, c
         steps = []
         for gates_t in input_gates:
-            step = decoder._advance(gates_t, (h, c), features, projected, weights, workspace=sigmoids)
+            step = decoder._advance(gates_t, (h, c), features, projected, weights)
             h, c = step.h, step.c
             steps.append(step)
-        hiddens, cells, contexts, alphas, on_hidden, attended, activations = (torch.stack(x) for x in zip(*steps))
+        stacked = [torch.stack(x) for x in zip(*steps)]  # each (T, B, ...)
+        hiddens, cells, contexts, alphas, on_hidden, attended, activations = stacked
         ctx.decoder = decoder
-        ctx.save_for_backward(
-            h0, c0, features, projected, *weights, score, hiddens, cells, contexts, alphas, on_hidden, attended, activations
-        )
+        ctx.save_for_backward(h0, c0, features, projected, *weights, score, *stacked)
         return hiddens, contexts, alphas
 
     @staticmethod
@@ -225,7 +216,6 @@ class _TimeLoop(torch.autograd.Function):
         grad_attended = torch.empty_like(attended)
         grad_projected = torch.zeros_like(projected)
         grad_score = torch.zeros_like(w)
-        sigmoids = torch.empty_like(projected)
         dh, dc = torch.zeros_like(h0), torch.zeros_like(c0)
         for t in reversed(range(steps)):
             # LSTM cell: c_t = f c_{t-1} + i g, h_t = o tanh(c_t).
@@ -255,9 +245,10 @@ class _TimeLoop(torch.autograd.Function):
             # (B, 1, D) @ (B, D, P): ~4x faster on CPU than the (B, P, D) @ (B, D, 1) batched gemv.
             d_alpha = torch.bmm(d_context.unsqueeze(1), features.transpose(1, 2)).squeeze(1) + grad_alphas[t]
             d_scores = alpha * (d_alpha - (alpha * d_alpha).sum(dim=-1, keepdim=True))
-            energies(projected, hidden_att.unsqueeze(1), w, workspace=sigmoids)  # recompute, cheaper than keeping
-            d_hidden_att, d_w = energies_backward(d_scores, sigmoids, w, grad_projected)
-            grad_on_hidden[t, :, gates_dim : gates_dim + att_dim] = d_hidden_att
+            d_hidden_att, d_w = energies_backward(
+                d_scores.unsqueeze(1), projected, hidden_att.unsqueeze(1), w, grad_projected
+            )
+            grad_on_hidden[t, :, gates_dim : gates_dim + att_dim] = d_hidden_att.squeeze(1)
             grad_score += d_w
             dh = grad_on_hidden[t] @ hidden_weight  # (B, H)
 
@@ -268,13 +259,13 @@ class _TimeLoop(torch.autograd.Function):
             grad_features = torch.bmm(alphas.permute(1, 2, 0), grad_attended.transpose(0, 1))
         return (
             None,
-            grad_on_hidden[..., :gates_dim],
+            grad_on_hidden[..., :gates_dim],  # input_gates
             dh,
             dc,
             grad_features,
             grad_projected,
-            rows[:, :gates_dim].t() @ contexts.view(steps * batch, -1),
-            rows.t() @ previous_hiddens,
-            rows.sum(dim=0),
+            rows[:, :gates_dim].t() @ contexts.view(steps * batch, -1),  # context_weight
+            rows.t() @ previous_hiddens,  # hidden_weight
+            rows.sum(dim=0),  # bias
             grad_score.unsqueeze(0),
         )
