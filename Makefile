@@ -29,8 +29,21 @@ test: $(STAMP)
 		echo "warning: chromium could not be installed; the gallery browser tests will be skipped"
 	$(PY) -m pytest -q --durations=10
 
+CAPTIONER := $(VENV)/bin/captioner
+BEST := $(DEMO_RUN)/checkpoints/best.ckpt
+
+# The demo: synthetic data (made once), train with configs/shapes.yaml, test the best
+# checkpoint (metrics.json beside it), caption the test images, draw overlays and a gallery.
 demo: $(STAMP)
-	$(PY) -m captioner.demo --data $(DEMO_DATA) --run $(DEMO_RUN)
+	@test -f $(DEMO_DATA)/annotations/captions_train.json || $(CAPTIONER) data synth --out $(DEMO_DATA)
+	$(CAPTIONER) train fit --config configs/shapes.yaml
+	$(CAPTIONER) train test --config configs/shapes.yaml --trainer.logger false \
+		--trainer.enable_progress_bar false --ckpt_path $(BEST)
+	$(CAPTIONER) caption --ckpt $(BEST) $(DEMO_DATA)/test > $(DEMO_RUN)/captions.txt
+	@head -n 5 $(DEMO_RUN)/captions.txt
+	$(CAPTIONER) attend --ckpt $(BEST) --out $(DEMO_RUN)/attention $$(ls $(DEMO_DATA)/test/*.png | head -n 8)
+	$(CAPTIONER) gallery --ckpt $(BEST) --data $(DEMO_DATA) --split test --n 24 --out $(DEMO_RUN)/gallery
+	@echo "metrics: $(DEMO_RUN)/checkpoints/metrics.json  overlays: $(DEMO_RUN)/attention/  gallery: $(DEMO_RUN)/gallery/index.html"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

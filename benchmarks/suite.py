@@ -187,6 +187,7 @@ RATIOS = [
     ("decoder_train_speedup", "decoder_train_images_per_s", "decoder_train_naive_images_per_s"),
     ("beam5_speedup", "beam5_images_per_s", "beam5_one_at_a_time_images_per_s"),
     ("end_to_end_over_encoder_time", "encoder_only_images_per_s", "end_to_end_images_per_s"),
+    ("cached_features_speedup", "cached_features_train_images_per_s", "frozen_encoder_train_images_per_s"),
 ]
 
 

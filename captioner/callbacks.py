@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD
+from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from captioner.overlay import draw_attention
 
 __all__ = ["AttentionOverlayCallback"]
@@ -26,7 +26,9 @@ class AttentionOverlayCallback(pl.Callback):
 
     The module must provide ``caption_images(images (B,3,H,W), beam_size=int) ->
     list[Caption]`` (``.tokens``, ``.alphas`` (L, P)), ``vocab.decode_tokens(tokens)`` and
-    ``grid_shape -> (rows, cols)``.
+    ``grid_shape -> (rows, cols)``. When the batches carry cached ``features`` (B, P, D)
+    instead of images, it captions them with ``caption_features`` (same contract) and draws
+    over the image files named by the batches' ``paths``.
     """
 
     def __init__(self, num_images: int = 4, every_n_epochs: int = 1, beam_size: int = 1) -> None:
@@ -35,7 +37,7 @@ class AttentionOverlayCallback(pl.Callback):
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
         self.beam_size = beam_size
-        self._images: torch.Tensor | None = None  # (N, 3, H, W), normalised, on CPU
+        self._inputs: dict[str, Any] | None = None  # images (N, 3, H, W) or features (N, P, D) on CPU, paths
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -45,32 +47,40 @@ class AttentionOverlayCallback(pl.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
-        if self._images is None:
-            self._images = self._first_images(trainer.val_dataloaders)
+        if self._inputs is None:
+            self._inputs = self._first_inputs(trainer.val_dataloaders)
         with torch.no_grad():
-            captions = pl_module.caption_images(self._images.to(pl_module.device), beam_size=self.beam_size)
-        for index, (image, caption) in enumerate(zip(self._images, captions)):
+            if "features" in self._inputs:
+                features = self._inputs["features"].to(pl_module.device)
+                captions = pl_module.caption_features(features, beam_size=self.beam_size)
+                pictures = [load_image(path) for path in self._inputs["paths"]]
+            else:
+                images = self._inputs["images"].to(pl_module.device)
+                captions = pl_module.caption_images(images, beam_size=self.beam_size)
+                pictures = [_to_pil(image) for image in self._inputs["images"]]
+        for index, (picture, caption) in enumerate(zip(pictures, captions)):
             words = pl_module.vocab.decode_tokens(caption.tokens)
-            figure = draw_attention(
-                _to_pil(image), words, caption.alphas, pl_module.grid_shape, title=" ".join(words)
-            )
+            figure = draw_attention(picture, words, caption.alphas, pl_module.grid_shape, title=" ".join(words))
             for logger in loggers:
                 # add_figure renders the figure, then closes it.
                 logger.experiment.add_figure(f"attention/{index}", figure, global_step=trainer.global_step)
 
-    def _first_images(self, loaders: Any) -> torch.Tensor:
-        """The first ``num_images`` images (fewer if the loader is shorter) of the first loader."""
+    def _first_inputs(self, loaders: Any) -> dict[str, Any]:
+        """The first ``num_images`` images or features (fewer if the loader is shorter) of the
+        first loader, under their batch key, with their ``paths`` when the batches have them."""
         if isinstance(loaders, Mapping):
             loaders = next(iter(loaders.values()))
         elif isinstance(loaders, Sequence):
             loaders = loaders[0]
-        chunks, count = [], 0
+        chunks, paths, count = [], [], 0
         for batch in loaders:
-            chunks.append(batch["images"][: self.num_images - count].cpu())
+            key = "features" if "features" in batch else "images"
+            chunks.append(batch[key][: self.num_images - count].cpu())
+            paths.extend(batch.get("paths", [])[: len(chunks[-1])])
             count += len(chunks[-1])
             if count == self.num_images:
                 break
-        return torch.cat(chunks)
+        return {key: torch.cat(chunks), "paths": paths}
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:

@@ -10,11 +10,15 @@ gathered and each image is scored exactly once.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from captioner.decoding import Caption, decode_captions
 from captioner.errors import CaptionerError
@@ -41,6 +45,14 @@ class CaptioningModule(pl.LightningModule):
         image_size: side in pixels the images are resized to; linked from the data module and
             kept in the checkpoint so captioning later prepares images the same way.
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
+        channels_last: run the encoder in channels-last memory format (faster convolutions on
+            GPUs with tensor cores; same numbers).
+        compile: `torch.compile` the encoder and the decoder's per-step core when the trainer
+            sets the model up (the first step then pays for compiling).
+        skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
+            backward, so no weight or Adam-state update; Lightning still counts the step), warn
+            and count it in `train/nonfinite_skips`, instead of stopping the run with an error.
+            One process only (Lightning cannot skip a step on one rank of several).
     """
 
     def __init__(
@@ -67,6 +79,9 @@ class CaptioningModule(pl.LightningModule):
         max_caption_len: int = 20,
         image_size: int = 224,
         spice: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,6 +92,7 @@ class CaptioningModule(pl.LightningModule):
             stages=stages,
             grid_size=grid_size,
             fine_tune=fine_tune,
+            channels_last=channels_last,
             embed_dim=embed_dim,
             hidden_dim=hidden_dim,
             attention_dim=attention_dim,
@@ -91,36 +107,129 @@ class CaptioningModule(pl.LightningModule):
         self.decoder = build_decoder(self.config, len(self.vocab), self.encoder.out_channels)
         self._eval_outputs: list[dict[str, Any]] = []
         self._boxes_by_stage: dict[str, dict[int, list[Any]]] = {}
+        self._compiled = False
+        self._nonfinite_skips = 0
 
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(rows, cols) of the attention grid; α rows are laid out row-major over it."""
         return (self.config.grid_size, self.config.grid_size)
 
+    def encoder_settings(self) -> dict[str, Any]:
+        """What decides the encoder's output, as plain data; cached features made with other
+        settings do not fit this model. The SHA-256 of its weights also tells two randomly
+        initialised encoders (weights null, another seed) apart."""
+        digest = hashlib.sha256()
+        for name, tensor in self.encoder.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        config = self.config
+        return {
+            "backbone": config.backbone,
+            "weights": config.weights,
+            "stages": config.stages,
+            "grid_size": config.grid_size,
+            "image_size": self.hparams.image_size,
+            "encoder_sha256": digest.hexdigest(),
+        }
+
     def setup(self, stage: str) -> None:
         self._boxes_by_stage = {}  # a new fit/validate/test may bring another data module
+        if stage == "fit" and self.hparams.skip_nonfinite_loss and self.trainer.world_size > 1:
+            raise CaptionerError(
+                "model.skip_nonfinite_loss works with one process only (Lightning cannot skip a step on "
+                "one rank of several); set it to false or train on one device"
+            )
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "features_dir", None) is not None:
+            if any(p.requires_grad for p in self.encoder.parameters()):
+                raise CaptionerError(
+                    f"model.fine_tune={self.config.fine_tune!r} trains the encoder, but data.features_dir="
+                    f"{datamodule.features_dir} holds features of a frozen one; set model.fine_tune to none "
+                    "or drop data.features_dir"
+                )
+            datamodule.check_features(self.encoder_settings())
+
+    def configure_model(self) -> None:
+        """With `compile`: compile the encoder and the decoder's per-step core, once. Both are
+        compiled in place (no `_orig_mod.` wrapper), so state-dict keys do not change."""
+        if self.hparams.compile and not self._compiled:
+            self.encoder.compile()
+            self.decoder._advance = torch.compile(self.decoder._advance)
+            self._compiled = True
+
+    def _features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """features (B, P, D): the batch's cached `features`, else the encoder over its `images`."""
+        return batch["features"] if "features" in batch else self.encoder(batch["images"])
+
+    def _without_autocast(self) -> torch.autocast:
+        # The decoder's hand-written time loop and attention take a single dtype, so it runs in
+        # float32 under mixed precision too; the encoder, where the FLOPs are, still autocasts.
+        return torch.autocast(self.device.type, enabled=False)
 
     # ----------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """batch: images (B,3,S,S), tokens (B,T) starting with <start>, padded with <pad>."""
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        """batch: images (B,3,S,S) or features (B,P,D), tokens (B,T) starting with <start>, padded with <pad>."""
         tokens = batch["tokens"]
-        features = self.encoder(batch["images"])
-        logits, alphas = self.decoder(features, tokens[:, :-1])
-        loss = caption_loss(
-            logits, tokens[:, 1:], alphas, self.vocab.pad_id, self.hparams.attention_lambda
-        )
+        features = self._features(batch)
+        with self._without_autocast():
+            logits, alphas = self.decoder(features.float(), tokens[:, :-1])
+            loss = caption_loss(
+                logits, tokens[:, 1:], alphas, self.vocab.pad_id, self.hparams.attention_lambda
+            )
+        if not torch.isfinite(loss.total):
+            self._nonfinite(loss.total, batch_idx)
+            return None  # Lightning then skips backward and the optimizer step
         batch_size = tokens.shape[0]
         self.log("train/loss", loss.total, prog_bar=True, batch_size=batch_size)
         self.log("train/cross_entropy", loss.cross_entropy, batch_size=batch_size)
         self.log("train/attention_penalty", loss.attention, batch_size=batch_size)
         return loss.total
 
+    def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop the run (CaptionerError), or with `skip_nonfinite_loss` skip the batch. Either way
+        nothing is back-propagated, so the weights never see the bad loss."""
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if not self.hparams.skip_nonfinite_loss:
+            raise CaptionerError(
+                f"the training loss is {loss.item()} at {where}; the weights were not updated with it and "
+                "the last checkpoint is intact. Lower model.decoder_lr / model.encoder_lr, set "
+                "trainer.gradient_clip_val, or set model.skip_nonfinite_loss=true to skip such batches"
+            )
+        self._nonfinite_skips += 1
+        rank_zero_warn(f"skipped the batch at {where}: the training loss is {loss.item()} "
+                       f"({self._nonfinite_skips} skipped so far)")
+        self.log("train/nonfinite_skips", float(self._nonfinite_skips), batch_size=1)
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout draws from torch's global RNG. Re-seeding it from (seed, epoch) makes an epoch's
+        # randomness independent of whatever ran before it, so a run resumed from an end-of-epoch
+        # checkpoint continues exactly as one that never stopped. The seed is the one
+        # `seed_everything` set (the CLI's `seed_everything`, 0 by default); unseeded runs are left alone.
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            torch.manual_seed(int(np.random.SeedSequence([int(seed), self.current_epoch]).generate_state(1)[0]))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose vocabulary is not this run's: its output layer would not fit,
+        or worse, fit with every word id meaning another word."""
+        words = checkpoint.get("hyper_parameters", {}).get("vocab_words")
+        if words is not None and list(words) != self.vocab.words:
+            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+            raise CaptionerError(
+                f"{path} was trained with a vocabulary of {len(words)} words, but the data gives one of "
+                f"{len(self.vocab)} words{' (same size, other words)' if len(words) == len(self.vocab) else ''}; "
+                "use the data (and data.vocab_path) the checkpoint was trained with, or train from scratch "
+                "without --ckpt_path"
+            )
+
     def configure_optimizers(self) -> dict[str, Any]:
         groups = [{"params": self.decoder.parameters(), "lr": self.hparams.decoder_lr}]
         encoder_params = [p for p in self.encoder.parameters() if p.requires_grad]
         if encoder_params:
             groups.append({"params": encoder_params, "lr": self.hparams.encoder_lr})
-        optimizer = torch.optim.Adam(groups, weight_decay=self.hparams.weight_decay)
+        # fused: one kernel for all parameters, several times faster per step on CPU too.
+        optimizer = torch.optim.Adam(groups, weight_decay=self.hparams.weight_decay, fused=True)
         schedule = self.hparams.lr_schedule
         if schedule == "constant":
             return {"optimizer": optimizer}
@@ -144,18 +253,24 @@ class CaptioningModule(pl.LightningModule):
     @torch.inference_mode()
     def caption_images(self, images: torch.Tensor, beam_size: int | None = None) -> list[Caption]:
         """Caption a batch of normalised images (B,3,S,S); one `Caption` per image, α per word."""
-        return decode_captions(
-            self.decoder,
-            self.encoder(images),
-            self.vocab,
-            beam_size=self.hparams.val_beam_size if beam_size is None else beam_size,
-            max_len=self.hparams.max_caption_len,
-        )
+        return self.caption_features(self.encoder(images), beam_size)
+
+    @torch.inference_mode()
+    def caption_features(self, features: torch.Tensor, beam_size: int | None = None) -> list[Caption]:
+        """Caption encoder features (B,P,D), e.g. cached ones; one `Caption` per image, α per word."""
+        with self._without_autocast():
+            return decode_captions(
+                self.decoder,
+                features.float(),
+                self.vocab,
+                beam_size=self.hparams.val_beam_size if beam_size is None else beam_size,
+                max_len=self.hparams.max_caption_len,
+            )
 
     def _decode_batch(self, batch: dict[str, Any], keep_attention: bool = False) -> list[dict[str, Any]]:
         """One dict per image: image_id, path, caption, score, references; with `keep_attention`
         also words, alphas (L, P) on the CPU and size (W, H), for the grounding scores."""
-        captions = self.caption_images(batch["images"])
+        captions = self.caption_features(self._features(batch))
         outputs = []
         for i, caption in enumerate(captions):
             item = {

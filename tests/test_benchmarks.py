@@ -6,6 +6,9 @@ from pathlib import Path
 from benchmarks.__main__ import main
 
 NUMBERS = [
+    "cached_features_train_images_per_s",
+    "frozen_encoder_train_images_per_s",
+    "cached_features_speedup",
     "decoder_train_images_per_s",
     "decoder_train_naive_images_per_s",
     "decoder_train_speedup",

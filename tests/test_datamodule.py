@@ -67,14 +67,19 @@ def test_train_batches_pair_every_caption_and_pad(synth_data):
 
 
 def test_shuffle_is_seeded_and_changes_every_epoch(synth_data):
-    def epochs(seed):
+    def epochs(seed, which=(0, 1)):
         loader = CaptionDataModule(str(synth_data), image_size=8, batch_size=120, seed=seed).train_dataloader()
-        return [torch.cat([b["tokens"][:, :4] for b in loader]).tolist() for _ in range(2)]
+        orders = []
+        for epoch in which:
+            loader.sampler.set_epoch(epoch)  # as Lightning does before every epoch
+            orders.append(torch.cat([b["tokens"][:, :4] for b in loader]).tolist())
+        return orders
 
     first = epochs(0)
     assert first == epochs(0)
     assert first[0] != first[1]
     assert epochs(1)[0] != first[0]
+    assert epochs(0, which=(1,)) == first[1:], "an epoch's order must not depend on the epochs before it (resume)"
 
 
 def test_eval_batches_carry_all_references_once_per_image(synth_data):
@@ -151,9 +156,26 @@ def test_missing_folder_and_malformed_annotations_are_clear_errors(tmp_path):
         CaptionDataModule(str(tmp_path)).setup("test")
 
 
-def test_unreadable_image_raises_image_load_error_naming_it(tmp_path):
-    write_split(tmp_path, "train", {1: ["a dog"], 2: ["a cat"]}, corrupt=(2,))
-    loader = CaptionDataModule(str(tmp_path), batch_size=2).train_dataloader()
+def test_unreadable_training_image_is_left_out_with_a_counted_warning(tmp_path):
+    write_split(tmp_path, "train", {1: ["a dog"], 2: ["a cat", "a cat sits"], 3: ["a cow"]}, corrupt=(2,))
+    loader = CaptionDataModule(str(tmp_path), batch_size=4, image_size=8).train_dataloader()
+    with pytest.warns(DataWarning, match=r"skipping training image .*2\.png .*; 1 unreadable training image"):
+        (batch,) = list(loader)
+    assert sorted(batch["image_ids"].tolist()) == [1, 3]
+    assert batch["images"].shape[0] == batch["tokens"].shape[0] == 2
+
+
+def test_batch_of_only_unreadable_images_is_an_error(tmp_path):
+    write_split(tmp_path, "train", {1: ["a dog"], 2: ["a cat"]}, corrupt=(1, 2))
+    loader = CaptionDataModule(str(tmp_path), batch_size=2, image_size=8).train_dataloader()
+    with pytest.warns(DataWarning), pytest.raises(CaptionerError, match="none of the 2 training images"):
+        next(iter(loader))
+
+
+def test_unreadable_eval_image_raises_image_load_error_naming_it(tmp_path):
+    write_split(tmp_path, "train", {1: ["a dog"]})
+    write_split(tmp_path, "val", {2: ["a cat"]}, corrupt=(2,))
+    loader = CaptionDataModule(str(tmp_path), batch_size=2).val_dataloader()
     with pytest.raises(ImageLoadError, match=r"2\.png"):
         next(iter(loader))
 

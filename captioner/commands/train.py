@@ -9,13 +9,17 @@
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 import warnings
 from pathlib import Path
 
+from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins import TorchCheckpointIO
 
+from captioner.checkpoint_io import AtomicCheckpointIO
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
 from captioner.module import CaptioningModule
@@ -26,8 +30,17 @@ class CaptionerCLI(LightningCLI):
     `best.ckpt` (highest val/CIDEr) and `last.ckpt` (end of the latest epoch, for resuming).
 
     Lightning's own `save_last` only refreshes last.ckpt in epochs where the best one
-    improved, so "last" is a second, unmonitored ModelCheckpoint in the same folder.
+    improved, so "last" is a second, unmonitored ModelCheckpoint in the same folder. Both are
+    written atomically (`AtomicCheckpointIO`), so a crash while saving leaves the previous file.
+    `validate` and `test` with a --ckpt_path write their metrics beside it, as
+    val_metrics.json and metrics.json.
     """
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a CheckpointIO the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The data module builds the vocabulary from its training split when instantiated;
@@ -51,23 +64,30 @@ class CaptionerCLI(LightningCLI):
             }
         )
 
+    def after_validate(self) -> None:
+        self._write_metrics("val/", "val_metrics.json")
+
     def after_test(self) -> None:
-        """Write the test metrics as metrics.json beside the checkpoint that was tested."""
+        self._write_metrics("test/", "metrics.json")
+
+    def _write_metrics(self, prefix: str, filename: str) -> None:
+        """Write the metrics named `prefix...` as `filename` beside the checkpoint evaluated (rank 0)."""
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if not ckpt_path or not self.trainer.is_global_zero:
             return
         metrics = {
             name: float(value) for name, value in self.trainer.callback_metrics.items()
-            if name.startswith("test/")
+            if name.startswith(prefix)
         }
         resolved = Path(self.trainer.ckpt_path or ckpt_path)
-        out = resolved.with_name("metrics.json")
+        out = resolved.with_name(filename)
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         print(f"wrote {out}")
 
 
-def cli_main(args: list[str] | None = None) -> CaptionerCLI:
-    """Run the Lightning CLI; `args=None` reads sys.argv (tests pass a list)."""
+def cli_main(args: list[str] | None = None, *, run: bool = True) -> CaptionerCLI:
+    """Run the Lightning CLI; `args=None` reads sys.argv (tests pass a list). With `run=False`
+    it only parses `args` (no subcommand) and instantiates the data, model and trainer."""
     with warnings.catch_warnings():
         # `captioner train ...` hands over its own argv slice, which this warning mistakes
         # for a clash with sys.argv.
@@ -76,6 +96,7 @@ def cli_main(args: list[str] | None = None) -> CaptionerCLI:
             CaptioningModule,
             CaptionDataModule,
             args=args,
+            run=run,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
         )
@@ -86,5 +107,15 @@ def main(args: list[str] | None = None) -> int:
         cli_main(args)
     except CaptionerError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except pickle.UnpicklingError:
+        # Lightning loads --ckpt_path with torch's default weights_only=True, which refuses
+        # pickled code; torch's own message would suggest turning that safety off.
+        print(
+            "error: the --ckpt_path checkpoint was refused: it holds Python objects besides tensors and "
+            "plain data, and loading it could run code stored in the file; use a checkpoint written by "
+            "`captioner train fit` from a source you trust",
+            file=sys.stderr,
+        )
         return 2
     return 0

@@ -8,10 +8,16 @@ COCO metrics.
                  with <pad>), lengths (B,) long (real tokens incl. <start>/<end>), image_ids (B,) long
     eval batch:  images (B, 3, S, S), image_ids (B,) long, references list[list[str]], paths list[str],
                  sizes (B, 2) long: each image's (W, H) before resizing, the pixels its boxes use
+With `features_dir` (cached encoder features, see `captioner.data.features`) every batch
+carries `features` (B, P, D) float32 in place of `images`, and no image is decoded.
 
 Every listed image is checked to exist when the records are read (an error, or a counted
 warning and a skip with `skip_missing_images`). A file that exists but cannot be decoded is
-found only when its batch is built; it then raises `ImageLoadError` naming the file.
+found only when its batch is built. In training its pairs are then left out of their batch,
+with a `DataWarning` naming the file and counting the unreadable files met so far (per loader
+process), so one bad file among thousands does not end a long run; a batch with no readable
+image left raises `CaptionerError`. In validation, test and predict it raises `ImageLoadError`
+naming the file: scores over a silently smaller set would mislead.
 """
 
 from __future__ import annotations
@@ -23,66 +29,122 @@ from typing import Callable
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from captioner.data.images import image_transform, load_image
+from captioner.data.features import SplitFeatures, check_meta
+from captioner.data.images import ImageLoadError, image_transform, load_image
 from captioner.data.records import Box, DataWarning, ImageRecord, read_boxes, read_coco, read_karpathy
 from captioner.errors import CaptionerError
 from captioner.vocab import Vocabulary, tokenize
 
 ROLES = ("train", "val", "test")
 
+# record -> (model input: image (3, S, S) or features (P, D), the image's (W, H) before resizing)
+Source = Callable[[ImageRecord], tuple[torch.Tensor, tuple[int, int]]]
+
+
+class ImageSource:
+    """The `Source` that decodes the image file and applies `transform`."""
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, record: ImageRecord) -> tuple[torch.Tensor, tuple[int, int]]:
+        image = load_image(record.path)
+        return self.transform(image), image.size
+
 
 class CaptionPairs(Dataset):
-    """One item per (image, caption): `(image (3, S, S), token ids (L,) long, image_id)`."""
+    """One item per (image, caption): `(input, token ids (L,) long, image_id)`; input from `source`."""
 
-    def __init__(self, records: list[ImageRecord], encoded: list[tuple[int, list[int]]], transform: Callable):
+    def __init__(self, records: list[ImageRecord], encoded: list[tuple[int, list[int]]], source: Source):
         self.records = records
         self.encoded = encoded  # (index into records, token ids incl. <start>/<end>)
-        self.transform = transform
+        self.source = source
+        self.unreadable: set[Path] = set()  # image files that failed to load, in this process
 
     def __len__(self) -> int:
         return len(self.encoded)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """The pair, or None when its image cannot be loaded (warned once per file; see module doc)."""
         index, ids = self.encoded[i]
         record = self.records[index]
-        return self.transform(load_image(record.path)), torch.tensor(ids, dtype=torch.long), record.image_id
+        try:
+            inputs = self.source(record)[0]
+        except ImageLoadError as error:
+            if error.path not in self.unreadable:
+                self.unreadable.add(error.path)
+                warnings.warn(
+                    f"skipping training image {error.path} ({error.reason}); {len(self.unreadable)} "
+                    "unreadable training image(s) so far; replace or remove it from the annotations",
+                    DataWarning,
+                    stacklevel=2,
+                )
+            return None
+        return inputs, torch.tensor(ids, dtype=torch.long), record.image_id
+
+
+class EpochShuffle(RandomSampler):
+    """A random order that depends only on (seed, epoch), so a run resumed at epoch e sees the
+    same order as one that never stopped. Lightning calls `set_epoch` before every epoch, as it
+    does on a DistributedSampler (which replaces this one under DDP, shuffling by its own seed
+    and the epoch)."""
+
+    def __init__(self, data_source: Dataset, seed: int):
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
 class CaptionImages(Dataset):
-    """One item per image: `(image (3, S, S), image_id, references, path, (W, H) before resizing)`."""
+    """One item per image: `(input, image_id, references, path, (W, H) before resizing)`; input from `source`."""
 
-    def __init__(self, records: list[ImageRecord], transform: Callable):
+    def __init__(self, records: list[ImageRecord], source: Source):
         self.records = records
-        self.transform = transform
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[str], str, tuple[int, int]]:
         record = self.records[i]
-        image = load_image(record.path)
-        return self.transform(image), record.image_id, list(record.captions), str(record.path), image.size
+        inputs, size = self.source(record)
+        return inputs, record.image_id, list(record.captions), str(record.path), size
 
 
-def collate_pairs(items: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack images and right-pad token ids with `pad_id` to the longest caption in the batch."""
-    images, tokens, image_ids = zip(*items)
+def collate_pairs(
+    items: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: int, key: str = "images"
+) -> dict[str, torch.Tensor]:
+    """Stack the inputs under `key` and right-pad token ids with `pad_id` to the longest caption.
+    Items that are None (unreadable images, see `CaptionPairs`) are left out."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        raise CaptionerError(
+            f"none of the {len(items)} training images of a batch could be loaded (see the warnings above); "
+            "check the image files"
+        )
+    inputs, tokens, image_ids = zip(*kept)
     lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
     padded = torch.nn.utils.rnn.pad_sequence(list(tokens), batch_first=True, padding_value=pad_id)
     return {
-        "images": torch.stack(images),
+        key: torch.stack(inputs),
         "tokens": padded,
         "lengths": lengths,
         "image_ids": torch.tensor(image_ids, dtype=torch.long),
     }
 
 
-def collate_images(items: list[tuple[torch.Tensor, int, list[str], str, tuple[int, int]]]) -> dict:
-    images, image_ids, references, paths, sizes = zip(*items)
+def collate_images(items: list[tuple[torch.Tensor, int, list[str], str, tuple[int, int]]], key: str = "images") -> dict:
+    inputs, image_ids, references, paths, sizes = zip(*items)
     return {
-        "images": torch.stack(images),
+        key: torch.stack(inputs),
         "image_ids": torch.tensor(image_ids, dtype=torch.long),
         "references": list(references),
         "paths": list(paths),
@@ -114,9 +176,12 @@ class CaptionDataModule(pl.LightningDataModule):
             split and saved there. None = build in memory.
         skip_missing_images: Skip images listed in the annotations but absent on disk (with a
             counted warning) instead of raising an error.
-        seed: Seed of the training shuffle. The order differs every epoch but the sequence of
-            orders is the same for a seed (a torch.Generator owned by the loader; under DDP
-            Lightning's distributed sampler takes over the shuffling).
+        seed: Seed of the training shuffle. The order differs every epoch and depends only on
+            (seed, epoch), so a resumed run repeats it (`EpochShuffle`; under DDP Lightning's
+            distributed sampler takes over the shuffling, seeded by `seed_everything`).
+        features_dir: Folder written by `captioner features extract`: train, validate and test
+            from its cached encoder features (batches carry `features` instead of `images`;
+            no image is decoded). Needs a frozen encoder with the settings it was made with.
     """
 
     def __init__(
@@ -136,6 +201,7 @@ class CaptionDataModule(pl.LightningDataModule):
         vocab_path: str | None = None,
         skip_missing_images: bool = False,
         seed: int = 0,
+        features_dir: str | None = None,
     ):
         super().__init__()
         if format not in ("coco", "karpathy"):
@@ -163,6 +229,7 @@ class CaptionDataModule(pl.LightningDataModule):
         self.vocab_path = vocab_path
         self.skip_missing_images = skip_missing_images
         self.seed = seed
+        self.features_dir = features_dir
         self._records: dict[str, list[ImageRecord]] = {}
         self._karpathy: dict[str, list[ImageRecord]] | None = None
         self._vocab: Vocabulary | None = None
@@ -239,7 +306,7 @@ class CaptionDataModule(pl.LightningDataModule):
                 DataWarning,
                 stacklevel=2,
             )
-        return CaptionPairs(records, encoded, image_transform(self.image_size))
+        return CaptionPairs(records, encoded, self._source("train", records))
 
     def _eval_images(self, split: str, *, need_references: bool) -> CaptionImages:
         records = self.records(split)
@@ -254,7 +321,28 @@ class CaptionDataModule(pl.LightningDataModule):
                     stacklevel=2,
                 )
             records = scored
-        return CaptionImages(records, image_transform(self.image_size))
+        return CaptionImages(records, self._source(split, records))
+
+    def _source(self, split: str, records: list[ImageRecord]) -> ImageSource | SplitFeatures:
+        """Where the model inputs of `records` come from: the cached features, or the image files."""
+        if self.features_dir is None:
+            return ImageSource(image_transform(self.image_size))
+        features = SplitFeatures(self.features_dir, self.split_names[split])
+        features.require(records)
+        return features
+
+    def check_features(self, settings: dict) -> None:
+        """With `features_dir`: raise CaptionerError unless its features were extracted with these
+        encoder `settings` (see `captioner.data.features.ENCODER_KEYS`)."""
+        if self.features_dir is not None:
+            check_meta(self.features_dir, settings)
+
+    def image_dataloader(self, split: str) -> DataLoader:
+        """Every image of `split` once, as eval batches of decoded `images` (even with
+        `features_dir`): the input of feature extraction."""
+        records = self.records(split)
+        images = CaptionImages(records, ImageSource(image_transform(self.image_size)))
+        return self._loader(images, batch_size=self.eval_batch_size, collate_fn=collate_images)
 
     def _build(self, key: str) -> Dataset:
         if key == "train":
@@ -290,13 +378,20 @@ class CaptionDataModule(pl.LightningDataModule):
         return self._loader(
             self._dataset("train"),
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffle(self._dataset("train"), self.seed),
+            # The loader draws its workers' base seed from this, not from torch's global RNG,
+            # whose state at each epoch start the module sets (see CaptioningModule.on_train_epoch_start).
             generator=torch.Generator().manual_seed(self.seed),
-            collate_fn=partial(collate_pairs, pad_id=self.vocab.pad_id),  # picklable for workers
+            collate_fn=partial(collate_pairs, pad_id=self.vocab.pad_id, key=self._input_key),  # picklable for workers
         )
 
+    @property
+    def _input_key(self) -> str:
+        return "images" if self.features_dir is None else "features"
+
     def _eval_loader(self, key: str) -> DataLoader:
-        return self._loader(self._dataset(key), batch_size=self.eval_batch_size, collate_fn=collate_images)
+        collate = partial(collate_images, key=self._input_key)
+        return self._loader(self._dataset(key), batch_size=self.eval_batch_size, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

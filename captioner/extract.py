@@ -1,0 +1,79 @@
+"""Running a frozen encoder once over a data set and caching its features (see
+`captioner.data.features` for the layout), through `Trainer.predict`: under several
+processes (GPUs, nodes) each takes its share of the images and writes its own shard.
+
+    counts = extract_features(trainer, encoder, datamodule, "features/coco", meta)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch import nn
+
+from captioner.data.datamodule import ROLES, CaptionDataModule
+from captioner.data.features import ShardWriter, write_meta
+
+
+class EncoderPredictor(pl.LightningModule):
+    """`predict_step`: an eval batch -> {features (B, P, D), image_ids (B,), sizes (B, 2)}."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"features": self.encoder(batch["images"]), "image_ids": batch["image_ids"], "sizes": batch["sizes"]}
+
+
+class FeatureWriter(BasePredictionWriter):
+    """Writes each batch's features into this process's shard of `split_dir`, and its index
+    when the pass ends. `num_images` is the size of the whole split."""
+
+    def __init__(self, split_dir: str | Path, num_images: int) -> None:
+        super().__init__(write_interval="batch")
+        self.split_dir, self.num_images = Path(split_dir), num_images
+        self._shard: ShardWriter | None = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning's predict sampler does not repeat images, so no process gets more than its share.
+        capacity = math.ceil(self.num_images / trainer.world_size)
+        self._shard = ShardWriter(self.split_dir, trainer.global_rank, capacity)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        self._shard.write(prediction["features"], prediction["image_ids"], prediction["sizes"])
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._shard.close()
+
+
+def extract_features(
+    trainer: pl.Trainer, encoder: nn.Module, datamodule: CaptionDataModule, out_dir: str | Path, meta: dict[str, Any]
+) -> dict[str, int]:
+    """Features of every image of the data module's train, val and test splits (a split named
+    twice is done once) into `out_dir`; then rank 0 writes `meta.json` (`meta` plus the split
+    sizes), last. Returns split name -> number of images."""
+    out_dir = Path(out_dir)
+    predictor = EncoderPredictor(encoder.eval())
+    counts: dict[str, int] = {}
+    for split in ROLES:
+        name = datamodule.split_names[split]
+        if name in counts:
+            continue
+        loader = datamodule.image_dataloader(split)
+        writer = FeatureWriter(out_dir / name, len(loader.dataset))
+        trainer.callbacks.append(writer)
+        try:
+            trainer.predict(predictor, dataloaders=loader, return_predictions=False)
+        finally:
+            trainer.callbacks.remove(writer)
+        counts[name] = len(loader.dataset)
+    trainer.strategy.barrier()  # every process's shards and indexes are on disk
+    if trainer.is_global_zero:
+        write_meta(out_dir, {**meta, "splits": counts, "dtype": "float16"})
+    return counts

@@ -1,0 +1,92 @@
+"""Two processes (Lightning DDP, gloo on CPU): every image scored once, only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from captioner.commands.train import cli_main
+from captioner.data import synth
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = [
+    "--model.backbone", "resnet18", "--model.stages", "1", "--model.grid_size", "4",
+    "--model.embed_dim", "16", "--model.hidden_dim", "16", "--model.attention_dim", "16",
+    "--model.dropout", "0.0", "--model.lr_schedule", "constant",
+    "--data.image_size", "32", "--data.batch_size", "4", "--data.eval_batch_size", "2",
+    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]
+DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+
+
+@pytest.fixture(scope="module")
+def odd_data(tmp_path_factory) -> Path:
+    """7 validation images: 2 ranks get 4 each, so the sampler pads with one duplicate."""
+    return synth.generate(tmp_path_factory.mktemp("odd"), train=8, val=7, test=0, size=32, seed=1)
+
+
+def _captioner_train(*args: str, log: Path) -> subprocess.Popen:
+    """Start `captioner train *args` in a subprocess (DDP launches its other rank from it)."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "captioner.cli", "train", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def _finish(process: subprocess.Popen, log: Path) -> None:
+    assert process.wait(timeout=600) == 0, log.read_text()
+    assert "Starting with 2 processes" in log.read_text()
+
+
+def test_ddp_fit_and_validate_score_every_image_once_and_write_once(odd_data, tmp_path):
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    overlays = [{"class_path": "captioner.callbacks.AttentionOverlayCallback", "init_args": {"num_images": 2}}]
+    fit = _captioner_train(
+        "fit", "--data.data_dir", str(odd_data), *MODEL, *DDP,
+        "--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.default_root_dir", str(run), "--checkpoint.dirpath", str(run / "checkpoints"),
+        "--trainer.logger", "pytorch_lightning.loggers.TensorBoardLogger",
+        "--trainer.logger.save_dir", str(run), "--trainer.logger.name", "logs",
+        "--trainer.callbacks", json.dumps(overlays),
+        log=tmp_path / "fit.log",
+    )
+    _finish(fit, tmp_path / "fit.log")
+
+    # Validate copies of last.ckpt (each gets its own val_metrics.json) with 2 processes and,
+    # meanwhile, with 1.
+    copies = {}
+    for name in ("two", "one"):
+        (tmp_path / name).mkdir()
+        copies[name] = shutil.copy(ckpt, tmp_path / name / "last.ckpt")
+    validate = _captioner_train(
+        "validate", "--data.data_dir", str(odd_data), *MODEL, *DDP, "--trainer.logger", "false",
+        "--trainer.default_root_dir", str(tmp_path / "two"), "--ckpt_path", str(copies["two"]),
+        log=tmp_path / "validate.log",
+    )
+    cli_main([
+        "validate", "--data.data_dir", str(odd_data), *MODEL, "--trainer.devices", "1",
+        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "one"),
+        "--ckpt_path", str(copies["one"]),
+    ])
+    _finish(validate, tmp_path / "validate.log")
+    two_processes = json.loads((tmp_path / "two" / "val_metrics.json").read_text())
+    one_process = json.loads((tmp_path / "one" / "val_metrics.json").read_text())
+    assert {"val/BLEU-4", "val/CIDEr", "val/METEOR"} <= set(one_process)
+    # Padding duplicates counted twice would change CIDEr's document frequencies and BLEU's sums.
+    assert two_processes == pytest.approx(one_process, rel=1e-9, nan_ok=True)
+
+    # Only rank 0 wrote: one checkpoint folder, one config, one event file with each overlay once.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert [p.relative_to(run) for p in run.rglob("config.yaml")] == [Path("logs/version_0/config.yaml")]
+    (events,) = run.rglob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
+    assert sorted(accumulator.Tags()["images"]) == ["attention/0", "attention/1"]
+    assert all(len(accumulator.Images(tag)) == 1 for tag in ("attention/0", "attention/1"))
