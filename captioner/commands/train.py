@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from captioner.checkpoint_io import AtomicCheckpointIO
@@ -87,7 +87,8 @@ class CaptionerCLI(LightningCLI):
 
 def cli_main(args: list[str] | None = None, *, run: bool = True) -> CaptionerCLI:
     """Run the Lightning CLI; `args=None` reads sys.argv (tests pass a list). With `run=False`
-    it only parses `args` (no subcommand) and instantiates the data, model and trainer."""
+    it only parses `args` (no subcommand) and instantiates the data, model and trainer, which
+    then writes no config.yaml (it is not a training run)."""
     with warnings.catch_warnings():
         # `captioner train ...` hands over its own argv slice, which this warning mistakes
         # for a clash with sys.argv.
@@ -97,6 +98,7 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> CaptionerCLI
             CaptionDataModule,
             args=args,
             run=run,
+            save_config_callback=SaveConfigCallback if run else None,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
         )
