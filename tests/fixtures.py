@@ -13,19 +13,22 @@ from PIL import Image
 
 from captioner.commands.train import cli_main
 
-# A model small enough to train for a few dozen steps in seconds on CPU.
-TINY_TRAINING = [
+# A model and data small enough to train for a few dozen steps in seconds on CPU.
+TINY_MODEL = [
     "--model.backbone", "resnet18", "--model.stages", "2", "--model.grid_size", "4",
-    "--model.fine_tune", "none", "--model.embed_dim", "32", "--model.hidden_dim", "32",
-    "--model.attention_dim", "32", "--model.dropout", "0.0", "--model.lr_schedule", "constant",
-    "--model.decoder_lr", "0.005", "--model.encoder_lr", "0.001",
+    "--model.embed_dim", "32", "--model.hidden_dim", "32", "--model.attention_dim", "32",
+    "--model.dropout", "0.0", "--model.lr_schedule", "constant",
     "--data.image_size", "64", "--data.batch_size", "8",
+    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]
+
+TINY_TRAINING = [
+    *TINY_MODEL, "--model.fine_tune", "none", "--model.decoder_lr", "0.005", "--model.encoder_lr", "0.001",
     # ~45 steps on the 24-image conftest set. No validation (scoring it would take longer than
     # training: METEOR starts Java), so best.ckpt is simply the final one.
-    "--trainer.accelerator", "cpu", "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "15",
-    "--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--trainer.logger", "false",
+    "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "15",
+    "--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", "--trainer.logger", "false",
 ]
 
 

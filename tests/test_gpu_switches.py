@@ -9,7 +9,7 @@ import torch
 from captioner.commands.train import cli_main
 from captioner.models import Encoder
 from captioner.module import CaptioningModule
-from tests.test_training import TINY_MODEL
+from tests.fixtures import TINY_MODEL
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]
 
