@@ -157,7 +157,8 @@ class Captioner:
         yield from self._finish(pending, batch_size, options)
 
     def _finish(self, pending, batch_size: int, options: dict) -> Iterator[FileCaption]:
-        images = [image for _, image, _ in pending if image is not None]
+        # load_image already made them upright RGB: transform them, do not convert them again.
+        images = [self._transform(image) for _, image, _ in pending if image is not None]
         results = iter(self.caption(images, batch_size=batch_size, **options))
         for path, image, error in pending:
             yield FileCaption(path, image, None if image is None else next(results), error)

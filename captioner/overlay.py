@@ -78,9 +78,20 @@ def draw_attention(
         cols: panels per figure row.
         title: the first panel's title (e.g. the whole caption).
     """
-    weights = _as_array(alphas)
+    return _figure(image, words, _heat_maps(image, words, _as_array(alphas), grid, smooth), cols=cols, title=title)
+
+
+def _heat_maps(
+    image: Image.Image, words: Sequence[str], weights: np.ndarray, grid: tuple[int, int], smooth: bool
+) -> list[np.ndarray]:
+    """One (H, W) attention map per word from weights (L >= len(words), P)."""
     if weights.ndim != 2 or weights.shape[0] < len(words):
         raise ValueError(f"alphas must be (L >= {len(words)}, P), got {weights.shape}")
+    return [attention_map(weights[t], grid, image.size, smooth) for t in range(len(words))]
+
+
+def _figure(image: Image.Image, words: Sequence[str], heats: list[np.ndarray], *, cols: int, title: str | None) -> Figure:
+    """The image, then one panel per word with its heat map (H, W) over the image."""
     panels = 1 + len(words)
     fig_cols = min(cols, panels)
     fig_rows = math.ceil(panels / fig_cols)
@@ -89,8 +100,8 @@ def draw_attention(
     axes = figure.subplots(fig_rows, fig_cols, squeeze=False).ravel()
     axes[0].imshow(image)
     axes[0].set_title(title or "", fontsize=9, wrap=True)
-    for ax, word, alpha in zip(axes[1:], words, weights):
-        _draw_word(ax, image, word, attention_map(alpha, grid, image.size, smooth))
+    for ax, word, heat in zip(axes[1:], words, heats):
+        _draw_word(ax, image, word, heat)
     for ax in axes[:panels]:
         ax.set_axis_off()
     for ax in axes[panels:]:
@@ -115,16 +126,17 @@ def save_attention(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     caption = " ".join(words)
-    written = [_save(draw_attention(image, words, alphas, grid, cols=cols, smooth=smooth, title=caption), out_path)]
+    # Computed once here, shared by the figure and the per-word files (smoothing is the slow part).
+    heats = _heat_maps(image, words, _as_array(alphas), grid, smooth)
+    written = [_save(_figure(image, words, heats, cols=cols, title=caption), out_path)]
     if per_word_dir is not None:
         per_word_dir = Path(per_word_dir)
         per_word_dir.mkdir(parents=True, exist_ok=True)
-        weights = _as_array(alphas)
-        for t, word in enumerate(words):
+        for t, (word, heat) in enumerate(zip(words, heats)):
             figure = Figure(figsize=(3.0, 3.0 * image.height / image.width + 0.3))
             FigureCanvasAgg(figure)
             ax = figure.add_subplot()
-            _draw_word(ax, image, word, attention_map(weights[t], grid, image.size, smooth))
+            _draw_word(ax, image, word, heat)
             ax.set_axis_off()
             figure.tight_layout()
             written.append(_save(figure, per_word_dir / f"{t:02d}_{_file_safe(word)}.png"))

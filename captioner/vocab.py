@@ -116,7 +116,10 @@ class Vocabulary:
 
     def encode(self, text: str, max_len: int | None = None) -> list[int]:
         """`[start] w_1 .. w_n [end]`; with `max_len`, keeps only the first `max_len` words."""
-        tokens = tokenize(text)
+        return self.encode_tokens(tokenize(text), max_len)
+
+    def encode_tokens(self, tokens: list[str], max_len: int | None = None) -> list[int]:
+        """`encode` for an already tokenized caption."""
         if max_len is not None:
             tokens = tokens[:max_len]
         return [self.start_id, *(self.id(t) for t in tokens), self.end_id]

@@ -295,8 +295,9 @@ class CaptionDataModule(pl.LightningDataModule):
         encoded, too_long = [], 0
         for index, record in enumerate(records):
             for caption in record.captions:
-                too_long += len(tokenize(caption)) > self.max_caption_len
-                encoded.append((index, vocab.encode(caption, max_len=self.max_caption_len)))
+                tokens = tokenize(caption)
+                too_long += len(tokens) > self.max_caption_len
+                encoded.append((index, vocab.encode_tokens(tokens, max_len=self.max_caption_len)))
         if not encoded:
             raise CaptionerError(f"the training split {self.split_names['train']!r} has no captions to train on")
         if too_long:
