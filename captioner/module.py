@@ -142,13 +142,16 @@ class CaptioningModule(pl.LightningModule):
             )
         datamodule = getattr(self.trainer, "datamodule", None)
         if getattr(datamodule, "features_dir", None) is not None:
-            if any(p.requires_grad for p in self.encoder.parameters()):
-                raise CaptionerError(
-                    f"model.fine_tune={self.config.fine_tune!r} trains the encoder, but data.features_dir="
-                    f"{datamodule.features_dir} holds features of a frozen one; set model.fine_tune to none "
-                    "or drop data.features_dir"
-                )
+            self.require_frozen_encoder(
+                f"data.features_dir={datamodule.features_dir} holds features of a frozen one; "
+                "set model.fine_tune to none or drop data.features_dir"
+            )
             datamodule.check_features(self.encoder_settings())
+
+    def require_frozen_encoder(self, why: str) -> None:
+        """Raise CaptionerError when fine-tuning trains the encoder; `why` says what needs it frozen."""
+        if any(p.requires_grad for p in self.encoder.parameters()):
+            raise CaptionerError(f"model.fine_tune={self.config.fine_tune!r} trains the encoder, but {why}")
 
     def configure_model(self) -> None:
         """With `compile`: compile the encoder and the decoder's per-step core, once. Both are

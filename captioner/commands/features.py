@@ -47,11 +47,9 @@ def run(args: argparse.Namespace) -> int:
     # No logger: predicting would write hyper-parameters into the config's run folder.
     cli = cli_main(["--config", args.config, *args.overrides, "--trainer.logger", "false"], run=False)
     model = cli.model
-    if any(p.requires_grad for p in model.encoder.parameters()):
-        raise CaptionerError(
-            f"model.fine_tune={model.config.fine_tune!r} trains the encoder, so its features change during "
-            "training and cannot be cached; extract with --model.fine_tune none"
-        )
+    model.require_frozen_encoder(
+        "its features change during training and cannot be cached; extract with --model.fine_tune none"
+    )
     meta = {
         **model.encoder_settings(),
         "positions": model.config.grid_size**2,
