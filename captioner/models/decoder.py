@@ -109,20 +109,15 @@ class Decoder(nn.Module):
     ) -> tuple[Tensor, State, Tensor]:
         """One decoding step for K hypotheses (beams) per image.
 
-        prev_tokens (B, K), state (h, c) each (B, K, H), features (B, P, D), projected (B, P, A)
-        -> log_probs (B, K, V), new state (h, c) each (B, K, H), alpha (B, K, P).
-        The K beams of an image share its features and projection (broadcast, not copied).
-        Without the beam axis — prev_tokens (B,), state (B, H) — outputs drop it too.
+        prev_tokens (B, [K]), state (h, c) each (B, [K,] H), features (B, P, D), projected (B, P, A)
+        -> log_probs (B, [K,] V), new state (h, c) each (B, [K,] H), alpha (B, [K,] P).
+        The K beams of an image share its features and projection (broadcast, not copied);
+        without the beam axis the attention and every layer work on (B, ·) alike.
         """
-        single = prev_tokens.dim() == 1
-        if single:
-            prev_tokens, state = prev_tokens.unsqueeze(1), (state[0].unsqueeze(1), state[1].unsqueeze(1))
-        embedded = self.embedding(prev_tokens)  # (B, K, E)
+        embedded = self.embedding(prev_tokens)  # (B, [K,] E)
         embed_weight, weights = self._weights()
         out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights)
         log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1)
-        if single:
-            return log_probs.squeeze(1), (out.h.squeeze(1), out.c.squeeze(1)), out.alpha.squeeze(1)
         return log_probs, (out.h, out.c), out.alpha
 
     def _weights(self) -> tuple[Tensor, StepWeights]:
