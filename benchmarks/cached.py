@@ -15,26 +15,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.suite import PAD, Context, _adam, measurement
+from benchmarks.suite import Context, measurement, train_step
 from captioner.data.features import ShardWriter, SplitFeatures, write_meta
 from captioner.data.records import ImageRecord
-from captioner.models import Decoder, Encoder, caption_loss
+from captioner.models import Decoder, Encoder
 
 CACHED_BATCHES = 4  # distinct batches on disk, read in turn
-
-
-def _train_step(decoder: Decoder, captions: torch.Tensor):
-    """A function features (B, P, D) -> None doing one teacher-forced step with Adam."""
-    optimizer = _adam(decoder)  # the same optimizer as the suite's decoder_train
-
-    def step(features: torch.Tensor) -> None:
-        logits, alphas = decoder(features, captions[:, :-1])
-        loss = caption_loss(logits, captions[:, 1:], alphas, PAD).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 @measurement
@@ -42,7 +28,7 @@ def cached_features_train_images_per_s(ctx: Context) -> dict[str, float]:
     """Decoder training step on features read from a memory-mapped float16 shard."""
     s, batch = ctx.sizes, ctx.sizes.train_batch
     records = [ImageRecord(i, Path(f"{i}.jpg"), (), "train") for i in range(CACHED_BATCHES * batch)]
-    step = _train_step(ctx.decoder().train(), ctx.captions(batch))
+    step = train_step(ctx.decoder().train(), ctx.captions(batch))
     with tempfile.TemporaryDirectory() as root:
         shard = ShardWriter(Path(root) / "train", rank=0, capacity=len(records))
         for start in range(0, len(records), batch):
@@ -67,7 +53,7 @@ def frozen_encoder_train_images_per_s(ctx: Context) -> dict[str, float]:
     s, batch = ctx.sizes, ctx.sizes.train_batch
     encoder = Encoder(s.backbone, grid_size=s.grid).to(ctx.device).eval()
     decoder = Decoder(s.vocab, encoder.out_channels, embed_dim=s.width, hidden_dim=s.width, attention_dim=s.width)
-    step = _train_step(decoder.to(ctx.device).train(), ctx.captions(batch))
+    step = train_step(decoder.to(ctx.device).train(), ctx.captions(batch))
     images = torch.randn(batch, 3, s.image_size, s.image_size, device=ctx.device)
 
     def run() -> None:

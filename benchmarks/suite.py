@@ -102,21 +102,27 @@ def _adam(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=4e-4, fused=True)
 
 
-@measurement
-def decoder_train(ctx: Context) -> dict[str, float]:
-    """Forward + backward + Adam step of the Decoder on given features."""
-    batch = ctx.sizes.train_batch
-    decoder, features, captions = ctx.decoder().train(), ctx.features(batch), ctx.captions(batch)
+def train_step(decoder: Decoder, captions: torch.Tensor):
+    """A function features (B, P, D) -> None doing one teacher-forced step of `decoder` with Adam;
+    every training measurement times this same step."""
     optimizer = _adam(decoder)
 
-    def step():
+    def step(features: torch.Tensor) -> None:
         logits, alphas = decoder(features, captions[:, :-1])
         loss = caption_loss(logits, captions[:, 1:], alphas, PAD).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return {"decoder_train_images_per_s": batch / ctx.seconds(step)}
+    return step
+
+
+@measurement
+def decoder_train(ctx: Context) -> dict[str, float]:
+    """Forward + backward + Adam step of the Decoder on given features."""
+    batch = ctx.sizes.train_batch
+    step, features = train_step(ctx.decoder().train(), ctx.captions(batch)), ctx.features(batch)
+    return {"decoder_train_images_per_s": batch / ctx.seconds(lambda: step(features))}
 
 
 @measurement
