@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := data/shapes
 DEMO_RUN := runs/demo
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint demo bench clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,25 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The gallery test drives a real headless browser; install Debian's chromium when we can.
-test: $(STAMP)
-	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
-		echo "warning: chromium could not be installed; the gallery browser tests will be skipped"
+# What the package needs outside Python, from Debian when apt-get is there: a headless Java
+# runtime for the COCO metrics (PTB tokenizer, METEOR), and chromium with its driver for the
+# browser tests of the gallery and the service page.
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		{ command -v apt-get >/dev/null && apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+		echo "warning: could not install$$missing; the tests that need them will be skipped"; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q --durations=10
 
 CAPTIONER := $(VENV)/bin/captioner
@@ -34,7 +48,7 @@ BEST := $(DEMO_RUN)/checkpoints/best.ckpt
 
 # The demo: synthetic data (made once), train with configs/shapes.yaml, test the best
 # checkpoint (metrics.json beside it), caption the test images, draw overlays and a gallery.
-demo: $(STAMP)
+demo: $(STAMP) system-deps
 	@test -f $(DEMO_DATA)/annotations/captions_train.json || $(CAPTIONER) data synth --out $(DEMO_DATA)
 	$(CAPTIONER) train fit --config configs/shapes.yaml
 	$(CAPTIONER) train test --config configs/shapes.yaml --trainer.logger false \

@@ -1,7 +1,7 @@
 """Train, validate, test or predict with the Lightning CLI.
 
-    python train.py fit --config configs/shapes.yaml
-    python train.py fit --config configs/coco_resnet101.yaml --data.data_dir /data/coco
+python train.py fit --config configs/shapes.yaml
+python train.py fit --config configs/coco_resnet101.yaml --data.data_dir /data/coco
 """
 
 import sys

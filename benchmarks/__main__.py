@@ -1,7 +1,7 @@
 """Decoder and decoding speed at COCO sizes; prints one JSON object.
 
-    python -m benchmarks            # COCO sizes, a few minutes on 2 CPU cores
-    python -m benchmarks --tiny     # toy sizes, seconds (used by the tests)
+python -m benchmarks            # COCO sizes, a few minutes on 2 CPU cores
+python -m benchmarks --tiny     # toy sizes, seconds (used by the tests)
 """
 
 from __future__ import annotations

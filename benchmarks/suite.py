@@ -43,12 +43,36 @@ class Sizes:
 
 
 COCO = Sizes(
-    feature_dim=2048, grid=14, width=512, vocab=9490, caption_len=16, train_batch=32, decode_batch=64, beam=5,
-    one_at_a_time_images=4, backbone="resnet101", image_size=256, image_batch=8, warmup=1, repeats=3,
+    feature_dim=2048,
+    grid=14,
+    width=512,
+    vocab=9490,
+    caption_len=16,
+    train_batch=32,
+    decode_batch=64,
+    beam=5,
+    one_at_a_time_images=4,
+    backbone="resnet101",
+    image_size=256,
+    image_batch=8,
+    warmup=1,
+    repeats=3,
 )
 TINY = Sizes(
-    feature_dim=32, grid=3, width=16, vocab=50, caption_len=5, train_batch=4, decode_batch=4, beam=5,
-    one_at_a_time_images=2, backbone="resnet18", image_size=64, image_batch=2, warmup=0, repeats=1,
+    feature_dim=32,
+    grid=3,
+    width=16,
+    vocab=50,
+    caption_len=5,
+    train_batch=4,
+    decode_batch=4,
+    beam=5,
+    one_at_a_time_images=2,
+    backbone="resnet18",
+    image_size=64,
+    image_batch=2,
+    warmup=0,
+    repeats=1,
 )
 
 

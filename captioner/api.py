@@ -15,9 +15,9 @@ and normalised exactly as in training. Tensors are taken as already prepared.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Union
 
 import torch
 from PIL import Image
@@ -28,7 +28,7 @@ from captioner.data.images import to_upright_rgb
 from captioner.decoding import Caption, decode_captions
 from captioner.errors import CaptionerError
 
-ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,13 @@ class Captioner:
         """images (B, 3, S, S) -> B results."""
         features = self.encoder(images.to(self.device))
         captions = decode_captions(
-            self.decoder, features, self.vocab, beam_size=beam_size, max_len=max_len,
-            length_normalize=length_normalize, allow_unk=allow_unk,
+            self.decoder,
+            features,
+            self.vocab,
+            beam_size=beam_size,
+            max_len=max_len,
+            length_normalize=length_normalize,
+            allow_unk=allow_unk,
         )
         return [self._result(caption) for caption in captions]
 
@@ -189,7 +194,7 @@ class Captioner:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else must name a usable device."""
+    """ "auto" -> cuda when available, else cpu; anything else must name a usable device."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

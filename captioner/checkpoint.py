@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 "use a checkpoint written by `captioner train fit` from a source you trust"
             ) from None
         raise _not_a_checkpoint(path) from None
-    except Exception:  # noqa: BLE001 - garbage bytes make the unpickler fail in arbitrary ways
+    except Exception:
         raise _not_a_checkpoint(path) from None
     if not isinstance(checkpoint, dict):
         raise CaptionerError(
@@ -125,7 +125,7 @@ def load_model(path: str | Path) -> LoadedModel:
 
     state = checkpoint["state_dict"]
     for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
-        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(part, strict=True)
         except RuntimeError as error:

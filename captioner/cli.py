@@ -1,8 +1,8 @@
 """The `captioner` command: one subcommand per job, each in `captioner/commands/`.
 
-    captioner train fit --config configs/shapes.yaml
-    captioner data synth --out data/shapes
-    captioner caption --ckpt best.ckpt photos/
+captioner train fit --config configs/shapes.yaml
+captioner data synth --out data/shapes
+captioner caption --ckpt best.ckpt photos/
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="captioner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (_module_name, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints usage and exits 2

@@ -76,11 +76,13 @@ def write_gallery(items: Sequence[GalleryItem], out_dir: str | Path, *, title: s
     cards = []
     for number, item in enumerate(items):
         image = _copy_in(Path(item.image_path), media, f"{number:0{width}d}")
-        overlay = _copy_in(Path(item.overlay_path), media, f"{number:0{width}d}_attention") if item.overlay_path else None
+        overlay = (
+            _copy_in(Path(item.overlay_path), media, f"{number:0{width}d}_attention") if item.overlay_path else None
+        )
         cards.append(_card(item, image.relative_to(out_dir), overlay and overlay.relative_to(out_dir)))
     page = out_dir / "index.html"
     page.write_text(
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n<script>{_LOAD_CHECK}</script>\n</head>\n"
         f"<body>\n<header><h1>{_e(title)}</h1><p>{len(items)} images</p></header>\n"
         "<main>\n" + "\n".join(cards) + "\n</main>\n</body>\n</html>\n",

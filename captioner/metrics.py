@@ -78,9 +78,7 @@ def caption_scores(
     return scores
 
 
-def per_image_cider(
-    references: Mapping[int, Sequence[str]], candidates: Mapping[int, str]
-) -> dict[int, float]:
+def per_image_cider(references: Mapping[int, Sequence[str]], candidates: Mapping[int, str]) -> dict[int, float]:
     """CIDEr of each image's candidate, image id -> score.
 
     CIDEr weighs n-grams by their document frequency over *all* the references given,
@@ -276,9 +274,7 @@ def _plural(word: str) -> str:
     return word + "s"
 
 
-def grounding_scores(
-    samples: Sequence[GroundingSample], word_to_category: Mapping[str, str]
-) -> dict[str, float | int]:
+def grounding_scores(samples: Sequence[GroundingSample], word_to_category: Mapping[str, str]) -> dict[str, float | int]:
     """Pointing game and attention-in-box over every category word of every caption.
 
     A grid cell is "in" a category when its centre lies inside (edges included) any box
@@ -340,9 +336,7 @@ def _cell_centres(grid: tuple[int, int], image_size: tuple[int, int]) -> tuple[n
     return grid_x.ravel(), grid_y.ravel()
 
 
-def _cells_in_category(
-    centres_x: np.ndarray, centres_y: np.ndarray, boxes: Sequence[Box], category: str
-) -> np.ndarray:
+def _cells_in_category(centres_x: np.ndarray, centres_y: np.ndarray, boxes: Sequence[Box], category: str) -> np.ndarray:
     """(P,) bool: cells whose centre lies in any box of ``category``."""
     inside = np.zeros(centres_x.shape, dtype=bool)
     for box in boxes:

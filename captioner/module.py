@@ -177,9 +177,7 @@ class CaptioningModule(pl.LightningModule):
         features = self._features(batch)
         with self._without_autocast():
             logits, alphas = self.decoder(features.float(), tokens[:, :-1])
-            loss = caption_loss(
-                logits, tokens[:, 1:], alphas, self.vocab.pad_id, self.hparams.attention_lambda
-            )
+            loss = caption_loss(logits, tokens[:, 1:], alphas, self.vocab.pad_id, self.hparams.attention_lambda)
         if not torch.isfinite(loss.total):
             self._nonfinite(loss.total, batch_idx)
             return None  # Lightning then skips backward and the optimizer step
@@ -200,8 +198,9 @@ class CaptioningModule(pl.LightningModule):
                 "trainer.gradient_clip_val, or set model.skip_nonfinite_loss=true to skip such batches"
             )
         self._nonfinite_skips += 1
-        rank_zero_warn(f"skipped the batch at {where}: the training loss is {loss.item()} "
-                       f"({self._nonfinite_skips} skipped so far)")
+        rank_zero_warn(
+            f"skipped the batch at {where}: the training loss is {loss.item()} ({self._nonfinite_skips} skipped so far)"
+        )
         self.log("train/nonfinite_skips", float(self._nonfinite_skips), batch_size=1)
 
     def on_train_epoch_start(self) -> None:
@@ -248,9 +247,7 @@ class CaptioningModule(pl.LightningModule):
                 "optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": "val/CIDEr", "strict": False},
             }
-        raise CaptionerError(
-            f"model.lr_schedule must be 'plateau', 'cosine' or 'constant', got {schedule!r}"
-        )
+        raise CaptionerError(f"model.lr_schedule must be 'plateau', 'cosine' or 'constant', got {schedule!r}")
 
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
@@ -340,7 +337,9 @@ class CaptioningModule(pl.LightningModule):
 
     def _grounding(self, items: Iterable[dict[str, Any]], boxes: dict[int, list[Any]]) -> dict[str, float]:
         samples = [
-            GroundingSample(item["words"], item["alphas"], self.grid_shape, item["size"], boxes.get(item["image_id"], []))
+            GroundingSample(
+                item["words"], item["alphas"], self.grid_shape, item["size"], boxes.get(item["image_id"], [])
+            )
             for item in items
         ]
         categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})

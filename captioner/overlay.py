@@ -26,9 +26,7 @@ HEATMAP_CMAP = "jet"
 HEATMAP_OPACITY = 0.55
 
 
-def attention_map(
-    alpha: Any, grid: tuple[int, int], image_size: tuple[int, int], smooth: bool = False
-) -> np.ndarray:
+def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int], smooth: bool = False) -> np.ndarray:
     """Upsample one word's attention to the image.
 
     Args:
@@ -90,7 +88,9 @@ def _heat_maps(
     return [attention_map(weights[t], grid, image.size, smooth) for t in range(len(words))]
 
 
-def _figure(image: Image.Image, words: Sequence[str], heats: list[np.ndarray], *, cols: int, title: str | None) -> Figure:
+def _figure(
+    image: Image.Image, words: Sequence[str], heats: list[np.ndarray], *, cols: int, title: str | None
+) -> Figure:
     """The image, then one panel per word with its heat map (H, W) over the image."""
     panels = 1 + len(words)
     fig_cols = min(cols, panels)

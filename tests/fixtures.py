@@ -15,20 +15,54 @@ from captioner.commands.train import cli_main
 
 # A model and data small enough to train for a few dozen steps in seconds on CPU.
 TINY_MODEL = [
-    "--model.backbone", "resnet18", "--model.stages", "2", "--model.grid_size", "4",
-    "--model.embed_dim", "32", "--model.hidden_dim", "32", "--model.attention_dim", "32",
-    "--model.dropout", "0.0", "--model.lr_schedule", "constant",
-    "--data.image_size", "64", "--data.batch_size", "8",
-    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
+    "--model.backbone",
+    "resnet18",
+    "--model.stages",
+    "2",
+    "--model.grid_size",
+    "4",
+    "--model.embed_dim",
+    "32",
+    "--model.hidden_dim",
+    "32",
+    "--model.attention_dim",
+    "32",
+    "--model.dropout",
+    "0.0",
+    "--model.lr_schedule",
+    "constant",
+    "--data.image_size",
+    "64",
+    "--data.batch_size",
+    "8",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
 ]
 
 TINY_TRAINING = [
-    *TINY_MODEL, "--model.fine_tune", "none", "--model.decoder_lr", "0.005", "--model.encoder_lr", "0.001",
+    *TINY_MODEL,
+    "--model.fine_tune",
+    "none",
+    "--model.decoder_lr",
+    "0.005",
+    "--model.encoder_lr",
+    "0.001",
     # ~45 steps on the 24-image conftest set. No validation (scoring it would take longer than
     # training: METEOR starts Java), so best.ckpt is simply the final one.
-    "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "15",
-    "--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", "--trainer.logger", "false",
+    "--trainer.max_epochs",
+    "3",
+    "--trainer.limit_train_batches",
+    "15",
+    "--trainer.limit_val_batches",
+    "0",
+    "--checkpoint.monitor",
+    "null",
+    "--trainer.logger",
+    "false",
 ]
 
 
@@ -36,10 +70,18 @@ def train_tiny_checkpoint(data_dir: str | Path, out_dir: str | Path) -> Path:
     """Train the tiny model on the COCO-format set at `data_dir` (`captioner train fit`,
     in-process); returns the path of its `best.ckpt` under `out_dir`."""
     out_dir = Path(out_dir)
-    cli_main([
-        "fit", "--data.data_dir", str(data_dir), *TINY_TRAINING,
-        "--trainer.default_root_dir", str(out_dir), "--checkpoint.dirpath", str(out_dir / "checkpoints"),
-    ])
+    cli_main(
+        [
+            "fit",
+            "--data.data_dir",
+            str(data_dir),
+            *TINY_TRAINING,
+            "--trainer.default_root_dir",
+            str(out_dir),
+            "--checkpoint.dirpath",
+            str(out_dir / "checkpoints"),
+        ]
+    )
     return out_dir / "checkpoints" / "best.ckpt"
 
 

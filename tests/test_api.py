@@ -44,9 +44,7 @@ def test_result_carries_words_alphas_and_grid(captioner, test_images):
 def test_paths_pil_and_tensors_give_the_same_caption(captioner, test_images):
     path = test_images[1]
     prepared = image_transform(captioner.image_size)(load_image(path))
-    by_path, by_str, by_pil, by_tensor = captioner.caption(
-        [path, str(path), Image.open(path), prepared], beam_size=2
-    )
+    by_path, by_str, by_pil, by_tensor = captioner.caption([path, str(path), Image.open(path), prepared], beam_size=2)
     (by_batch_tensor,) = captioner.caption(prepared.unsqueeze(0), beam_size=2)
     for other in (by_str, by_pil, by_tensor, by_batch_tensor):
         assert other.tokens == by_path.tokens
@@ -68,8 +66,13 @@ def test_beam_of_one_equals_greedy(captioner, test_images):
     vocab = captioner.vocab
     with torch.inference_mode():
         beams = beam_search(
-            captioner.decoder, captioner.encoder(images), start_id=vocab.start_id, end_id=vocab.end_id,
-            beam_size=1, max_len=30, banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id),
+            captioner.decoder,
+            captioner.encoder(images),
+            start_id=vocab.start_id,
+            end_id=vocab.end_id,
+            beam_size=1,
+            max_len=30,
+            banned_ids=(vocab.pad_id, vocab.start_id, vocab.unk_id),
         )
     assert [r.words for r in greedy] == [vocab.decode_tokens(b.tokens) for b in beams]
 
@@ -113,7 +116,8 @@ def test_caption_files_goes_past_bad_files_and_streams(captioner, test_images, t
 
 
 @pytest.mark.parametrize(
-    "settings, named", [({"beam_size": 0}, "beam_size"), ({"max_len": 0}, "max_len"), ({"batch_size": -1}, "batch_size")]
+    "settings, named",
+    [({"beam_size": 0}, "beam_size"), ({"max_len": 0}, "max_len"), ({"batch_size": -1}, "batch_size")],
 )
 def test_bad_settings_are_named(captioner, test_images, settings, named):
     with pytest.raises(CaptionerError, match=named):
@@ -176,17 +180,40 @@ def _tampered(tiny_checkpoint: Path, tmp_path: Path, change) -> Path:
         (lambda ckpt, tmp: _write(tmp / "random.ckpt", os.urandom(4096)), "not a PyTorch checkpoint"),
         (lambda ckpt, tmp: _write(tmp / "notes.ckpt", b"hello, I am text\n"), "not a PyTorch checkpoint"),
         (lambda ckpt, tmp: _write(tmp / "empty.ckpt", b""), "not a PyTorch checkpoint"),
-        (lambda ckpt, tmp: _write(tmp / "half.ckpt", ckpt.read_bytes()[: ckpt.stat().st_size // 2]), "not a PyTorch checkpoint"),
+        (
+            lambda ckpt, tmp: _write(tmp / "half.ckpt", ckpt.read_bytes()[: ckpt.stat().st_size // 2]),
+            "not a PyTorch checkpoint",
+        ),
         (lambda ckpt, tmp: _save(tmp / "list.ckpt", [1, 2, 3]), "holds a list"),
         (lambda ckpt, tmp: _save(tmp / "weights.ckpt", {"weight": torch.zeros(2)}), "no 'hyper_parameters'"),
-        (lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"].pop("vocab_words")), "lack vocab_words"),
-        (lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"]["vocab_words"].append("zebra")),
-         "decoder weights do not fit"),
-        (lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"].update(grid_size=0)), "do not describe a model"),
+        (
+            lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"].pop("vocab_words")),
+            "lack vocab_words",
+        ),
+        (
+            lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"]["vocab_words"].append("zebra")),
+            "decoder weights do not fit",
+        ),
+        (
+            lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"].update(grid_size=0)),
+            "do not describe a model",
+        ),
         (lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["state_dict"].popitem()), "weights do not fit"),
     ],
-    ids=["missing", "directory", "random-bytes", "text", "empty", "truncated", "not-a-dict", "no-hparams",
-         "missing-hparam", "vocab-mismatch", "bad-hparam", "missing-weight"],
+    ids=[
+        "missing",
+        "directory",
+        "random-bytes",
+        "text",
+        "empty",
+        "truncated",
+        "not-a-dict",
+        "no-hparams",
+        "missing-hparam",
+        "vocab-mismatch",
+        "bad-hparam",
+        "missing-weight",
+    ],
 )
 def test_bad_checkpoints_give_one_clear_error(tiny_checkpoint, tmp_path, make, message):
     path = make(tiny_checkpoint, tmp_path)

@@ -54,8 +54,21 @@ def test_attend_writes_one_figure_per_image_with_a_panel_per_word(
 def test_attend_per_word_writes_a_file_per_word(tiny_checkpoint, captioner, synth_data, tmp_path, capsys):
     images = sorted((synth_data / "test").glob("*.png"))[:2]
     out = tmp_path / "overlays"
-    code = main(["attend", "--ckpt", str(tiny_checkpoint), *map(str, images), "--out", str(out), "--per-word",
-                 "--beam-size", "2", "--cols", "3"])
+    code = main(
+        [
+            "attend",
+            "--ckpt",
+            str(tiny_checkpoint),
+            *map(str, images),
+            "--out",
+            str(out),
+            "--per-word",
+            "--beam-size",
+            "2",
+            "--cols",
+            "3",
+        ]
+    )
     printed = capsys.readouterr().out.split()
     assert code == 0
     for image, result in zip(images, captioner.caption(images, beam_size=2)):
@@ -92,8 +105,23 @@ def test_attend_names_images_from_different_folders_apart(tiny_checkpoint, synth
 
 def test_gallery_writes_page_with_every_caption(tiny_checkpoint, captioner, synth_data, tmp_path, capsys):
     out = tmp_path / "gallery"
-    code = main(["gallery", "--ckpt", str(tiny_checkpoint), "--data", str(synth_data), "--split", "test",
-                 "--n", "5", "--out", str(out), "--beam-size", "2"])
+    code = main(
+        [
+            "gallery",
+            "--ckpt",
+            str(tiny_checkpoint),
+            "--data",
+            str(synth_data),
+            "--split",
+            "test",
+            "--n",
+            "5",
+            "--out",
+            str(out),
+            "--beam-size",
+            "2",
+        ]
+    )
     assert code == 0
     page = out / "index.html"
     assert capsys.readouterr().out.strip() == str(page)
@@ -109,15 +137,42 @@ def test_gallery_writes_page_with_every_caption(tiny_checkpoint, captioner, synt
 
 def test_gallery_karpathy_format(tiny_checkpoint, synth_data, tmp_path):
     out = tmp_path / "gallery"
-    code = main(["gallery", "--ckpt", str(tiny_checkpoint), "--data", str(synth_data), "--format", "karpathy",
-                 "--karpathy-json", str(synth_data / "dataset_shapes.json"), "--split", "val", "--n", "2",
-                 "--out", str(out)])
+    code = main(
+        [
+            "gallery",
+            "--ckpt",
+            str(tiny_checkpoint),
+            "--data",
+            str(synth_data),
+            "--format",
+            "karpathy",
+            "--karpathy-json",
+            str(synth_data / "dataset_shapes.json"),
+            "--split",
+            "val",
+            "--n",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert (out / "index.html").read_text(encoding="utf-8").count("<article>") == 2
 
 
 def test_gallery_unknown_split_is_one_error(tiny_checkpoint, synth_data, tmp_path, capsys):
-    code = main(["gallery", "--ckpt", str(tiny_checkpoint), "--data", str(synth_data), "--split", "nope",
-                 "--out", str(tmp_path / "g")])
+    code = main(
+        [
+            "gallery",
+            "--ckpt",
+            str(tiny_checkpoint),
+            "--data",
+            str(synth_data),
+            "--split",
+            "nope",
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1

@@ -118,7 +118,7 @@ def test_step_with_beams_equals_step_per_beam():
     h = torch.randn(2, 3, 9)
     c = torch.randn(2, 3, 9)
     prev = torch.randint(0, V, (2, 3))
-    log_probs, (h2, c2), alpha = decoder.step(prev, (h, c), features, projected)
+    log_probs, (h2, _c2), alpha = decoder.step(prev, (h, c), features, projected)
     assert log_probs.shape == (2, 3, V) and h2.shape == (2, 3, 9) and alpha.shape == (2, 3, P)
     for k in range(3):
         lp_k, (h_k, _), a_k = decoder.step(prev[:, k], (h[:, k], c[:, k]), features, projected)
@@ -146,7 +146,7 @@ def test_chunked_energies_and_their_backward_match_the_tanh_formula(monkeypatch,
     grad = torch.randn(5, 2, 7, dtype=torch.float64)
     # Equal up to a constant per (image, beam), which softmax ignores: compare centred scores.
     fast, ref = attention.energies(projected, hidden, weight), _energies_reference(projected, hidden, weight)
-    centred = lambda e: e - e.mean(dim=-1, keepdim=True)  # noqa: E731
+    centred = lambda e: e - e.mean(dim=-1, keepdim=True)
     assert torch.allclose(centred(fast), centred(ref), atol=1e-10)
     fast_grads = torch.autograd.grad(fast, (projected, hidden, weight), centred(grad))
     ref_grads = torch.autograd.grad(ref, (projected, hidden, weight), centred(grad))

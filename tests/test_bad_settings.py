@@ -16,13 +16,42 @@ from captioner.module import CaptioningModule
 from tests.fixtures import TINY_TRAINING, write_malicious_checkpoint
 
 QUICK = [
-    "--model.backbone", "resnet18", "--model.stages", "1", "--model.grid_size", "4",
-    "--model.embed_dim", "16", "--model.hidden_dim", "16", "--model.attention_dim", "16",
-    "--model.dropout", "0.0", "--model.lr_schedule", "constant",
-    "--data.image_size", "32", "--data.batch_size", "8",
-    "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-    "--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--model.backbone",
+    "resnet18",
+    "--model.stages",
+    "1",
+    "--model.grid_size",
+    "4",
+    "--model.embed_dim",
+    "16",
+    "--model.hidden_dim",
+    "16",
+    "--model.attention_dim",
+    "16",
+    "--model.dropout",
+    "0.0",
+    "--model.lr_schedule",
+    "constant",
+    "--data.image_size",
+    "32",
+    "--data.batch_size",
+    "8",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "0",
+    "--checkpoint.monitor",
+    "null",
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
 ]
 
 
@@ -42,7 +71,16 @@ def _one_error_line(capsys) -> str:
     ],
 )
 def test_bad_model_setting_is_one_error_line(synth_data, tmp_path, capsys, setting, message):
-    args = ["train", "fit", "--data.data_dir", str(synth_data), *QUICK, *setting, "--trainer.default_root_dir", str(tmp_path)]
+    args = [
+        "train",
+        "fit",
+        "--data.data_dir",
+        str(synth_data),
+        *QUICK,
+        *setting,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     assert main(args) == 2
     assert message in _one_error_line(capsys)
 
@@ -51,8 +89,17 @@ def test_bad_model_setting_is_one_error_line(synth_data, tmp_path, capsys, setti
 def test_checkpoint_with_another_vocabulary_is_refused(synth_data, tiny_checkpoint, tmp_path, capsys, subcommand):
     # min_word_count 1000 leaves only the 4 specials: a vocabulary unlike the checkpoint's.
     args = [
-        "train", subcommand, "--data.data_dir", str(synth_data), *TINY_TRAINING, "--data.min_word_count", "1000",
-        "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(tiny_checkpoint),
+        "train",
+        subcommand,
+        "--data.data_dir",
+        str(synth_data),
+        *TINY_TRAINING,
+        "--data.min_word_count",
+        "1000",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(tiny_checkpoint),
     ]
     assert main(args) == 2
     words = len(torch.load(tiny_checkpoint, weights_only=True)["hyper_parameters"]["vocab_words"])
@@ -65,8 +112,15 @@ def test_malicious_ckpt_path_is_refused(synth_data, tiny_checkpoint, tmp_path, c
     target = tmp_path / "pwned"
     evil = write_malicious_checkpoint(tmp_path / "evil.ckpt", target, tiny_checkpoint)
     args = [
-        "train", "test", "--data.data_dir", str(synth_data), *TINY_TRAINING,
-        "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(evil),
+        "train",
+        "test",
+        "--data.data_dir",
+        str(synth_data),
+        *TINY_TRAINING,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(evil),
     ]
     assert main(args) == 2
     assert "checkpoint was refused" in _one_error_line(capsys)
@@ -76,8 +130,15 @@ def test_malicious_ckpt_path_is_refused(synth_data, tiny_checkpoint, tmp_path, c
 def test_same_size_vocabulary_with_other_words_is_refused(tiny_checkpoint):
     checkpoint = torch.load(tiny_checkpoint, weights_only=True)
     words = checkpoint["hyper_parameters"]["vocab_words"]
-    module = CaptioningModule(words[:4] + list(reversed(words[4:])), backbone="resnet18", stages=1, grid_size=2,
-                              embed_dim=8, hidden_dim=8, attention_dim=8)
+    module = CaptioningModule(
+        words[:4] + list(reversed(words[4:])),
+        backbone="resnet18",
+        stages=1,
+        grid_size=2,
+        embed_dim=8,
+        hidden_dim=8,
+        attention_dim=8,
+    )
     with pytest.raises(CaptionerError, match="same size, other words"):
         module.on_load_checkpoint(checkpoint)
 
@@ -117,8 +178,15 @@ def test_nan_loss_stops_the_run_naming_the_step(synth_data, tmp_path, monkeypatc
     recorder = _Recorder(monkeypatch)
     _nan_loss_on(monkeypatch, {4})  # epoch 2, batch 2: global step 3
     args = [
-        "train", "fit", "--data.data_dir", str(synth_data), *QUICK,
-        "--checkpoint.dirpath", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
+        "train",
+        "fit",
+        "--data.data_dir",
+        str(synth_data),
+        *QUICK,
+        "--checkpoint.dirpath",
+        str(tmp_path),
+        "--trainer.default_root_dir",
+        str(tmp_path),
     ]
     assert main(args) == 2
     line = _one_error_line(capsys)
@@ -133,10 +201,20 @@ def test_skip_nonfinite_loss_skips_and_counts(synth_data, tmp_path, monkeypatch)
     recorder = _Recorder(monkeypatch)
     _nan_loss_on(monkeypatch, {2})
     with pytest.warns(UserWarning, match=r"skipped the batch at step 1 \(epoch 0, batch 1\).*1 skipped so far"):
-        cli = cli_main([
-            "fit", "--data.data_dir", str(synth_data), *QUICK, "--model.skip_nonfinite_loss", "true",
-            "--checkpoint.dirpath", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
-        ])
+        cli = cli_main(
+            [
+                "fit",
+                "--data.data_dir",
+                str(synth_data),
+                *QUICK,
+                "--model.skip_nonfinite_loss",
+                "true",
+                "--checkpoint.dirpath",
+                str(tmp_path),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
     assert cli.trainer.state.finished
     before = recorder.before
     assert _same(before[1], before[2]), "the skipped step must not touch the weights"

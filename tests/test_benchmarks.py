@@ -39,6 +39,10 @@ def test_module_prints_one_json_object():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--tiny", "--device", "cpu"],
-        cwd=root, capture_output=True, text=True, check=True, timeout=300,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     ).stdout
     _check(json.loads(out))

@@ -65,9 +65,16 @@ class FakeCaptioner(pl.LightningModule):
 
 def _fit(module, logger, callback, epochs):
     trainer = pl.Trainer(
-        max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=logger,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-        accelerator="cpu", callbacks=[callback],
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        accelerator="cpu",
+        callbacks=[callback],
     )
     trainer.fit(module)
     return trainer

@@ -24,8 +24,10 @@ def write_split(root: Path, split: str, captions: dict[int, list[str]], *, missi
             Image.new("RGB", (20, 10), (image_id * 10 % 256, 0, 0)).save(path)
     data = {
         "images": [{"id": i, "file_name": f"{i}.png"} for i in captions],
-        "annotations": [{"id": n, "image_id": i, "caption": c} for n, (i, c) in
-                        enumerate(((i, c) for i, cs in captions.items() for c in cs), start=1)],
+        "annotations": [
+            {"id": n, "image_id": i, "caption": c}
+            for n, (i, c) in enumerate(((i, c) for i, cs in captions.items() for c in cs), start=1)
+        ],
     }
     (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(data), encoding="utf-8")
 
@@ -41,7 +43,7 @@ def test_vocab_is_ready_after_init_and_built_from_train_only(tmp_path):
 def test_vocab_path_saved_then_loaded(tmp_path):
     write_split(tmp_path, "train", {1: ["a red dog"]})
     path = tmp_path / "out" / "vocab.json"
-    CaptionDataModule(str(tmp_path), vocab_path=str(path)).vocab
+    _ = CaptionDataModule(str(tmp_path), vocab_path=str(path)).vocab
     assert Vocabulary.load(path).words[4:] == ["a", "dog", "red"]
     Vocabulary.build(["only these words"]).save(path)
     assert CaptionDataModule(str(tmp_path), vocab_path=str(path)).vocab_words[4:] == ["only", "these", "words"]
@@ -99,7 +101,9 @@ def test_eval_batches_carry_all_references_once_per_image(synth_data):
 
 def test_karpathy_format_gives_the_same_data(synth_data):
     coco = CaptionDataModule(str(synth_data), image_size=8)
-    karpathy = CaptionDataModule(str(synth_data), format="karpathy", karpathy_json=str(synth_data / "dataset_shapes.json"), image_size=8)
+    karpathy = CaptionDataModule(
+        str(synth_data), format="karpathy", karpathy_json=str(synth_data / "dataset_shapes.json"), image_size=8
+    )
     assert karpathy.vocab == coco.vocab
     for split in ("train", "val", "test"):
         assert karpathy.records(split) == coco.records(split)
@@ -135,7 +139,7 @@ def test_empty_captions_are_skipped_with_a_counted_warning(tmp_path):
 def test_missing_images_raise_at_setup_or_are_skipped(tmp_path):
     write_split(tmp_path, "train", {1: ["a dog"], 2: ["a cat"], 3: ["a cow"]}, missing=(2,))
     with pytest.raises(CaptionerError, match="1 of 3 images listed in .*captions_train.json are missing"):
-        CaptionDataModule(str(tmp_path)).vocab
+        _ = CaptionDataModule(str(tmp_path)).vocab
     dm = CaptionDataModule(str(tmp_path), skip_missing_images=True, batch_size=8)
     with pytest.warns(DataWarning, match="skipping 1 of 3 images"):
         assert [r.image_id for r in dm.records("train")] == [1, 3]
@@ -144,7 +148,7 @@ def test_missing_images_raise_at_setup_or_are_skipped(tmp_path):
 
 def test_missing_folder_and_malformed_annotations_are_clear_errors(tmp_path):
     with pytest.raises(CaptionerError, match="captions_train.json does not exist"):
-        CaptionDataModule(str(tmp_path)).vocab
+        _ = CaptionDataModule(str(tmp_path)).vocab
     write_split(tmp_path, "train", {1: ["a dog"]})
     (tmp_path / "annotations" / "captions_val.json").write_text('{"images": [}')
     with pytest.raises(CaptionerError, match="captions_val.json is not valid JSON"):
@@ -207,8 +211,9 @@ def test_bad_settings_are_rejected(tmp_path, kwargs, message):
 
 
 def test_unknown_split_or_stage(synth_data):
-    dm = CaptionDataModule(str(synth_data), format="karpathy", karpathy_json=str(synth_data / "dataset_shapes.json"),
-                           val_split="restval")
+    dm = CaptionDataModule(
+        str(synth_data), format="karpathy", karpathy_json=str(synth_data / "dataset_shapes.json"), val_split="restval"
+    )
     with pytest.raises(CaptionerError, match="split 'restval' is not in .*'test', 'train', 'val'"):
         dm.records("val")
     with pytest.raises(CaptionerError, match="split must be one of"):

@@ -16,12 +16,34 @@ from captioner.data import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = [
-    "--model.backbone", "resnet18", "--model.stages", "1", "--model.grid_size", "4",
-    "--model.embed_dim", "16", "--model.hidden_dim", "16", "--model.attention_dim", "16",
-    "--model.dropout", "0.0", "--model.lr_schedule", "constant",
-    "--data.image_size", "32", "--data.batch_size", "4", "--data.eval_batch_size", "2",
-    "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
+    "--model.backbone",
+    "resnet18",
+    "--model.stages",
+    "1",
+    "--model.grid_size",
+    "4",
+    "--model.embed_dim",
+    "16",
+    "--model.hidden_dim",
+    "16",
+    "--model.attention_dim",
+    "16",
+    "--model.dropout",
+    "0.0",
+    "--model.lr_schedule",
+    "constant",
+    "--data.image_size",
+    "32",
+    "--data.batch_size",
+    "4",
+    "--data.eval_batch_size",
+    "2",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
 ]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
 
@@ -50,12 +72,27 @@ def test_ddp_fit_and_validate_score_every_image_once_and_write_once(odd_data, tm
     ckpt = run / "checkpoints" / "last.ckpt"
     overlays = [{"class_path": "captioner.callbacks.AttentionOverlayCallback", "init_args": {"num_images": 2}}]
     fit = _captioner_train(
-        "fit", "--data.data_dir", str(odd_data), *MODEL, *DDP,
-        "--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0",
-        "--trainer.default_root_dir", str(run), "--checkpoint.dirpath", str(run / "checkpoints"),
-        "--trainer.logger", "pytorch_lightning.loggers.TensorBoardLogger",
-        "--trainer.logger.save_dir", str(run), "--trainer.logger.name", "logs",
-        "--trainer.callbacks", json.dumps(overlays),
+        "fit",
+        "--data.data_dir",
+        str(odd_data),
+        *MODEL,
+        *DDP,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.default_root_dir",
+        str(run),
+        "--checkpoint.dirpath",
+        str(run / "checkpoints"),
+        "--trainer.logger",
+        "pytorch_lightning.loggers.TensorBoardLogger",
+        "--trainer.logger.save_dir",
+        str(run),
+        "--trainer.logger.name",
+        "logs",
+        "--trainer.callbacks",
+        json.dumps(overlays),
         log=tmp_path / "fit.log",
     )
     _finish(fit, tmp_path / "fit.log")
@@ -67,15 +104,35 @@ def test_ddp_fit_and_validate_score_every_image_once_and_write_once(odd_data, tm
         (tmp_path / name).mkdir()
         copies[name] = shutil.copy(ckpt, tmp_path / name / "last.ckpt")
     validate = _captioner_train(
-        "validate", "--data.data_dir", str(odd_data), *MODEL, *DDP, "--trainer.logger", "false",
-        "--trainer.default_root_dir", str(tmp_path / "two"), "--ckpt_path", str(copies["two"]),
+        "validate",
+        "--data.data_dir",
+        str(odd_data),
+        *MODEL,
+        *DDP,
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path / "two"),
+        "--ckpt_path",
+        str(copies["two"]),
         log=tmp_path / "validate.log",
     )
-    cli_main([
-        "validate", "--data.data_dir", str(odd_data), *MODEL, "--trainer.devices", "1",
-        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "one"),
-        "--ckpt_path", str(copies["one"]),
-    ])
+    cli_main(
+        [
+            "validate",
+            "--data.data_dir",
+            str(odd_data),
+            *MODEL,
+            "--trainer.devices",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "one"),
+            "--ckpt_path",
+            str(copies["one"]),
+        ]
+    )
     _finish(validate, tmp_path / "validate.log")
     two_processes = json.loads((tmp_path / "two" / "val_metrics.json").read_text())
     one_process = json.loads((tmp_path / "one" / "val_metrics.json").read_text())

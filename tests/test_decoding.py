@@ -85,8 +85,14 @@ def test_beam_as_wide_as_the_vocabulary_finds_the_best_sequence(seed):
         scored = {seq: _sequence_score(decoder, features, seq) for seq in candidates}
     best = max(scored, key=scored.get)
     caption = beam_search(
-        decoder, features, start_id=START, end_id=END, beam_size=5, max_len=max_len,
-        length_normalize=False, banned_ids=(0, 1),
+        decoder,
+        features,
+        start_id=START,
+        end_id=END,
+        beam_size=5,
+        max_len=max_len,
+        length_normalize=False,
+        banned_ids=(0, 1),
     )[0]
     assert caption.tokens == [tok for tok in best if tok != END]
     assert caption.score == pytest.approx(scored[best], abs=1e-5)

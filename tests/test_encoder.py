@@ -7,7 +7,14 @@ from captioner.models import Encoder, ModelConfig, build_encoder
 
 @pytest.mark.parametrize(
     ("backbone", "channels"),
-    [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("resnet101", 2048), ("resnet152", 2048), ("vgg16", 512)],
+    [
+        ("resnet18", 512),
+        ("resnet34", 512),
+        ("resnet50", 2048),
+        ("resnet101", 2048),
+        ("resnet152", 2048),
+        ("vgg16", 512),
+    ],
 )
 def test_every_backbone_builds_and_gives_a_grid(backbone, channels):
     encoder = Encoder(backbone, grid_size=3).eval()
@@ -55,7 +62,12 @@ def test_frozen_encoder_gets_no_grads_and_keeps_batchnorm_stats():
 
 def test_fine_tune_all_and_last_stages():
     assert {n.split(".")[1] for n in _trainable_grads(Encoder("resnet18", grid_size=2, fine_tune="all"))} == {
-        "conv1", "bn1", "layer1", "layer2", "layer3", "layer4"
+        "conv1",
+        "bn1",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
     }
     encoder = Encoder("resnet18", grid_size=2, fine_tune=2)
     assert {n.split(".")[1] for n in _trainable_grads(encoder)} == {"layer3", "layer4"}

@@ -26,8 +26,15 @@ TINY_CONFIG = {
     "seed_everything": 0,
     "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False},
     "model": {
-        "backbone": "resnet18", "stages": 2, "grid_size": 4, "fine_tune": "none", "embed_dim": 32,
-        "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0, "lr_schedule": "constant",
+        "backbone": "resnet18",
+        "stages": 2,
+        "grid_size": 4,
+        "fine_tune": "none",
+        "embed_dim": 32,
+        "hidden_dim": 64,
+        "attention_dim": 32,
+        "dropout": 0.0,
+        "lr_schedule": "constant",
     },
     "data": {"image_size": 64, "batch_size": 8, "eval_batch_size": 8},
 }
@@ -104,10 +111,21 @@ def test_training_from_features_decodes_no_image(extracted, synth_data, tmp_path
         image.write_bytes(b"not an image")
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "data_dir": str(data)}}))
-    cli = cli_main([
-        "fit", "--config", str(config), "--data.features_dir", str(extracted), "--trainer.logger", "false",
-        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--data.features_dir",
+            str(extracted),
+            "--trainer.logger",
+            "false",
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     assert cli.trainer.state.finished
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert "val/CIDEr" in cli.trainer.callback_metrics  # validation decoded from the cached features
@@ -117,7 +135,11 @@ def test_attention_overlays_from_cached_features(extracted, config, tmp_path):
     model, datamodule = _module_and_data(config, "--data.features_dir", str(extracted))
     logger = TensorBoardLogger(tmp_path, name="run")
     trainer = SimpleNamespace(
-        sanity_checking=False, is_global_zero=True, current_epoch=0, global_step=3, loggers=[logger],
+        sanity_checking=False,
+        is_global_zero=True,
+        current_epoch=0,
+        global_step=3,
+        loggers=[logger],
         val_dataloaders=datamodule.val_dataloader(),
     )
     AttentionOverlayCallback(num_images=2).on_validation_epoch_end(trainer, model.eval())
@@ -130,8 +152,21 @@ def test_fine_tuning_with_cached_features_is_refused(extracted, config, capsys):
     args = ["--config", str(config), "--model.fine_tune", "all", "--trainer.logger", "false"]
     assert main(["train", "fit", *args, "--data.features_dir", str(extracted), "--trainer.fast_dev_run", "true"]) == 2
     assert "model.fine_tune='all' trains the encoder" in capsys.readouterr().err
-    assert main(["features", "extract", "--config", str(config), "--out", str(extracted.parent / "ft"),
-                 "--model.fine_tune", "all"]) == 2
+    assert (
+        main(
+            [
+                "features",
+                "extract",
+                "--config",
+                str(config),
+                "--out",
+                str(extracted.parent / "ft"),
+                "--model.fine_tune",
+                "all",
+            ]
+        )
+        == 2
+    )
     assert "cannot be cached" in capsys.readouterr().err
 
 
@@ -157,6 +192,9 @@ def test_missing_extraction_and_nonempty_out_are_clear_errors(extracted, config,
 def test_extract_help_as_a_subprocess():
     out = subprocess.run(
         [sys.executable, "-m", "captioner.cli", "features", "extract", "--help"],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     assert "--config" in out and "--out" in out

@@ -91,13 +91,17 @@ def test_caption_command_captions_or_reports(fuzz_dir, tiny_checkpoint, cases):
     readable = [_load_outcome(path) for path in paths]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["caption", "--ckpt", str(tiny_checkpoint), "--beam-size", "2", "--device", "cpu", *map(str, paths)])
+        code = main(
+            ["caption", "--ckpt", str(tiny_checkpoint), "--beam-size", "2", "--device", "cpu", *map(str, paths)]
+        )
     assert code == (0 if all(readable) else 1)
-    assert [line.split("\t")[0] for line in out.getvalue().splitlines()] == [str(p) for p, ok in zip(paths, readable) if ok]
+    assert [line.split("\t")[0] for line in out.getvalue().splitlines()] == [
+        str(p) for p, ok in zip(paths, readable) if ok
+    ]
     prefix = "error: cannot load image "
     errors = err.getvalue().splitlines()
     assert all(line.startswith(prefix) for line in errors), errors
-    named = [line[len(prefix):].split(": ")[0] for line in errors]
+    named = [line[len(prefix) :].split(": ")[0] for line in errors]
     assert named == [str(p) for p, ok in zip(paths, readable) if not ok]
     for (kind, _), ok in zip(cases, readable):
         TRIED[f"caption {kind}/{'captioned' if ok else 'reported'}"] += 1

@@ -26,8 +26,13 @@ def _items(tmp_path: Path) -> list[GalleryItem]:
     Image.new("RGB", (40, 60), (30, 30, 220)).save(sources / "blue.JPG", format="JPEG")
     Image.new("RGB", (90, 30), (30, 160, 30)).save(sources / "overlay.png")
     return [
-        GalleryItem(sources / "red box.png", "a <b>red</b> & box", ["a red square", 'the "red" one'], 1.234,
-                    sources / "overlay.png"),
+        GalleryItem(
+            sources / "red box.png",
+            "a <b>red</b> & box",
+            ["a red square", 'the "red" one'],
+            1.234,
+            sources / "overlay.png",
+        ),
         GalleryItem(sources / "blue.JPG", "a blue rectangle", ["a tall blue box"], None, sources / "overlay.png"),
         GalleryItem(sources / "red box.png", "the same red box again", [], 0.5, None),
     ]
@@ -35,9 +40,16 @@ def _items(tmp_path: Path) -> list[GalleryItem]:
 
 def _chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
     ]
     return subprocess.run(
         [CHROMIUM, *flags, *extra, page.as_uri()], capture_output=True, text=True, timeout=120, check=True
@@ -58,7 +70,7 @@ def test_gallery_renders_every_image_and_caption_in_chromium(tmp_path):
     assert _load_report(dom) == {"total": "5", "loaded": "5", "broken": ""}  # 3 images + 2 overlays
     assert "a &lt;b&gt;red&lt;/b&gt; &amp; box" in dom and "<b>red</b>" not in dom
     assert "a blue rectangle" in dom and "the same red box again" in dom
-    assert "a red square" in dom and "the \"red\" one" in dom
+    assert "a red square" in dom and 'the "red" one' in dom
     assert "CIDEr 1.234" in dom and "CIDEr 0.500" in dom
     assert "<title>Val &lt;set&gt; &amp; co</title>" in dom
 
@@ -85,8 +97,13 @@ def test_gallery_is_self_contained_with_relative_links(tmp_path):
     page = write_gallery(_items(tmp_path), out, title="t")
 
     sources = re.findall(r'<img src="([^"]+)"', page.read_text())
-    assert sources == ["images/0000.png", "images/0000_attention.png", "images/0001.jpg",
-                       "images/0001_attention.png", "images/0002.png"]
+    assert sources == [
+        "images/0000.png",
+        "images/0000_attention.png",
+        "images/0001.jpg",
+        "images/0001_attention.png",
+        "images/0002.png",
+    ]
     assert all((out / s).is_file() for s in sources)
 
 

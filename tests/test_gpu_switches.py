@@ -15,10 +15,22 @@ WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]
 
 
 def test_bf16_mixed_fast_dev_run_with_channels_last(synth_data, tmp_path):
-    cli = cli_main([
-        "fit", "--data.data_dir", str(synth_data), *TINY_MODEL, "--model.channels_last", "true",
-        "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli = cli_main(
+        [
+            "fit",
+            "--data.data_dir",
+            str(synth_data),
+            *TINY_MODEL,
+            "--model.channels_last",
+            "true",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     assert cli.model.encoder.channels_last
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
@@ -27,8 +39,16 @@ def test_float16_autocast_training_step_keeps_the_decoder_in_float32():
     # What 16-mixed does on a GPU; CPU autocast can cast to float16 too.
     torch.manual_seed(0)
     module = CaptioningModule(
-        WORDS, backbone="resnet18", stages=2, grid_size=2, fine_tune="all", embed_dim=8, hidden_dim=8,
-        attention_dim=8, dropout=0.0, image_size=32,
+        WORDS,
+        backbone="resnet18",
+        stages=2,
+        grid_size=2,
+        fine_tune="all",
+        embed_dim=8,
+        hidden_dim=8,
+        attention_dim=8,
+        dropout=0.0,
+        image_size=32,
     )
     batch = {"images": torch.randn(2, 3, 32, 32), "tokens": torch.tensor([[1, 4, 5, 6, 2], [1, 6, 2, 0, 0]])}
     with torch.autocast("cpu", dtype=torch.float16), warnings.catch_warnings():
@@ -60,10 +80,20 @@ def test_compile_runs_a_fast_dev_run_and_keeps_state_dict_keys(synth_data, tmp_p
         return real_compile(fn, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    cli = cli_main([
-        "fit", "--data.data_dir", str(synth_data), *TINY_MODEL, "--model.compile", "true",
-        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli = cli_main(
+        [
+            "fit",
+            "--data.data_dir",
+            str(synth_data),
+            *TINY_MODEL,
+            "--model.compile",
+            "true",
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     assert len(compiled) == 2  # the encoder's forward and the decoder's per-step core
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     keys = list(cli.model.state_dict())

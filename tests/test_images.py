@@ -25,7 +25,9 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -150,8 +152,15 @@ def test_list_image_files_walks_globs_and_reports_what_matched_nothing(tmp_path)
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "empty").mkdir()
     files, problems = list_image_files(
-        [tmp_path / "b", str(tmp_path / "*.png"), tmp_path / "c.txt", tmp_path / "a.png",
-         tmp_path / "gone.jpg", tmp_path / "empty", str(tmp_path / "*.gif")]
+        [
+            tmp_path / "b",
+            str(tmp_path / "*.png"),
+            tmp_path / "c.txt",
+            tmp_path / "a.png",
+            tmp_path / "gone.jpg",
+            tmp_path / "empty",
+            str(tmp_path / "*.gif"),
+        ]
     )
     assert files == [tmp_path / "b/2.JPG", tmp_path / "b/sub/1.png", tmp_path / "a.png", tmp_path / "c.txt"]
     assert problems == [

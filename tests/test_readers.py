@@ -62,7 +62,10 @@ def test_read_coco_image_info_file_without_annotations(tmp_path):
         ('{"images": [{"id": 1}]}', '"file_name"'),
         ('{"images": [{"id": 1, "file_name": "1.png"}, {"id": 1, "file_name": "2.png"}]}', "appears twice"),
         ('{"images": [{"id": 1, "file_name": "1.png"}], "annotations": [{"image_id": 1}]}', '"caption"'),
-        ('{"images": [{"id": 1, "file_name": "1.png"}], "annotations": [{"image_id": 9, "caption": "x"}]}', "unknown image id 9"),
+        (
+            '{"images": [{"id": 1, "file_name": "1.png"}], "annotations": [{"image_id": 9, "caption": "x"}]}',
+            "unknown image id 9",
+        ),
     ],
 )
 def test_read_coco_malformed_file_names_file_and_problem(tmp_path, content, message):
@@ -105,12 +108,30 @@ def test_read_karpathy_coco_style_with_restval(tmp_path):
     path = karpathy_file(
         tmp_path,
         [
-            {"filepath": "train2014", "filename": "a.jpg", "cocoid": 10, "imgid": 0, "split": "train",
-             "sentences": [{"raw": "A cat.", "tokens": ["a", "cat"]}, {"raw": " ", "tokens": []}]},
-            {"filepath": "val2014", "filename": "b.jpg", "cocoid": 11, "imgid": 1, "split": "restval",
-             "sentences": [{"raw": "a dog"}]},
-            {"filepath": "val2014", "filename": "c.jpg", "cocoid": 12, "imgid": 2, "split": "test",
-             "sentences": [{"tokens": ["a", "bird"]}]},
+            {
+                "filepath": "train2014",
+                "filename": "a.jpg",
+                "cocoid": 10,
+                "imgid": 0,
+                "split": "train",
+                "sentences": [{"raw": "A cat.", "tokens": ["a", "cat"]}, {"raw": " ", "tokens": []}],
+            },
+            {
+                "filepath": "val2014",
+                "filename": "b.jpg",
+                "cocoid": 11,
+                "imgid": 1,
+                "split": "restval",
+                "sentences": [{"raw": "a dog"}],
+            },
+            {
+                "filepath": "val2014",
+                "filename": "c.jpg",
+                "cocoid": 12,
+                "imgid": 2,
+                "split": "test",
+                "sentences": [{"tokens": ["a", "bird"]}],
+            },
         ],
     )
     with pytest.warns(DataWarning, match="skipped 1 empty"):
@@ -165,8 +186,15 @@ def test_read_boxes(tmp_path):
         )
     )
     assert read_boxes(path) == {1: [Box("cat", 1, 2, 3, 4), Box("dog", 0.5, 0, 10, 20)], 2: []}
-    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "1.png"}], "categories": [],
-                                "annotations": [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "1.png"}],
+                "categories": [],
+                "annotations": [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}],
+            }
+        )
+    )
     with pytest.raises(CaptionerError, match='known "category_id"'):
         read_boxes(path)
 

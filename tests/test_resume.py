@@ -21,13 +21,44 @@ from captioner.commands.train import cli_main
 ROOT = Path(__file__).resolve().parents[1]
 # Dropout > 0 exercises the RNG; a cosine schedule exercises the scheduler state.
 RUN = [
-    "--model.backbone", "resnet18", "--model.stages", "2", "--model.grid_size", "4",
-    "--model.fine_tune", "all", "--model.embed_dim", "16", "--model.hidden_dim", "16",
-    "--model.attention_dim", "16", "--model.dropout", "0.3", "--model.lr_schedule", "cosine",
-    "--data.image_size", "64", "--data.batch_size", "8", "--data.eval_batch_size", "4",
-    "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
-    "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--model.backbone",
+    "resnet18",
+    "--model.stages",
+    "2",
+    "--model.grid_size",
+    "4",
+    "--model.fine_tune",
+    "all",
+    "--model.embed_dim",
+    "16",
+    "--model.hidden_dim",
+    "16",
+    "--model.attention_dim",
+    "16",
+    "--model.dropout",
+    "0.3",
+    "--model.lr_schedule",
+    "cosine",
+    "--data.image_size",
+    "64",
+    "--data.batch_size",
+    "8",
+    "--data.eval_batch_size",
+    "4",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.num_sanity_val_steps",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
 ]
 
 
@@ -46,9 +77,17 @@ class StallInEpoch(pl.Callback):
 
 def _run_args(data: Path, run: Path) -> list[str]:
     return [
-        "--data.data_dir", str(data), *RUN, "--checkpoint.dirpath", str(run / "checkpoints"),
-        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.save_dir", str(run), "--trainer.logger.name", "logs",
+        "--data.data_dir",
+        str(data),
+        *RUN,
+        "--checkpoint.dirpath",
+        str(run / "checkpoints"),
+        "--trainer.logger",
+        "pytorch_lightning.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(run),
+        "--trainer.logger.name",
+        "logs",
     ]
 
 

@@ -68,7 +68,7 @@ def test_instances_have_categories_boxes_inside_images_and_polygons(synth_data):
         assert [instances.cats[i]["name"] for i in sorted(instances.cats)] == list(synth.CATEGORIES)
         for ann in instances.anns.values():
             x, y, w, h = ann["bbox"]
-            assert 0 <= x and 0 <= y and x + w <= SYNTH_SIZE and y + h <= SYNTH_SIZE
+            assert x >= 0 and y >= 0 and x + w <= SYNTH_SIZE and y + h <= SYNTH_SIZE
             assert 0.2 * SYNTH_SIZE - 0.01 <= w <= 0.35 * SYNTH_SIZE + 0.01
             assert ann["iscrowd"] == 0 and 0 < ann["area"] <= w * h + 1  # + rounding
             points = np.array(ann["segmentation"][0]).reshape(-1, 2)
@@ -128,14 +128,22 @@ def test_karpathy_file_mirrors_the_coco_files(synth_data):
         captions = coco(synth_data / "annotations" / f"captions_{split}.json")
         for image_id in captions.getImgIds():
             entry = by_id[image_id]
-            assert (entry["split"], entry["filepath"], entry["filename"]) == (split, split, captions.imgs[image_id]["file_name"])
+            assert (entry["split"], entry["filepath"], entry["filename"]) == (
+                split,
+                split,
+                captions.imgs[image_id]["file_name"],
+            )
             assert [s["raw"] for s in entry["sentences"]] == [a["caption"] for a in captions.imgToAnns[image_id]]
             assert all(s["tokens"] == tokenize(s["raw"]) for s in entry["sentences"])
 
 
 def test_word_tables_cover_the_captions(synth_data):
-    words = {t for e in json.loads((synth_data / "dataset_shapes.json").read_text())["images"]
-             for s in e["sentences"] for t in s["tokens"]}
+    words = {
+        t
+        for e in json.loads((synth_data / "dataset_shapes.json").read_text())["images"]
+        for s in e["sentences"]
+        for t in s["tokens"]
+    }
     assert set(synth.CATEGORIES) <= words and set(synth.COLOUR_WORDS) <= words
     assert {synth.OBJECT_WORDS[w] for w in words if w in synth.OBJECT_WORDS} == set(synth.CATEGORIES)
     assert synth.OBJECT_WORDS["triangles"] == "triangle"
@@ -172,7 +180,21 @@ def test_cli_data_synth_in_process(tmp_path, capsys):
 
 def test_cli_data_synth_subprocess(tmp_path):
     out = tmp_path / "shapes"
-    command = [sys.executable, "-m", "captioner.cli", "data", "synth", "--out", str(out), "--train", "2", "--val", "1", "--test", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "captioner.cli",
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--train",
+        "2",
+        "--val",
+        "1",
+        "--test",
+        "1",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (out / "annotations" / "instances_test.json").is_file() and (out / "dataset_shapes.json").is_file()

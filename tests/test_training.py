@@ -15,10 +15,18 @@ TINY = [*TINY_MODEL, "--model.fine_tune", "all", "--model.hidden_dim", "64"]
 
 
 def test_fast_dev_run(synth_data, tmp_path):
-    cli = cli_main([
-        "fit", "--data.data_dir", str(synth_data), *TINY,
-        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
-    ])
+    cli = cli_main(
+        [
+            "fit",
+            "--data.data_dir",
+            str(synth_data),
+            *TINY,
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     assert cli.trainer.state.finished
     assert len(cli.model.vocab) == len(cli.datamodule.vocab)
 
@@ -27,15 +35,32 @@ def test_fast_dev_run(synth_data, tmp_path):
 def trained(synth_data, tmp_path_factory):
     """A short real run: 4 epochs, CSV logs and checkpoints in a temp folder."""
     run = tmp_path_factory.mktemp("run")
-    cli = cli_main([
-        "fit", "--data.data_dir", str(synth_data), *TINY,
-        "--model.decoder_lr", "0.003", "--model.encoder_lr", "0.001",
-        "--trainer.max_epochs", "4", "--trainer.log_every_n_steps", "1",
-        "--trainer.num_sanity_val_steps", "0",
-        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger",
-        "--trainer.logger.save_dir", str(run), "--trainer.logger.name", "logs",
-        "--checkpoint.dirpath", str(run / "checkpoints"),
-    ])
+    cli = cli_main(
+        [
+            "fit",
+            "--data.data_dir",
+            str(synth_data),
+            *TINY,
+            "--model.decoder_lr",
+            "0.003",
+            "--model.encoder_lr",
+            "0.001",
+            "--trainer.max_epochs",
+            "4",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.logger",
+            "pytorch_lightning.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(run),
+            "--trainer.logger.name",
+            "logs",
+            "--checkpoint.dirpath",
+            str(run / "checkpoints"),
+        ]
+    )
     return cli, run
 
 
@@ -66,13 +91,22 @@ def test_checkpoints_and_reload_give_same_captions(trained):
 
 
 def test_test_subcommand_writes_metrics_json(trained, synth_data):
-    cli, run = trained
+    _cli, run = trained
     best = run / "checkpoints" / "best.ckpt"
-    cli_main([
-        "test", "--data.data_dir", str(synth_data), *TINY,
-        "--trainer.logger", "false", "--trainer.default_root_dir", str(run),
-        "--ckpt_path", str(best),
-    ])
+    cli_main(
+        [
+            "test",
+            "--data.data_dir",
+            str(synth_data),
+            *TINY,
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(run),
+            "--ckpt_path",
+            str(best),
+        ]
+    )
     metrics = json.loads((best.parent / "metrics.json").read_text())
     assert {"test/BLEU-4", "test/CIDEr", "test/METEOR", "test/pointing_game", "test/attention_in_box"} <= set(metrics)
     assert 0.0 < metrics["test/chance_pointing_game"] < 1.0
@@ -85,7 +119,10 @@ def test_checkpoint_hyperparameters_are_plain_data(trained):
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     hparams = ckpt["hyper_parameters"]
     assert isinstance(hparams["vocab_words"], list) and hparams["vocab_words"][:4] == [
-        "<pad>", "<start>", "<end>", "<unk>"
+        "<pad>",
+        "<start>",
+        "<end>",
+        "<unk>",
     ]
     assert hparams["image_size"] == 64
     assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"encoder", "decoder"}

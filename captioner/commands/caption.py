@@ -17,8 +17,8 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.progress import Progress

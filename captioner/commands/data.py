@@ -1,6 +1,6 @@
 """`captioner data synth`: write the synthetic shapes data set (COCO + Karpathy formats).
 
-    captioner data synth --out data/shapes --train 2000 --val 200 --test 200 --size 128 --seed 0
+captioner data synth --out data/shapes --train 2000 --val 200 --test 200 --size 128 --seed 0
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from captioner.data import synth
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    make = sub.add_parser("synth", help="write the synthetic shapes data set", description=synth.__doc__.splitlines()[0])
+    make = sub.add_parser(
+        "synth", help="write the synthetic shapes data set", description=synth.__doc__.splitlines()[0]
+    )
     make.add_argument("--out", required=True, help="output folder (created if needed)")
     make.add_argument("--train", type=int, default=2000, help="training images (default: 2000)")
     make.add_argument("--val", type=int, default=200, help="validation images (default: 200)")

@@ -26,7 +26,9 @@ from captioner.overlay import save_attention
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="data set folder (as data.data_dir in training)")
-    parser.add_argument("--format", choices=("coco", "karpathy"), default="coco", help="annotation format (default coco)")
+    parser.add_argument(
+        "--format", choices=("coco", "karpathy"), default="coco", help="annotation format (default coco)"
+    )
     parser.add_argument("--karpathy-json", type=Path, help="Karpathy split file, for --format karpathy")
     parser.add_argument("--split", default="test", help="split name to show, e.g. test or val2014 (default test)")
     parser.add_argument("--n", type=int, default=24, help="number of images, from the start of the split (default 24)")
@@ -57,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
             save_attention(item.image, result.words, result.alphas, result.grid, overlay)
             shown.append((record, result.caption, overlay))
         scored = {record.image_id: caption for record, caption, _ in shown if record.captions}
-        cider = per_image_cider({r.image_id: list(r.captions) for r, _, _ in shown if r.captions}, scored) if scored else {}
+        cider = (
+            per_image_cider({r.image_id: list(r.captions) for r, _, _ in shown if r.captions}, scored) if scored else {}
+        )
         items = [
             GalleryItem(record.path, caption, record.captions, cider.get(record.image_id), overlay)
             for record, caption, overlay in shown

@@ -76,8 +76,7 @@ class CaptionerCLI(LightningCLI):
         if not ckpt_path or not self.trainer.is_global_zero:
             return
         metrics = {
-            name: float(value) for name, value in self.trainer.callback_metrics.items()
-            if name.startswith(prefix)
+            name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith(prefix)
         }
         resolved = Path(self.trainer.ckpt_path or ckpt_path)
         out = resolved.with_name(filename)

@@ -193,7 +193,7 @@ class _TimeLoop(torch.autograd.Function):
             h, c = step.h, step.c
             steps.append(step)
         stacked = [torch.stack(x) for x in zip(*steps)]  # each (T, B, ...)
-        hiddens, cells, contexts, alphas, on_hidden, attended, activations = stacked
+        hiddens, _cells, contexts, alphas, _on_hidden, _attended, _activations = stacked
         ctx.decoder = decoder
         ctx.save_for_backward(h0, c0, features, projected, *weights, score, *stacked)
         return hiddens, contexts, alphas

@@ -95,7 +95,9 @@ def _check_weights(backbone: str, weights: str | None) -> str | None:
         return None
     names = ["DEFAULT", *torchvision.models.get_model_weights(backbone).__members__]
     if weights not in names:
-        raise CaptionerError(f"weights={weights!r} does not exist for {backbone}; use one of {', '.join(names)} or null")
+        raise CaptionerError(
+            f"weights={weights!r} does not exist for {backbone}; use one of {', '.join(names)} or null"
+        )
     return weights
 
 
