@@ -110,6 +110,8 @@ function showResult(entry) {
     canvas.width = width;
     canvas.height = height;
   }
+  // As wide as the column allows, but never taller than most of the window.
+  $("stage").style.maxWidth = `calc(64vh * ${width / height})`;
   $("image").getContext("2d").drawImage(page.bitmap, 0, 0, width, height);
   $("heat").getContext("2d").clearRect(0, 0, width, height);
   page.kernels = heatKernels(width, height, entry.grid.rows, entry.grid.cols, page.style.smooth_sigma_cells);
