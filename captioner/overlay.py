@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from captioner.arrays import to_numpy
+
 __all__ = ["HEATMAP", "HeatmapStyle", "attention_map", "draw_attention", "save_attention"]
 
 
@@ -86,7 +88,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
     """
     rows, cols = grid
     width, height = image_size
-    cells = _as_array(alpha).astype(np.float32)
+    cells = to_numpy(alpha).astype(np.float32)
     if cells.size != rows * cols:
         raise ValueError(f"alpha has {cells.size} weights but grid {grid} has {rows * cols} cells")
     # PIL's resize samples at pixel centres, so each cell centre lands at the centre of
@@ -119,7 +121,7 @@ def draw_attention(
         cols: panels per figure row.
         title: the first panel's title (e.g. the whole caption).
     """
-    return _figure(image, words, _heat_maps(image, words, _as_array(alphas), grid, smooth), cols=cols, title=title)
+    return _figure(image, words, _heat_maps(image, words, to_numpy(alphas), grid, smooth), cols=cols, title=title)
 
 
 def _heat_maps(
@@ -170,7 +172,7 @@ def save_attention(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     caption = " ".join(words)
     # Computed once here, shared by the figure and the per-word files (smoothing is the slow part).
-    heats = _heat_maps(image, words, _as_array(alphas), grid, smooth)
+    heats = _heat_maps(image, words, to_numpy(alphas), grid, smooth)
     written = [_save(_figure(image, words, heats, cols=cols, title=caption), out_path)]
     if per_word_dir is not None:
         per_word_dir = Path(per_word_dir)
@@ -215,10 +217,3 @@ def _gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
         size = out.shape[axis]
         out = sum(k * padded.take(np.arange(i, i + size), axis=axis) for i, k in enumerate(kernel))
     return out.astype(np.float32)
-
-
-def _as_array(values: Any) -> np.ndarray:
-    """An ndarray from a tensor (any device) or array-like."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)

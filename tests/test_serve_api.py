@@ -91,7 +91,7 @@ def test_options_change_the_decoding(client, captioner, test_images):
     want = captioner.caption(test_images[2], beam_size=1, max_len=3)[0]
     assert greedy["tokens"] == want.words and len(greedy["tokens"]) <= 3
     default = _post(client, [("a.png", _png(test_images[2]))]).json()
-    assert default["options"] == {"beam_size": 3, "max_len": 30}  # Captioner.caption's defaults
+    assert default["options"] == {"beam_size": captioner.decoding.beam_size, "max_len": captioner.decoding.max_len}
 
 
 def test_health_model_and_overlay(client, captioner):

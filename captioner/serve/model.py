@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from anyio import to_thread
 
 from captioner.api import Captioner, CaptionResult
 from captioner.data.images import ImageLoadError, decode_image
+from captioner.decoding import DecodingConfig
 from captioner.serve.batching import Batcher
 
 # Attention weights are sent rounded: 6 decimals keep every row's sum within 1e-4 of 1 and
@@ -59,7 +59,8 @@ class CaptionModel:
         self.batcher: Batcher[torch.Tensor, CaptionResult] = Batcher(
             self._decode, max_batch=max_batch, max_wait_s=max_wait_s, max_pending=max_pending
         )
-        self.defaults = _decoding_defaults()
+        # The options a request may set, defaulting to the checkpoint's decoding settings.
+        self.defaults = {"beam_size": captioner.decoding.beam_size, "max_len": captioner.decoding.max_len}
         self.info = self._describe()
 
     @classmethod
@@ -89,7 +90,9 @@ class CaptionModel:
             except ImageLoadError as error:
                 prepared.append(error)
         good = [item for item in prepared if isinstance(item, Prepared)]
-        results = iter(await self.batcher.submit(_options_key(options), [item.tensor for item in good]) if good else [])
+        # Requests with equal settings share batches: the frozen DecodingConfig is the batching key.
+        settings = self.captioner.decoding_settings(**options)
+        results = iter(await self.batcher.submit(settings, [item.tensor for item in good]) if good else [])
         entries = []
         for index, (upload, item) in enumerate(zip(uploads, prepared)):
             entry: dict[str, Any] = {"index": index, "filename": upload.filename}
@@ -100,9 +103,9 @@ class CaptionModel:
             entries.append(entry)
         return entries
 
-    def _decode(self, key: Hashable, tensors: list[torch.Tensor]) -> list[CaptionResult]:
+    def _decode(self, settings: DecodingConfig, tensors: list[torch.Tensor]) -> list[CaptionResult]:
         """Runs in the batcher's worker thread: one decoding call for the whole batch."""
-        return self.captioner.caption(tensors, batch_size=len(tensors), **dict(key))
+        return self.captioner.caption(tensors, batch_size=len(tensors), **settings.to_dict())
 
     def _result_json(self, result: CaptionResult, size: tuple[int, int]) -> dict[str, Any]:
         rows, cols = result.grid
@@ -119,28 +122,16 @@ class CaptionModel:
 
     def _describe(self) -> dict[str, Any]:
         """What `GET /v1/model` reports: architecture, grid, vocabulary, and the test metrics when present."""
-        model = self.captioner.model
         rows, cols = self.captioner.grid
         return {
             "checkpoint": self.checkpoint.name,
-            "backbone": model.config.backbone,
+            "backbone": self.captioner.encoder.config.backbone,
             "grid": {"rows": rows, "cols": cols},
             "image_size": self.captioner.image_size,
             "vocab_size": len(self.captioner.vocab),
             "decoding_defaults": dict(self.defaults),
             "metrics": _read_metrics(self.checkpoint.parent / "metrics.json"),
         }
-
-
-def _decoding_defaults() -> dict[str, int]:
-    """beam_size and max_len as `Captioner.caption` defaults them."""
-    parameters = inspect.signature(Captioner.caption).parameters
-    return {name: parameters[name].default for name in ("beam_size", "max_len")}
-
-
-def _options_key(options: Mapping[str, int]) -> Hashable:
-    """Requests whose options are equal share batches."""
-    return tuple(sorted(options.items()))
 
 
 def _read_metrics(path: Path) -> dict[str, float] | None:
