@@ -1,6 +1,6 @@
 """Load on `captioner serve`: one client at a time vs N concurrent clients; prints one JSON object.
 
-python -m benchmarks.serve_load                      # trains a small checkpoint first (~30 s), ~2 min in all
+python -m benchmarks.serve_load                      # trains the tests' tiny model first (~1 min), then ~2 min
 python -m benchmarks.serve_load --ckpt runs/demo/checkpoints/best.ckpt --clients 16 --requests 2000
 
 Starts the server as a subprocess on 127.0.0.1 (a free port) and sends it single-image
@@ -34,44 +34,15 @@ HOST = "127.0.0.1"  # never anything else: the benchmark must not expose a serve
 
 
 def train_small_checkpoint(workdir: Path) -> tuple[Path, Path]:
-    """configs/shapes.yaml (the demo model) trained for one short epoch on a small synthetic set.
+    """The test suite's tiny model (tests/fixtures.py) trained on a small synthetic set, as the tests do.
 
-    Returns (checkpoint, folder of test images). Enough training for captions of a natural
-    length; the benchmark measures serving, not caption quality.
+    Returns (checkpoint, folder of test images). Its captions end after a natural number of
+    words; the benchmark measures serving, not caption quality.
     """
-    from captioner.commands.train import cli_main
+    from tests.fixtures import train_tiny_checkpoint
 
-    data = synth.generate(workdir / "shapes", train=512, val=8, test=32, size=64, seed=0)
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "shapes.yaml"),
-            "--data.data_dir",
-            str(data),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_val_batches",
-            "0",
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.logger",
-            "false",
-            "--trainer.callbacks",
-            "[]",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-            "--trainer.default_root_dir",
-            str(workdir),
-            "--checkpoint.monitor",
-            "null",
-            "--checkpoint.dirpath",
-            str(workdir / "checkpoints"),
-        ]
-    )
-    return workdir / "checkpoints" / "best.ckpt", data / "test"
+    data = synth.generate(workdir / "shapes", train=24, val=8, test=32, size=64, seed=0)
+    return train_tiny_checkpoint(data, workdir / "run"), data / "test"
 
 
 def free_port() -> int:
@@ -107,6 +78,7 @@ async def load(
 ) -> dict:
     """`clients` concurrent loops sending one image per request until `requests` were sent or time is up."""
     latencies: list[float] = []
+    words: list[int] = []
     errors: dict[str, int] = {}
     sent = 0
     deadline = time.monotonic() + time_limit_s
@@ -121,12 +93,13 @@ async def load(
                 response = await client.post(
                     "/v1/captions", files={"images": ("image.png", image, "image/png")}, data={"beam_size": beam_size}
                 )
-                ok = response.status_code == 200 and "error" not in response.json()["results"][0]
-                problem = None if ok else f"HTTP {response.status_code}"
+                entry = response.json()["results"][0] if response.status_code == 200 else {}
+                problem = None if "tokens" in entry else f"HTTP {response.status_code}"
             except httpx.HTTPError as error:
                 problem = type(error).__name__
             if problem is None:
                 latencies.append(time.perf_counter() - start)
+                words.append(len(entry["tokens"]))
             else:
                 errors[problem] = errors.get(problem, 0) + 1
 
@@ -144,6 +117,7 @@ async def load(
         if latencies
         else None,
         "errors": sum(errors.values()),
+        "mean_caption_words": round(statistics.mean(words), 1) if words else None,
         "error_kinds": errors,
     }
 
@@ -179,7 +153,7 @@ async def run_phases(args: argparse.Namespace, server: subprocess.Popen, port: i
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, help="checkpoint to serve (default: train a small one first)")
+    parser.add_argument("--ckpt", type=Path, help="checkpoint to serve (default: train the tiny test model first)")
     parser.add_argument("--images", type=Path, help="folder of images to send (default: the synthetic test set)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--requests", type=int, default=2000, help="requests of the concurrent phase (default 2000)")

@@ -277,3 +277,18 @@ def test_batcher_routes_results_keeps_keys_apart_and_survives_failures():
 def test_serve_command_is_registered_and_reports_a_bad_checkpoint(tmp_path, capsys):
     assert main(["serve", "--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     assert "error: checkpoint" in capsys.readouterr().err
+
+
+def test_load_benchmark_runs_a_short_bounded_load_without_errors(tiny_checkpoint, synth_data, capsys):
+    from benchmarks.serve_load import main as serve_load
+
+    argv = ["--ckpt", str(tiny_checkpoint), "--images", str(synth_data / "test"), "--clients", "4"]
+    results = serve_load([*argv, "--requests", "24", "--single-requests", "6", "--warmup", "4", "--time-limit", "60"])
+
+    assert json.loads(capsys.readouterr().out) == results
+    assert results["one_client"]["requests"] == 6 and results["concurrent"]["requests"] == 24
+    for phase in ("one_client", "concurrent"):
+        assert results[phase]["errors"] == 0 and results[phase]["requests_per_s"] > 0
+        assert 0 < results[phase]["p50_ms"] <= results[phase]["p99_ms"]
+    assert results["batching_speedup"] > 0 and results["server_rss_mib_before"] > 0
+    assert results["model"]["grid"] == {"rows": 4, "cols": 4}
