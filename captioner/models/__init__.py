@@ -1,10 +1,12 @@
-"""The Show, Attend and Tell model as plain nn.Modules (no Lightning, no files)."""
+"""The Show, Attend and Tell model as plain nn.Modules (no Lightning, no files), and the
+sequence encoder that puts the same decoder to work on text."""
 
 from captioner.models.attention import SoftAttention
 from captioner.models.config import ModelConfig, build_decoder, build_encoder
 from captioner.models.decoder import GATES, Decoder
 from captioner.models.encoder import Encoder, supported_backbones
 from captioner.models.loss import LossParts, caption_loss
+from captioner.models.sequence import SequenceEncoder, SequenceEncoderConfig
 
 __all__ = [
     "GATES",
@@ -12,6 +14,8 @@ __all__ = [
     "Encoder",
     "LossParts",
     "ModelConfig",
+    "SequenceEncoder",
+    "SequenceEncoderConfig",
     "SoftAttention",
     "build_decoder",
     "build_encoder",
