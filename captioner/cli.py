@@ -3,6 +3,7 @@
 captioner train fit --config configs/shapes.yaml
 captioner data synth --out data/shapes
 captioner caption --ckpt best.ckpt photos/
+captioner dates translate "July 20th 1969" --ckpt runs/dates/checkpoints/best.ckpt
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ COMMANDS = {
     "attend": ("attend", "draw where each word looked, one PNG per image"),
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
     "features": ("features", "extract and cache encoder features"),
+    "dates": ("dates", "normalise written dates with the same attention decoder (fit, test, translate)"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "train":
-        # LightningCLI owns its own argument parsing.
-        from captioner.commands.train import main as train_main
-
-        return train_main(argv[1:])
+    if argv and argv[0] in ("train", "dates"):
+        # These run a LightningCLI, which owns its own argument parsing.
+        module = importlib.import_module(f"captioner.commands.{COMMANDS[argv[0]][0]}")
+        return module.main(argv[1:])
 
     parser = argparse.ArgumentParser(prog="captioner", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
