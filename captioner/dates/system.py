@@ -43,7 +43,7 @@ class DatesModule(pl.LightningModule):
         decoder: DateDecoderConfig | None = None,
         max_input_len: int = 64,
         attention_lambda: float = 0.0,
-        lr: float = 3e-3,
+        lr: float = 1e-2,
         beam_size: int = 1,
     ) -> None:
         super().__init__()

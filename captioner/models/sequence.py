@@ -22,7 +22,9 @@ class SequenceEncoderConfig:
     """Settings of `SequenceEncoder` (plain data: travels in checkpoints as a dict)."""
 
     embed_dim: int = 32  # character embedding
-    hidden_dim: int = 64  # per direction; features are 2 * hidden_dim wide
+    # Per direction; features are 2 * hidden_dim wide. Narrow keeps each annotation about its
+    # own neighbourhood, so attention points at the characters an output comes from.
+    hidden_dim: int = 32
 
 
 class SequenceEncoder(nn.Module):
