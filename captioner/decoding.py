@@ -39,15 +39,13 @@ def greedy_decode(
     end_id: int,
     max_len: int = 30,
     banned_ids: Sequence[int] = (),
-    mask: Tensor | None = None,
 ) -> list[Caption]:
-    """Pick the most probable word at every step. features (B, P, D), mask (B, P) (True = may
-    attend) -> B captions; score is the raw log-probability. A caption that has not emitted
-    <end> after max_len words stops."""
+    """Pick the most probable word at every step. features (B, P, D) -> B captions; score is
+    the raw log-probability. A caption that has not emitted <end> after max_len words stops."""
     _check_positive("max_len", max_len)
     batch = features.size(0)
     projected = decoder.prepare(features)
-    h, c = decoder.init_state(features, mask)
+    h, c = decoder.init_state(features)
     state = (h.unsqueeze(1), c.unsqueeze(1))  # a beam axis of 1, as beam_search with beam_size=1
     prev = torch.full((batch, 1), start_id, dtype=torch.long, device=features.device)
     banned = _banned_mask(decoder.vocab_size, banned_ids, features.device)
@@ -56,7 +54,7 @@ def greedy_decode(
     lengths = torch.full((batch,), max_len, dtype=torch.long)
     tokens, alphas = [], []
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected)
         best, prev = log_probs.masked_fill(banned, NEG_INF).max(dim=-1)  # (B, 1)
         scores = torch.where(finished.unsqueeze(1), scores, scores + best)
         ended = (prev.squeeze(1) == end_id) & ~finished
@@ -84,10 +82,8 @@ def beam_search(
     max_len: int = 30,
     length_normalize: bool = True,
     banned_ids: Sequence[int] = (),
-    mask: Tensor | None = None,
 ) -> list[Caption]:
-    """Beam search for B images at once. features (B, P, D), mask (B, P) (True = may attend)
-    -> B captions (the best hypothesis each).
+    """Beam search for B images at once. features (B, P, D) -> B captions (the best hypothesis each).
 
     All B·K live beams advance as one batch per step; an image's K beams share its features
     and its attention projection (computed once). Each step, an image's candidates that end
@@ -103,7 +99,7 @@ def beam_search(
     batch, k, vocab, device = features.size(0), beam_size, decoder.vocab_size, features.device
     rows = torch.arange(batch, device=device)
     projected = decoder.prepare(features)
-    h, c = decoder.init_state(features, mask)
+    h, c = decoder.init_state(features)
     state = (h.unsqueeze(1).repeat(1, k, 1), c.unsqueeze(1).repeat(1, k, 1))  # (B, K, H)
     prev = torch.full((batch, k), start_id, dtype=torch.long, device=device)
     # Only beam 0 is live at first: the K identical copies would otherwise fill the beam.
@@ -119,7 +115,7 @@ def beam_search(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     history: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: parent, token (B, K), alpha (B, K, P)
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected)
         # In place: (B, K, V) is the largest tensor here after the attention's.
         scores.masked_fill_(done.unsqueeze(1), NEG_INF)
         candidates = log_probs.masked_fill_(banned, NEG_INF).add_(scores.unsqueeze(-1))  # (B, K, V)
@@ -174,16 +170,14 @@ def decode_captions(
     max_len: int = 30,
     length_normalize: bool = True,
     allow_unk: bool = False,
-    mask: Tensor | None = None,
 ) -> list[Caption]:
     """The one decoding entry point for validation, the API and the CLI.
 
-    features (B, P, D), mask (B, P) (True = may attend; None = everywhere) -> B captions;
-    beam_size 1 decodes greedily. <pad> and <start> are
+    features (B, P, D) -> B captions; beam_size 1 decodes greedily. <pad> and <start> are
     never words, and <unk> is emitted only when `allow_unk` asks for it.
     """
     banned = (vocab.pad_id, vocab.start_id) + (() if allow_unk else (vocab.unk_id,))
-    common = dict(start_id=vocab.start_id, end_id=vocab.end_id, max_len=max_len, banned_ids=banned, mask=mask)
+    common = dict(start_id=vocab.start_id, end_id=vocab.end_id, max_len=max_len, banned_ids=banned)
     if beam_size == 1:
         return greedy_decode(decoder, features, **common)
     return beam_search(decoder, features, beam_size=beam_size, length_normalize=length_normalize, **common)

@@ -40,8 +40,6 @@ class Decoder(nn.Module):
     with h_0, c_0 = tanh(Linear(mean_i a_i)).
 
     Shapes: features (B, P, D), tokens (B, T), logits (B, T, V), alphas (B, T, P);
-    mask (B, P) bool, True where a position may be attended (None = everywhere): padding of
-    a sequence encoder gets α = 0 exactly and no part of the initial state;
     E = embed_dim, H = hidden_dim, A = attention_dim, V = vocab_size.
 
     Only the recurrent part runs inside the time loop. Everything that does not depend on
@@ -87,44 +85,38 @@ class Decoder(nn.Module):
         """features (B, P, D) -> projected (B, P, A): the attention's W_a a + b, once per image."""
         return self.attention.project_features(features)
 
-    def init_state(self, features: Tensor, mask: Tensor | None = None) -> State:
-        """features (B, P, D), mask (B, P) -> (h_0, c_0), each (B, H) = tanh(Linear(mean_i a_i)),
-        the mean over the positions the mask keeps."""
-        if mask is None:
-            mean = features.mean(dim=1)
-        else:
-            keep = mask.unsqueeze(-1).to(features.dtype)
-            mean = (features * keep).sum(dim=1) / keep.sum(dim=1)
-        return torch.tanh(self.init_proj(mean)).chunk(2, dim=-1)
+    def init_state(self, features: Tensor) -> State:
+        """features (B, P, D) -> (h_0, c_0), each (B, H) = tanh(Linear(mean_i a_i))."""
+        return torch.tanh(self.init_proj(features.mean(dim=1))).chunk(2, dim=-1)
 
-    def forward(self, features: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: features (B, P, D), input tokens (B, T) (<start> w_1 ... w_{T-1}),
-        mask (B, P) -> logits (B, T, V) for the next tokens, alphas (B, T, P)."""
+    def forward(self, features: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: features (B, P, D), input tokens (B, T) (<start> w_1 ... w_{T-1})
+        -> logits (B, T, V) for the next tokens, alphas (B, T, P)."""
         projected = self.prepare(features)
-        h, c = self.init_state(features, mask)
+        h, c = self.init_state(features)
         embedded = self.embedding(tokens)  # (B, T, E)
         embed_weight, weights = self._weights()
         # One matmul for all steps, time-major so that each step reads a contiguous slice.
         input_gates = F.linear(embedded.transpose(0, 1), embed_weight)  # (T, B, 4H)
         hiddens, contexts, alphas = _TimeLoop.apply(
-            self, input_gates, h, c, features, projected, *weights, self.attention.score.weight, mask
+            self, input_gates, h, c, features, projected, *weights, self.attention.score.weight
         )
         logits = self._deep_output(embedded, hiddens.transpose(0, 1), contexts.transpose(0, 1))
         return logits, alphas.transpose(0, 1)
 
     def step(
-        self, prev_tokens: Tensor, state: State, features: Tensor, projected: Tensor, mask: Tensor | None = None
+        self, prev_tokens: Tensor, state: State, features: Tensor, projected: Tensor
     ) -> tuple[Tensor, State, Tensor]:
         """One decoding step for K hypotheses (beams) per image.
 
-        prev_tokens (B, [K]), state (h, c) each (B, [K,] H), features (B, P, D), projected (B, P, A),
-        mask (B, P) -> log_probs (B, [K,] V), new state (h, c) each (B, [K,] H), alpha (B, [K,] P).
+        prev_tokens (B, [K]), state (h, c) each (B, [K,] H), features (B, P, D), projected (B, P, A)
+        -> log_probs (B, [K,] V), new state (h, c) each (B, [K,] H), alpha (B, [K,] P).
         The K beams of an image share its features and projection (broadcast, not copied);
         without the beam axis the attention and every layer work on (B, ·) alike.
         """
         embedded = self.embedding(prev_tokens)  # (B, [K,] E)
         embed_weight, weights = self._weights()
-        out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)
+        out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights)
         log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1)
         return log_probs, (out.h, out.c), out.alpha
 
@@ -150,10 +142,9 @@ class Decoder(nn.Module):
         features: Tensor,
         projected: Tensor,
         weights: StepWeights,
-        mask: Tensor | None = None,
     ) -> _Step:
         """The recurrent core. input_gates (B, [K,] 4H) = W_ih[:, :E] E y_{t-1}, state (h, c)
-        (B, [K,] H), mask (B, P) -> h, c (B, [K,] H), gated context z (B, [K,] D), alpha (B, [K,] P), and
+        (B, [K,] H) -> h, c (B, [K,] H), gated context z (B, [K,] D), alpha (B, [K,] P), and
         the intermediates that `_TimeLoop.backward` needs."""
         h, c = state
         context_weight, hidden_weight, hidden_bias = weights
@@ -162,7 +153,7 @@ class Decoder(nn.Module):
             [4 * self.hidden_dim, self.attention_dim, on_hidden.size(-1) - 4 * self.hidden_dim - self.attention_dim],
             dim=-1,
         )
-        attended, alpha = self.attention.attend(features, projected, hidden_att, mask)
+        attended, alpha = self.attention.attend(features, projected, hidden_att)
         context = torch.sigmoid(hidden_gate) * attended if self.gate is not None else attended
         gates = F.linear(context, context_weight) + hidden_gates + input_gates
         i, f, g, o = gates.chunk(4, dim=-1)  # LSTMCell's gate order
@@ -181,7 +172,7 @@ class _TimeLoop(torch.autograd.Function):
     """The teacher-forced time loop of `Decoder.forward`, with a hand-written backward.
 
     forward(decoder, input_gates (T, B, 4H), h_0, c_0 (B, H), features (B, P, D),
-    projected (B, P, A), *StepWeights, score weight (1, A), mask (B, P) or None)
+    projected (B, P, A), *StepWeights, score weight (1, A))
     -> hiddens (T, B, H), gated contexts (T, B, D), alphas (T, B, P).
 
     Why not autograd: per step it would compute a full-size gradient of every weight from a
@@ -189,17 +180,16 @@ class _TimeLoop(torch.autograd.Function):
     (B, P, A) attention intermediates. Here the backward through time computes only the
     gradients that flow between steps; each weight's gradient is then one matmul over all T·B
     rows, the attention's (B, P, A) work runs in cache-sized chunks (`energies_backward`), and
-    the gradient of W_a a + b is summed over the steps in one buffer. Masked positions need
-    nothing here: their α is 0, so ∂e = α(∂α − Σ α∂α) and their share of ∂a are 0 too.
+    the gradient of W_a a + b is summed over the steps in one buffer.
     """
 
     @staticmethod
-    def forward(ctx, decoder, input_gates, h, c, features, projected, context_weight, hidden_weight, bias, score, mask):
+    def forward(ctx, decoder, input_gates, h, c, features, projected, context_weight, hidden_weight, bias, score):
         weights = (context_weight, hidden_weight, bias)
         h0, c0 = h, c
         steps = []
         for gates_t in input_gates:
-            step = decoder._advance(gates_t, (h, c), features, projected, weights, mask)
+            step = decoder._advance(gates_t, (h, c), features, projected, weights)
             h, c = step.h, step.c
             steps.append(step)
         stacked = [torch.stack(x) for x in zip(*steps)]  # each (T, B, ...)
@@ -273,5 +263,4 @@ class _TimeLoop(torch.autograd.Function):
             rows.t() @ previous_hiddens,  # hidden_weight
             rows.sum(dim=0),  # bias
             grad_score.unsqueeze(0),
-            None,  # mask
         )
