@@ -18,7 +18,10 @@ from captioner.dates.data import DatesDataModule
 from captioner.dates.generate import FORMATS, HELD_OUT, TRAINING_FORMATS, examples, split_dates
 from captioner.dates.model import TARGET_VOCAB, Translation, load_dates_model
 from captioner.dates.plot import save_attention_matrix
+from captioner.decoding import DecodingConfig
 from captioner.errors import CaptionerError
+
+GREEDY = DecodingConfig(beam_size=1)
 
 # One epoch of 250 steps of batch 128: about 30 s of one CPU core, enough for exact
 # translations and sharp attention (the shipped config trains longer, for the ≥ 99 % target).
@@ -69,7 +72,9 @@ def dates_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def dates_model(dates_checkpoint: Path):
-    return load_dates_model(dates_checkpoint)
+    loaded = load_dates_model(dates_checkpoint)
+    assert loaded.decoding.beam_size == 1  # configs/dates.yaml's
+    return loaded.model
 
 
 # ---------------------------------------------------------------- generator
@@ -160,7 +165,7 @@ def test_data_sizes_are_checked():
 # ----------------------------------------------------------- trained model
 @pytest.mark.parametrize("beam_size", [1, 3])
 def test_the_two_examples_translate_exactly(dates_model, beam_size):
-    results = dates_model.translate(["July 20th 1969", "23 April, 1564"], beam_size=beam_size)
+    results = dates_model.translate(["July 20th 1969", "23 April, 1564"], DecodingConfig(beam_size=beam_size))
     assert [r.output for r in results] == ["1969-07-20", "1564-04-23"]
     for result in results:
         assert result.alphas.shape == (10, len(result.text))
@@ -171,7 +176,7 @@ def test_trained_model_is_accurate_on_held_out_dates(dates_model):
     """The short fixture run is not the 99 % run (that one is measured with the shipped
     config); it must still get most unseen dates right, held-out formats included."""
     test = DatesDataModule(seed=0, train_size=1, val_size=1, test_size=300).splits["test"]
-    results = dates_model.translate([e.text for e in test], beam_size=1)
+    results = dates_model.translate([e.text for e in test], GREEDY)
     right = [r.output == e.target for r, e in zip(results, test)]
     assert sum(right) / len(right) >= 0.9
     held_out = [ok for ok, e in zip(right, test) if e.format in HELD_OUT]
@@ -194,7 +199,7 @@ def _words(text: str) -> list[range]:
 def test_output_characters_look_at_the_word_they_come_from(dates_model, text, sources):
     """argmax_t' α⟨t, t'⟩ of each output digit lies in its source word, for ≥ 90 % of the
     digits (the dashes come from no word and are not counted)."""
-    [result] = dates_model.translate([text])
+    [result] = dates_model.translate([text], GREEDY)
     words = _words(result.text)
     year, month, day = (words[i] for i in sources)
     expected = [year] * 4 + [None] + [month] * 2 + [None] + [day] * 2
@@ -206,21 +211,19 @@ def test_output_characters_look_at_the_word_they_come_from(dates_model, text, so
 def test_impossible_date_is_copied_and_flagged(dates_model):
     """The model copies what it reads: 31 February 2001 becomes 2001-02-31, which the
     translation marks as not a calendar date (the CLI warns and exits 1)."""
-    [result] = dates_model.translate(["31 February 2001"])
+    [result] = dates_model.translate(["31 February 2001"], GREEDY)
     assert result.output == "2001-02-31" and not result.valid
-    [real] = dates_model.translate(["28 February 2001"])
+    [real] = dates_model.translate(["28 February 2001"], GREEDY)
     assert real.output == "2001-02-28" and real.valid
 
 
 def test_model_refuses_bad_input(dates_model):
     with pytest.raises(CaptionerError, match="empty"):
-        dates_model.translate(["   "])
+        dates_model.translate(["   "], GREEDY)
     with pytest.raises(CaptionerError, match="10000 characters long; this model reads at most 64"):
-        dates_model.translate(["1" * 10_000])
+        dates_model.translate(["1" * 10_000], GREEDY)
     with pytest.raises(CaptionerError, match="never saw in training: 'é☃'"):
-        dates_model.translate(["20 juillet ☃ 1969 é"])
-    with pytest.raises(CaptionerError, match="beam size must be at least 1"):
-        dates_model.translate(["July 20th 1969"], beam_size=0)
+        dates_model.translate(["20 juillet ☃ 1969 é"], GREEDY)
 
 
 # ------------------------------------------------------------ command line
@@ -250,6 +253,14 @@ def test_translate_command_refuses_bad_input(dates_checkpoint, capsys, date, mes
     assert cli(["dates", "translate", date, "--ckpt", str(dates_checkpoint)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith(message) and captured.err.count("\n") == 1
+
+
+def test_translate_command_checks_its_flags(dates_checkpoint, tmp_path, capsys):
+    ckpt = ["--ckpt", str(dates_checkpoint)]
+    assert cli(["dates", "translate", "July 20th 1969", "--beam-size", "0", *ckpt]) == 2
+    assert "--beam-size must be an integer >= 1" in capsys.readouterr().err
+    assert cli(["dates", "translate", "July 20th 1969", "--attention", str(tmp_path / "a.jpg"), *ckpt]) == 2
+    assert "must name a .png file" in capsys.readouterr().err
 
 
 def test_translate_command_warns_about_impossible_dates(dates_checkpoint, capsys):

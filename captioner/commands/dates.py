@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, require_positive
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
 def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dates", nargs="+", metavar="DATE", help='dates as people write them, e.g. "July 20th 1969"')
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `captioner dates fit`")
-    parser.add_argument("--beam-size", type=int, default=1, help="beam width; 1 decodes greedily (default 1)")
+    parser.add_argument("--beam-size", type=int, help="beam width; 1 decodes greedily (default: the checkpoint's)")
     parser.add_argument("--attention", type=Path, metavar="OUT.png", help="write the attention matrix as a PNG")
 
 
@@ -64,12 +65,13 @@ def translate(args: argparse.Namespace) -> int:
     from captioner.dates.model import load_dates_model
     from captioner.dates.plot import save_attention_matrix
 
-    if args.beam_size < 1:
-        raise CaptionerError(f"--beam-size must be at least 1, got {args.beam_size}")
+    if args.beam_size is not None:
+        require_positive(**{"--beam-size": args.beam_size})
     if args.attention is not None and args.attention.suffix.lower() != ".png":
         raise CaptionerError(f"--attention {args.attention} must name a .png file")
-    model = load_dates_model(args.ckpt)
-    results = model.translate(args.dates, beam_size=args.beam_size)
+    loaded = load_dates_model(args.ckpt)
+    settings = loaded.decoding if args.beam_size is None else replace(loaded.decoding, beam_size=args.beam_size)
+    results = loaded.model.translate(args.dates, settings)
     status = 0
     for i, result in enumerate(results, start=1):
         print(result.output, flush=True)

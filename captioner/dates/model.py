@@ -1,7 +1,7 @@
 """The date translator as a plain nn.Module: characters in, ISO date out, α per output character.
 
-    model = load_dates_model("runs/dates/checkpoints/best.ckpt")
-    [result] = model.translate(["July 20th 1969"])
+    loaded = load_dates_model("runs/dates/checkpoints/best.ckpt")
+    [result] = loaded.model.translate(["July 20th 1969"], loaded.decoding)
     result.output, result.alphas.shape        # '1969-07-20', (10, 14)
 
 Both sides are character sequences with a `captioner.vocab.Vocabulary` each (characters as
@@ -16,15 +16,14 @@ import dataclasses
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from captioner.checkpoint import load_checkpoint
-from captioner.decoding import decode_captions
-from captioner.errors import CaptionerError
-from captioner.models import Decoder, SequenceEncoder, SequenceEncoderConfig
+from captioner.decoding import DecodingConfig, decode_captions
+from captioner.errors import CaptionerError, require_positive
+from captioner.models import Decoder, DecoderConfig, SequenceEncoder, SequenceEncoderConfig
 from captioner.vocab import SPECIALS, Vocabulary
 
 OUTPUT_CHARS = "0123456789-"
@@ -49,17 +48,6 @@ def encode_targets(dates: list[str]) -> Tensor:
     """ISO dates -> (B, 12) ids: <start>, the ten characters, <end>."""
     v = TARGET_VOCAB
     return torch.tensor([[v.start_id, *map(v.id, date), v.end_id] for date in dates])
-
-
-@dataclass
-class DateDecoderConfig:
-    """The decoder's sizes for dates (the image model's `Decoder`, smaller)."""
-
-    embed_dim: int = 16
-    hidden_dim: int = 128
-    attention_dim: int = 64
-    dropout: float = 0.0
-    gate: str = "scalar"
 
 
 @dataclass
@@ -98,25 +86,16 @@ class DatesModel(nn.Module):
         self,
         input_chars: list[str],
         encoder: SequenceEncoderConfig,
-        decoder: DateDecoderConfig,
+        decoder: DecoderConfig,
         max_input_len: int = 64,
     ) -> None:
         super().__init__()
-        if max_input_len < 1:
-            raise CaptionerError(f"max_input_len={max_input_len} must be at least 1")
+        require_positive(max_input_len=max_input_len)
         self.source = source_vocabulary(input_chars)
         self.target = TARGET_VOCAB
         self.max_input_len = max_input_len
         self.encoder = SequenceEncoder(encoder, len(self.source), pad_id=self.source.pad_id)
-        self.decoder = Decoder(
-            len(self.target),
-            self.encoder.out_dim,
-            embed_dim=decoder.embed_dim,
-            hidden_dim=decoder.hidden_dim,
-            attention_dim=decoder.attention_dim,
-            dropout=decoder.dropout,
-            gate=decoder.gate,
-        )
+        self.decoder = Decoder(decoder, len(self.target), self.encoder.out_dim)
 
     def forward(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher forcing: inputs (B, T_x), targets (B, T_y) starting with <start>
@@ -148,44 +127,35 @@ class DatesModel(nn.Module):
         return texts
 
     @torch.inference_mode()
-    def decode(self, inputs: Tensor, beam_size: int = 1) -> list[tuple[str, Tensor, float]]:
-        """inputs (B, T_x) -> per row: output text, alphas (L, T_x), score. Greedy for beam_size 1."""
+    def decode(self, inputs: Tensor, settings: DecodingConfig) -> list[tuple[str, Tensor, float]]:
+        """inputs (B, T_x) -> per row: output text, alphas (L, T_x), score. Greedy for beam_size 1;
+        at most ten characters and <end>, whatever `settings.max_len` says."""
         features, mask = self.encoder(inputs)
-        captions = decode_captions(
-            self.decoder, features, self.target, beam_size=beam_size, max_len=OUTPUT_LEN + 2, mask=mask
-        )
+        settings = dataclasses.replace(settings, max_len=OUTPUT_LEN + 1)
+        captions = decode_captions(self.decoder, features, self.target, settings, mask)
         return [("".join(self.target.decode_tokens(c.tokens)), c.alphas, c.score) for c in captions]
 
-    def translate(self, texts: list[str], beam_size: int = 1) -> list[Translation]:
+    def translate(self, texts: list[str], settings: DecodingConfig) -> list[Translation]:
         """Translate human-written dates; α rows cover each text's own characters only."""
-        if beam_size < 1:
-            raise CaptionerError(f"beam size must be at least 1, got {beam_size}")
         texts = self.check_texts(texts)
         inputs = encode_texts(self.source, texts).to(next(self.parameters()).device)
         results = []
-        for text, (output, alphas, score) in zip(texts, self.decode(inputs, beam_size)):
+        for text, (output, alphas, score) in zip(texts, self.decode(inputs, settings)):
             results.append(Translation(text, output, alphas[:, : len(text)].float(), score))
         return results
 
 
-def model_settings(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The `DatesModel` arguments in a system's hyper-parameters (plain dicts, as checkpoints hold them)."""
-    return dict(
-        input_chars=list(hparams["input_chars"]),
-        encoder=SequenceEncoderConfig(**hparams.get("encoder", {})),
-        decoder=DateDecoderConfig(**hparams.get("decoder", {})),
-        max_input_len=int(hparams.get("max_input_len", 64)),
-    )
+@dataclass(frozen=True)
+class LoadedDatesModel:
+    """A `DatesModel` (CPU, eval mode) and the decoding settings its checkpoint carries."""
+
+    model: DatesModel
+    decoding: DecodingConfig
 
 
-def plain(config: Any) -> dict[str, Any]:
-    """A settings dataclass (or the dict a checkpoint gave back) as a plain dict."""
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-
-
-def load_dates_model(path: str | Path) -> DatesModel:
-    """The `DatesModel` in a checkpoint written by `captioner dates fit` (CPU, eval mode), read
-    without running code from the file; CaptionerError naming the file if it is not one."""
+def load_dates_model(path: str | Path) -> LoadedDatesModel:
+    """The model in a checkpoint written by `captioner dates fit`, read without running code
+    from the file; CaptionerError naming the file if it is not one."""
     checkpoint = load_checkpoint(path)
     hparams = checkpoint["hyper_parameters"]
     if "input_chars" not in hparams:
@@ -194,7 +164,13 @@ def load_dates_model(path: str | Path) -> DatesModel:
             "pass one written by `captioner dates fit`"
         )
     try:
-        model = DatesModel(**model_settings(hparams))
+        model = DatesModel(
+            list(hparams["input_chars"]),
+            SequenceEncoderConfig.from_dict(hparams.get("encoder")),
+            DecoderConfig.from_dict(hparams.get("decoder")),
+            int(hparams.get("max_input_len", 64)),
+        )
+        decoding = DecodingConfig.from_dict(hparams.get("decoding"))
         state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state, strict=True)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -202,4 +178,4 @@ def load_dates_model(path: str | Path) -> DatesModel:
         raise CaptionerError(
             f"checkpoint {path} does not fit this version of captioner ({detail}); retrain with `captioner dates fit`"
         ) from None
-    return model.eval()
+    return LoadedDatesModel(model.eval(), decoding)

@@ -17,9 +17,9 @@ import pytorch_lightning as pl
 import torch
 
 from captioner.dates.generate import HELD_OUT
-from captioner.dates.model import DateDecoderConfig, DatesModel, model_settings, plain
-from captioner.errors import CaptionerError
-from captioner.models import SequenceEncoderConfig, caption_loss
+from captioner.dates.model import DatesModel
+from captioner.decoding import DecodingConfig
+from captioner.models import DecoderConfig, SequenceEncoderConfig, caption_loss
 
 
 class DatesModule(pl.LightningModule):
@@ -27,41 +27,40 @@ class DatesModule(pl.LightningModule):
 
     Args:
         input_chars: the input alphabet; linked from the data module by the CLI.
-        encoder, decoder: network sizes (`SequenceEncoderConfig`, `DateDecoderConfig`).
+        encoder, decoder: the networks (`SequenceEncoderConfig`, `DecoderConfig`; configs/dates.yaml
+            sizes the decoder for dates, far smaller than for images).
+        decoding: validation and test decoding, kept in the checkpoint for `translate`
+            (beam_size 1 is greedy; max_len is always 11: ten characters and <end>).
         max_input_len: longest input `translate` accepts, in characters.
         attention_lambda: weight of the doubly stochastic term Σ_i (1 − Σ_t α_ti)². 0 by
             default: it asks every input position for a total attention of 1, but most
             characters of "Sunday, the 20th of July 1969" rightly get none.
         lr: Adam learning rate, annealed to 0 over the run (cosine).
-        beam_size: 1 decodes greedily in validation and test; more uses beam search.
     """
 
     def __init__(
         self,
         input_chars: list[str],
-        encoder: SequenceEncoderConfig | None = None,
-        decoder: DateDecoderConfig | None = None,
+        encoder: SequenceEncoderConfig = SequenceEncoderConfig(),  # noqa: B008 - frozen, so one shared default is safe
+        decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
+        decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
         max_input_len: int = 64,
         attention_lambda: float = 0.0,
         lr: float = 1e-2,
-        beam_size: int = 1,
     ) -> None:
         super().__init__()
-        if beam_size < 1:
-            raise CaptionerError(f"model.beam_size must be at least 1, got {beam_size}")
-        # Checkpoints keep plain dicts (read back with weights_only=True), not dataclasses.
-        self.save_hyperparameters(
-            {
-                "input_chars": list(input_chars),
-                "encoder": plain(encoder or SequenceEncoderConfig()),
-                "decoder": plain(decoder or DateDecoderConfig()),
-                "max_input_len": max_input_len,
-                "attention_lambda": attention_lambda,
-                "lr": lr,
-                "beam_size": beam_size,
-            }
+        # Checkpoints carry plain data only (they are loaded with weights_only=True).
+        encoder, decoder = SequenceEncoderConfig.from_dict(encoder), DecoderConfig.from_dict(decoder)
+        decoding = DecodingConfig.from_dict(decoding)
+        self.save_hyperparameters()
+        self.hparams.update(
+            input_chars=list(input_chars),
+            encoder=encoder.to_dict(),
+            decoder=decoder.to_dict(),
+            decoding=decoding.to_dict(),
         )
-        self.model = DatesModel(**model_settings(self.hparams))
+        self.decoding = decoding
+        self.model = DatesModel(list(input_chars), encoder, decoder, max_input_len)
         self._outputs: list[tuple[str, bool]] = []  # (format, exact match) per example
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -74,7 +73,7 @@ class DatesModule(pl.LightningModule):
         return loss
 
     def _judge(self, batch: dict[str, Any]) -> None:
-        outputs = self.model.decode(batch["inputs"], self.hparams.beam_size)
+        outputs = self.model.decode(batch["inputs"], self.decoding)
         for (output, _, _), date, name in zip(outputs, batch["dates"], batch["formats"]):
             self._outputs.append((name, output == date))
 

@@ -2,23 +2,23 @@
 sequence encoder that puts the same decoder to work on text."""
 
 from captioner.models.attention import SoftAttention
-from captioner.models.config import ModelConfig, build_decoder, build_encoder
+from captioner.models.config import DecoderConfig, EncoderConfig, PlainConfig, SequenceEncoderConfig
 from captioner.models.decoder import GATES, Decoder
 from captioner.models.encoder import Encoder, supported_backbones
 from captioner.models.loss import LossParts, caption_loss
-from captioner.models.sequence import SequenceEncoder, SequenceEncoderConfig
+from captioner.models.sequence import SequenceEncoder
 
 __all__ = [
     "GATES",
     "Decoder",
+    "DecoderConfig",
     "Encoder",
+    "EncoderConfig",
     "LossParts",
-    "ModelConfig",
+    "PlainConfig",
     "SequenceEncoder",
     "SequenceEncoderConfig",
     "SoftAttention",
-    "build_decoder",
-    "build_encoder",
     "caption_loss",
     "supported_backbones",
 ]

@@ -9,22 +9,11 @@ so that padding gets no attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from captioner.errors import CaptionerError
-
-
-@dataclass
-class SequenceEncoderConfig:
-    """Settings of `SequenceEncoder` (plain data: travels in checkpoints as a dict)."""
-
-    embed_dim: int = 32  # character embedding
-    # Per direction; features are 2 * hidden_dim wide. Narrow keeps each annotation about its
-    # own neighbourhood, so attention points at the characters an output comes from.
-    hidden_dim: int = 32
+from captioner.errors import CaptionerError, require_positive
+from captioner.models.config import SequenceEncoderConfig
 
 
 class SequenceEncoder(nn.Module):
@@ -37,11 +26,8 @@ class SequenceEncoder(nn.Module):
 
     def __init__(self, config: SequenceEncoderConfig, vocab_size: int, pad_id: int = 0) -> None:
         super().__init__()
-        if config.embed_dim < 1 or config.hidden_dim < 1:
-            raise CaptionerError(
-                f"sequence encoder sizes must be >= 1, got embed_dim={config.embed_dim}, hidden_dim={config.hidden_dim}"
-            )
-        self.pad_id = pad_id
+        require_positive(embed_dim=config.embed_dim, hidden_dim=config.hidden_dim)
+        self.config, self.pad_id = config, pad_id
         self.out_dim = 2 * config.hidden_dim
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)
         self.lstm = nn.LSTM(config.embed_dim, config.hidden_dim, batch_first=True, bidirectional=True)
