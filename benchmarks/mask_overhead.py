@@ -2,8 +2,9 @@
 
 python -m benchmarks.mask_overhead --before 78c209b      # the commit before the decoder's mask
 
-The `captioner/models/decoder.py` and `captioner/decoding.py` of `--before` are loaded from
-git beside the working tree's, both decoders get the same weights, and a training step
+The `captioner/models/decoder.py` and `captioner/decoding.py` of `--before` (a commit from
+before `DecoderConfig`, whose Decoder takes its sizes as keywords) are loaded from git
+beside the working tree's, both decoders get the same weights, and a training step
 (teacher-forced forward + backward) and a beam search over the same inputs are timed
 alternately (median of `--repeats`), so machine load hits both alike. Image path: no mask.
 Ratios are after / before (1.0 = no change; above 1 = slower now).
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from captioner import decoding
-from captioner.models import decoder as decoder_module
+from captioner.models import Decoder, DecoderConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         old_decoding = _module_at(args.before, "captioner/decoding.py", "_before_decoding", Path(tmp))
     sizes = dict(embed_dim=args.width, hidden_dim=args.width, attention_dim=args.width, dropout=0.0)
     torch.manual_seed(0)
-    after = decoder_module.Decoder(args.vocab, args.feature_dim, **sizes)
+    after = Decoder(DecoderConfig(**sizes), args.vocab, args.feature_dim)
     before = old_decoder.Decoder(args.vocab, args.feature_dim, **sizes)
     before.load_state_dict(after.state_dict())
     features = torch.randn(args.batch, args.grid * args.grid, args.feature_dim)

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from captioner.errors import CaptionerError
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("train", "dates"):
         # These run a LightningCLI, which owns its own argument parsing.
         module = importlib.import_module(f"captioner.commands.{COMMANDS[argv[0]][0]}")
-        return module.main(argv[1:])
+        return _run(lambda: module.main(argv[1:]))
 
     parser = argparse.ArgumentParser(
         prog="captioner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"captioner {name}", description=COMMANDS[name][1])
     module.add_arguments(command_parser)
     args = command_parser.parse_args(rest)
+    return _run(lambda: module.run(args))
+
+
+def _run(command: Callable[[], int | None]) -> int:
+    """Run a command; its exit status, with user errors, Ctrl-C and a closed pipe handled."""
     try:
-        return int(module.run(args) or 0)
+        return int(command() or 0)
     except CaptionerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

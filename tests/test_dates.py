@@ -280,6 +280,9 @@ def test_translate_command_refuses_a_captioning_checkpoint(tmp_path, capsys):
 def test_dates_command_needs_a_subcommand(capsys):
     assert cli(["dates"]) == 2
     assert "name a subcommand" in capsys.readouterr().err
+    assert cli(["dates", "translat"]) == 2
+    assert cli(["dates", "--help"]) == 0
+    assert "captioner dates translate" in capsys.readouterr().out
 
 
 def test_attention_matrix_png(tmp_path):

@@ -34,13 +34,11 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["translate"]:
         parser = argparse.ArgumentParser(prog="captioner dates translate", description=translate.__doc__)
         add_translate_arguments(parser)
-        args = parser.parse_args(argv[1:])
-        try:
-            return translate(args)
-        except CaptionerError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    if not argv or (argv[0] not in LIGHTNING_SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        return translate(parser.parse_args(argv[1:]))
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    if not argv or argv[0] not in LIGHTNING_SUBCOMMANDS:
         print(
             f"usage: captioner dates {{{','.join(LIGHTNING_SUBCOMMANDS)},translate}} ...\n"
             "error: name a subcommand, e.g. `captioner dates fit --config configs/dates.yaml`",
