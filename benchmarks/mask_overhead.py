@@ -6,7 +6,7 @@ The `captioner/models/decoder.py` and `captioner/decoding.py` of `--before` (a c
 before `DecoderConfig`, whose Decoder takes its sizes as keywords) are loaded from git
 beside the working tree's, both decoders get the same weights, and a training step
 (teacher-forced forward + backward) and a beam search over the same inputs are timed
-alternately (median of `--repeats`), so machine load hits both alike. Image path: no mask.
+interleaved, each first in turn (median of `--repeats`), so machine load hits both alike. Image path: no mask.
 Ratios are after / before (1.0 = no change; above 1 = slower now).
 """
 
@@ -90,9 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (run_before, run_after) in cases.items():
         run_before(), run_after()  # warm-up
         times_before, times_after = [], []
-        for _ in range(args.repeats):  # alternate, so load changes hit both
-            times_before.append(_seconds(run_before))
-            times_after.append(_seconds(run_after))
+        for i in range(args.repeats):  # interleaved, and in turn first, so load changes hit both alike
+            if i % 2:
+                times_after.append(_seconds(run_after))
+                times_before.append(_seconds(run_before))
+            else:
+                times_before.append(_seconds(run_before))
+                times_after.append(_seconds(run_after))
         results[f"{name}_before_s"] = statistics.median(times_before)
         results[f"{name}_after_s"] = statistics.median(times_after)
         results[f"{name}_ratio"] = results[f"{name}_after_s"] / results[f"{name}_before_s"]
