@@ -3,6 +3,7 @@
 captioner train fit --config configs/shapes.yaml
 captioner data synth --out data/shapes
 captioner caption --ckpt best.ckpt photos/
+captioner serve --ckpt best.ckpt --port 8000
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMMANDS = {
     "attend": ("attend", "draw where each word looked, one PNG per image"),
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
     "features": ("features", "extract and cache encoder features"),
+    "serve": ("serve", "serve captions and attention over HTTP, with a page at /"),
 }
 
 
