@@ -1,9 +1,12 @@
-"""The `captioner` command: one subcommand per job, each in `captioner/commands/`.
+"""Caption images with Show, Attend and Tell, see where each word looked, and train models.
 
-captioner train fit --config configs/shapes.yaml
-captioner data synth --out data/shapes
-captioner caption --ckpt best.ckpt photos/
-captioner serve --ckpt best.ckpt --port 8000
+  captioner data synth --out data/shapes                       make a small data set
+  captioner train fit --config configs/shapes.yaml             train (the Lightning CLI)
+  captioner caption --ckpt best.ckpt photos/                   caption images
+  captioner attend --ckpt best.ckpt photo.jpg --out overlays/  draw where each word looked
+  captioner serve --ckpt best.ckpt --port 8000                 an HTTP service with a page
+
+`captioner COMMAND --help` tells more about each.
 """
 
 from __future__ import annotations
