@@ -1,9 +1,13 @@
-"""The `captioner` command: one subcommand per job, each in `captioner/commands/`.
+"""Caption images with Show, Attend and Tell, see where each word looked, and train models.
 
-captioner train fit --config configs/shapes.yaml
-captioner data synth --out data/shapes
-captioner caption --ckpt best.ckpt photos/
-captioner dates translate "July 20th 1969" --ckpt runs/dates/checkpoints/best.ckpt
+  captioner data synth --out data/shapes                       make a small data set
+  captioner train fit --config configs/shapes.yaml             train (the Lightning CLI)
+  captioner caption --ckpt best.ckpt photos/                   caption images
+  captioner attend --ckpt best.ckpt photo.jpg --out overlays/  draw where each word looked
+  captioner serve --ckpt best.ckpt --port 8000                 an HTTP service with a page
+  captioner dates translate "July 20th 1969" --ckpt dates.ckpt  the same decoder, on written dates
+
+`captioner COMMAND --help` tells more about each.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ COMMANDS = {
     "attend": ("attend", "draw where each word looked, one PNG per image"),
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
     "features": ("features", "extract and cache encoder features"),
+    "serve": ("serve", "serve captions and attention over HTTP, with a page at /"),
     "dates": ("dates", "normalise written dates with the same attention decoder (fit, test, translate)"),
 }
 
