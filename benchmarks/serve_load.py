@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--time-limit", type=float, default=20.0, help="seconds at most per phase and round (default 20)"
     )
     parser.add_argument("--beam-size", type=int, default=3, help="beam size of every request (default 3)")
-    parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
+    parser.add_argument("--max-batch", type=int, help="the server's --max-batch (default: the server's default)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as scratch:
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"no .png images in {image_dir}")
         port = free_port()
         command = [sys.executable, "-m", "captioner.cli", "serve", "--ckpt", str(ckpt), "--host", HOST]
-        command += ["--port", str(port), "--max-batch", str(args.max_batch), "--log-level", "warning"]
+        command += ["--port", str(port), "--log-level", "warning"]
+        command += [] if args.max_batch is None else ["--max-batch", str(args.max_batch)]
         server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             results = asyncio.run(run_phases(args, server, port, images))

@@ -18,7 +18,7 @@ from captioner.api import Captioner
 from captioner.cli import main
 from captioner.overlay import HEATMAP
 from captioner.serve import CaptionModel, Limits, create_app
-from captioner.serve.batching import Batcher, Busy
+from captioner.serve.batching import Batcher, BatchSettings, Busy
 from tests.fixtures import write_bad_images
 
 # Small enough that tests can cross every bound with tiny uploads.
@@ -33,7 +33,7 @@ def captioner(tiny_checkpoint) -> Captioner:
 @pytest.fixture(scope="module")
 def client(captioner, tiny_checkpoint):
     # A long wait cap, so that requests sent together are certainly batched together.
-    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, max_batch=8, max_wait_s=0.2)
+    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, batching=BatchSettings(max_batch=8, max_wait_s=0.2))
     with TestClient(create_app(model, LIMITS)) as client:
         yield client
 
@@ -209,7 +209,7 @@ def test_limits_are_4xx_json_and_the_service_keeps_serving(client, test_images, 
 
 
 def test_too_many_waiting_images_is_503_with_retry_after(captioner, tiny_checkpoint, test_images):
-    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, max_pending=2)
+    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, batching=BatchSettings(max_pending=2))
     with TestClient(create_app(model, LIMITS)) as client:
         response = _post(client, [("a.png", _png(test_images[0]))] * 3)
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
@@ -255,7 +255,7 @@ def test_batcher_routes_results_keeps_keys_apart_and_survives_failures():
         return [f"{key}:{v * 2}" for v in values]
 
     async def scenario():
-        async with Batcher(run, max_batch=3, max_wait_s=0.05, max_pending=50) as batcher:
+        async with Batcher(run, BatchSettings(max_batch=3, max_wait_s=0.05, max_pending=50)) as batcher:
             jobs = [batcher.submit(key, [n, n + 100]) for n in range(5) for key in ("a", "b")]
             results = await asyncio.gather(*jobs)
             failed = await asyncio.gather(
