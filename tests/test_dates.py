@@ -4,6 +4,7 @@ translation (greedy and beam), the attention matrix, and bad input at the comman
 from __future__ import annotations
 
 import datetime
+import json
 import random
 import re
 from pathlib import Path
@@ -302,3 +303,23 @@ def test_random_module_is_not_touched():
     random.seed(7)
     examples(split_dates(0, 10, 10)[0], 100, list(FORMATS), seed=1)
     assert random.random() == before
+
+
+def test_dates_test_writes_exact_match_per_format(dates_checkpoint, tmp_path):
+    """`captioner dates test` decodes the held-out split and writes metrics.json beside the
+    checkpoint: overall, per format, and for the training and held-out formats."""
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(dates_checkpoint.read_bytes())
+    args = ["--config", str(CONFIG), "--ckpt_path", str(ckpt), "--data.train_size", "32000", "--data.test_size", "200"]
+    args += ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    args += ["--trainer.default_root_dir", str(tmp_path), "--checkpoint.dirpath", str(tmp_path / "checkpoints")]
+    assert cli(["dates", "test", *args]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {
+        "test/exact_match",
+        "test/exact_match/held_out_formats",
+        "test/exact_match/training_formats",
+        *(f"test/exact_match/{name}" for name in FORMATS),
+    }
+    assert metrics["test/exact_match"] >= 0.9
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())

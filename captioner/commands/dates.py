@@ -4,7 +4,7 @@
     captioner dates test --config configs/dates.yaml --ckpt_path runs/dates/checkpoints/best.ckpt
     captioner dates translate "July 20th 1969" --ckpt runs/dates/checkpoints/best.ckpt --attention moon.png
 
-fit / validate / test / predict run the Lightning CLI over `DatesModule` and `DatesDataModule`
+fit / validate / test run the Lightning CLI over `DatesModule` and `DatesDataModule`
 (best.ckpt is the highest val/exact_match; test writes metrics.json beside the checkpoint,
 with the exact-match accuracy per input format). translate prints one ISO date per input
 date; with --attention it also writes the attention matrix, output characters × input
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from captioner.errors import CaptionerError, require_positive
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 
 def main(argv: list[str]) -> int:

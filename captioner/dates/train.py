@@ -1,4 +1,4 @@
-"""The Lightning CLI over `DatesModule` and `DatesDataModule` (`captioner dates fit|validate|test|predict`)."""
+"""The Lightning CLI over `DatesModule` and `DatesDataModule` (`captioner dates fit|validate|test`)."""
 
 from __future__ import annotations
 
