@@ -29,7 +29,9 @@ from torch import Tensor, nn
 
 from captioner.decoding import greedy_decode, sample_captions
 from captioner.errors import CaptionerError
-from captioner.models.decoder import Decoder
+from captioner.models.config import PlainConfig
+from captioner.models.decoder import Decoder, HardForward
+from captioner.models.loss import LossParts, caption_loss
 from captioner.rewards import CiderD
 from captioner.vocab import END, Vocabulary, tokenize
 
@@ -91,9 +93,9 @@ class MovingAverageBaseline(nn.Module):
 # ---------------------------------------------------------------------------- hard attention
 
 
-@dataclass
-class HardAttentionConfig:
-    """The training objective of hard attention (used when the decoder's attention is "hard")."""
+@dataclass(frozen=True)
+class HardAttentionConfig(PlainConfig):
+    """The training objective of hard attention (used when `DecoderConfig.attention` is "hard")."""
 
     reinforce_lambda: float = 1.0  # λ_r: weight of the REINFORCE term on the sampled locations
     entropy_lambda: float = 0.01  # λ_e: weight of the entropy bonus on α, per sampled step
@@ -136,11 +138,32 @@ def hard_attention_terms(
     return HardParts(total, reinforce, entropy, rewards.mean(), b)
 
 
+def hard_attention_loss(
+    forward: HardForward,
+    targets: Tensor,
+    pad_id: int,
+    attention_lambda: float,
+    baseline: MovingAverageBaseline,
+    config: HardAttentionConfig,
+) -> tuple[Tensor, LossParts, HardParts]:
+    """The whole hard-attention objective for `Decoder.forward_hard`'s output and the target
+    tokens (B, T): cross-entropy and the doubly stochastic term (`caption_loss`) plus
+    `hard_attention_terms` -> (total, the caption loss's parts, the hard terms)."""
+    logits = forward.logits.float()
+    parts = caption_loss(logits, targets, forward.alphas.float(), pad_id, attention_lambda)
+    token_log_probs = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    real = targets != pad_id
+    hard = hard_attention_terms(
+        token_log_probs, forward.location_log_probs, forward.entropies, real, forward.sampled, baseline, config
+    )
+    return parts.total + hard.total, parts, hard
+
+
 # ---------------------------------------------------------------------------- self-critical
 
 
-@dataclass
-class ScstConfig:
+@dataclass(frozen=True)
+class ScstConfig(PlainConfig):
     """Self-critical sequence training on CIDEr-D."""
 
     samples: int = 1  # captions drawn per image

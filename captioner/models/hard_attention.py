@@ -7,9 +7,10 @@ the decoder is trained on the variational lower bound with REINFORCE
 from here. With probability 0.5 per image the paper uses the expected context Σ_i α_ti a_i
 (the soft one) instead of a sample: those rows are `expected`.
 
-At test time there is nothing to sample: the paper uses the expected context (what
-`HARD_DECODING[0]`, "expected", does: decoding is then soft attention's), or the single most
-attended location ("argmax", z_t = a_{argmax α_t}).
+At test time there is nothing to sample. `DecoderConfig.hard_decoding` picks the context:
+"expected" Σ_i α_ti a_i, as the paper does (decoding is then exactly soft attention's), or
+"argmax", the single most attended location, z_t = a_{argmax α_t}. Either way the decoder
+reports α_t, so overlays and grounding scores work for both kinds of attention.
 """
 
 from __future__ import annotations
