@@ -8,7 +8,7 @@ losses here are surrogates whose gradient is that estimate (negated, for minimis
   locations s̃, the reward log p(y | s̃, a); b is a moving average of it
   (`MovingAverageBaseline`); an entropy bonus λ_e H(α) keeps α from collapsing early; with
   probability 0.5 per image the expected context replaces the sample (decided in
-  `Decoder.forward_autograd`, trained there by plain backpropagation).
+  `Decoder.forward_hard`; those images train by plain backpropagation).
 - Self-critical sequence training (Rennie et al. 2017): the action is a sampled caption, the
   reward its CIDEr-D against the image's references (`captioner.rewards.CiderD`, document
   frequencies from the training references), the baseline the reward of the greedy caption,

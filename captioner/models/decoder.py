@@ -61,6 +61,10 @@ class Decoder(nn.Module):
     over the whole batch, and the three matmuls on h_{t-1} (LSTM W_hh, attention W_h, gate
     f_β) are one fused matmul per step. In training, the time loop has a hand-written
     backward (`_TimeLoop`).
+
+    With `config.attention == "hard"` (Xu et al. section 4.1) the α are the same, but training
+    (`forward_hard`) attends to one sampled location per step; decoding uses the expected
+    context or the argmax location (`config.hard_decoding`).
     """
 
     def __init__(self, config: DecoderConfig, vocab_size: int, feature_dim: int) -> None:

@@ -39,7 +39,7 @@ def sample_context(features: Tensor, alpha: Tensor, expected_context: Tensor, ex
     through the REINFORCE term on `log_prob` and the entropy term. Positions with α = 0
     (masked out) are never sampled and add 0 to the entropy.
     """
-    location = torch.multinomial(alpha.detach(), 1)  # (B, 1)
+    location = torch.multinomial(alpha.detach().float(), 1)  # (B, 1); float: autocast may give bf16
     picked = features.gather(1, location.unsqueeze(-1).expand(-1, -1, features.size(-1))).squeeze(1)
     sampled = ~expected
     attended = torch.where(sampled.unsqueeze(-1), picked, expected_context)
