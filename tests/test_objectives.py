@@ -8,7 +8,7 @@ import torch
 
 from captioner.decoding import greedy_decode, sample_captions
 from captioner.errors import CaptionerError
-from captioner.models import Decoder
+from captioner.models import Decoder, DecoderConfig
 from captioner.models.hard_attention import argmax_context, sample_context
 from captioner.objectives import MovingAverageBaseline, ScstConfig, SelfCritical, reinforce_loss
 from captioner.vocab import Vocabulary
@@ -124,7 +124,7 @@ def test_moving_average_baseline():
 
 def _decoder(vocab: int, seed: int = 0, dropout: float = 0.0) -> Decoder:
     torch.manual_seed(seed)
-    return Decoder(vocab, 8, embed_dim=16, hidden_dim=16, attention_dim=8, dropout=dropout)
+    return Decoder(DecoderConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=dropout), vocab, 8)
 
 
 def test_samples_follow_the_model_distribution_without_banned_words():
