@@ -26,7 +26,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from captioner.checkpoint import load_weights
-from captioner.data.records import Box
+from captioner.data.records import Box, ImageRecord
 from captioner.decoding import Caption, DecodingConfig, decode_captions
 from captioner.errors import CaptionerError
 from captioner.evaluation import DecodedImage, gather_across_ranks, score_images
@@ -48,6 +48,9 @@ class CaptionData(Protocol):
     grounding scores, and without `features_dir` no cached features."""
 
     features_dir: str | None
+
+    def records(self, role: str) -> list[ImageRecord]:
+        """The images of the "train", "val" or "test" split with their reference captions."""
 
     def boxes(self, role: str) -> dict[int, list[Box]]:
         """Image id -> boxes of the "val" or "test" split; {} when it has none."""
@@ -191,13 +194,13 @@ class CaptioningModule(pl.LightningModule):
         if self.hparams.init_from and self.trainer.ckpt_path is None:
             load_weights(self.hparams.init_from, self.encoder, self.decoder, self.vocab)
         if self.scst is not None and self._self_critical is None:
-            datamodule = getattr(self.trainer, "datamodule", None)
-            if not hasattr(datamodule, "records"):
+            data = self.data
+            if data is None:
                 raise CaptionerError(
                     "model.scst scores sampled captions against each training image's references: "
-                    "train with captioner.data.CaptionDataModule (or a data module with records(role))"
+                    "train with captioner.data.CaptionDataModule (or a data module keeping CaptionData)"
                 )
-            references = {record.image_id: list(record.captions) for record in datamodule.records("train")}
+            references = {record.image_id: list(record.captions) for record in data.records("train")}
             self._self_critical = SelfCritical.from_references(references, self.vocab, self.scst, self.decoding.max_len)
 
     def require_frozen_encoder(self, why: str) -> None:
