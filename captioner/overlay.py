@@ -17,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from captioner.arrays import to_numpy
+
 __all__ = ["attention_map", "draw_attention", "save_attention"]
 
 # Gaussian σ for ``smooth=True``, in grid cells: softens the blocky grid as the paper's
@@ -43,7 +45,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
     """
     rows, cols = grid
     width, height = image_size
-    cells = _as_array(alpha).astype(np.float32)
+    cells = to_numpy(alpha).astype(np.float32)
     if cells.size != rows * cols:
         raise ValueError(f"alpha has {cells.size} weights but grid {grid} has {rows * cols} cells")
     # PIL's resize samples at pixel centres, so each cell centre lands at the centre of
@@ -76,7 +78,7 @@ def draw_attention(
         cols: panels per figure row.
         title: the first panel's title (e.g. the whole caption).
     """
-    return _figure(image, words, _heat_maps(image, words, _as_array(alphas), grid, smooth), cols=cols, title=title)
+    return _figure(image, words, _heat_maps(image, words, to_numpy(alphas), grid, smooth), cols=cols, title=title)
 
 
 def _heat_maps(
@@ -127,7 +129,7 @@ def save_attention(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     caption = " ".join(words)
     # Computed once here, shared by the figure and the per-word files (smoothing is the slow part).
-    heats = _heat_maps(image, words, _as_array(alphas), grid, smooth)
+    heats = _heat_maps(image, words, to_numpy(alphas), grid, smooth)
     written = [_save(_figure(image, words, heats, cols=cols, title=caption), out_path)]
     if per_word_dir is not None:
         per_word_dir = Path(per_word_dir)
@@ -172,10 +174,3 @@ def _gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
         size = out.shape[axis]
         out = sum(k * padded.take(np.arange(i, i + size), axis=axis) for i, k in enumerate(kernel))
     return out.astype(np.float32)
-
-
-def _as_array(values: Any) -> np.ndarray:
-    """An ndarray from a tensor (any device) or array-like."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)

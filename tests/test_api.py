@@ -195,7 +195,7 @@ def _tampered(tiny_checkpoint: Path, tmp_path: Path, change) -> Path:
             "decoder weights do not fit",
         ),
         (
-            lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"].update(grid_size=0)),
+            lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"]["encoder"].update(grid_size=0)),
             "do not describe a model",
         ),
         (lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["state_dict"].popitem()), "weights do not fit"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from captioner.errors import CaptionerError
-from captioner.models import Encoder, ModelConfig, build_encoder
+from captioner.models import Encoder, EncoderConfig
 
 
 @pytest.mark.parametrize(
@@ -17,7 +17,7 @@ from captioner.models import Encoder, ModelConfig, build_encoder
     ],
 )
 def test_every_backbone_builds_and_gives_a_grid(backbone, channels):
-    encoder = Encoder(backbone, grid_size=3).eval()
+    encoder = Encoder(EncoderConfig(backbone, grid_size=3)).eval()
     with torch.no_grad():
         features = encoder(torch.randn(2, 3, 64, 64))
     assert encoder.out_channels == channels
@@ -25,7 +25,7 @@ def test_every_backbone_builds_and_gives_a_grid(backbone, channels):
 
 
 def test_stages_cut_the_trunk():
-    encoder = build_encoder(ModelConfig(backbone="resnet18", stages=3, grid_size=14)).eval()
+    encoder = Encoder(EncoderConfig(backbone="resnet18", stages=3, grid_size=14)).eval()
     with torch.no_grad():
         assert encoder.feature_map(torch.randn(1, 3, 128, 128)).shape == (1, 256, 8, 8)  # stride 16
         assert encoder(torch.randn(1, 3, 128, 128)).shape == (1, 196, 256)
@@ -33,7 +33,7 @@ def test_stages_cut_the_trunk():
 
 
 def test_grid_is_the_pooled_feature_map():
-    encoder = Encoder("resnet18", grid_size=2, channels_last=True).eval()
+    encoder = Encoder(EncoderConfig("resnet18", grid_size=2, channels_last=True)).eval()
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         fmap, features = encoder.feature_map(images), encoder(images)
@@ -51,7 +51,7 @@ def _trainable_grads(encoder):
 
 
 def test_frozen_encoder_gets_no_grads_and_keeps_batchnorm_stats():
-    encoder = Encoder("resnet18", grid_size=2, fine_tune="none")
+    encoder = Encoder(EncoderConfig("resnet18", grid_size=2, fine_tune="none"))
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     assert _trainable_grads(encoder) == set()
     assert not any(p.requires_grad for p in encoder.parameters())
@@ -61,7 +61,9 @@ def test_frozen_encoder_gets_no_grads_and_keeps_batchnorm_stats():
 
 
 def test_fine_tune_all_and_last_stages():
-    assert {n.split(".")[1] for n in _trainable_grads(Encoder("resnet18", grid_size=2, fine_tune="all"))} == {
+    assert {
+        n.split(".")[1] for n in _trainable_grads(Encoder(EncoderConfig("resnet18", grid_size=2, fine_tune="all")))
+    } == {
         "conv1",
         "bn1",
         "layer1",
@@ -69,7 +71,7 @@ def test_fine_tune_all_and_last_stages():
         "layer3",
         "layer4",
     }
-    encoder = Encoder("resnet18", grid_size=2, fine_tune=2)
+    encoder = Encoder(EncoderConfig("resnet18", grid_size=2, fine_tune=2))
     assert {n.split(".")[1] for n in _trainable_grads(encoder)} == {"layer3", "layer4"}
     assert encoder.trunk.layer4.training and not encoder.trunk.layer2.training and not encoder.trunk.bn1.training
 
@@ -78,7 +80,7 @@ def test_fine_tune_all_and_last_stages():
     ("kwargs", "message"),
     [
         (dict(backbone="resnet19"), "backbone='resnet19'.*resnet18"),
-        (dict(grid_size=0), "grid_size=0"),
+        (dict(grid_size=0), "grid_size must be an integer >= 1, got 0"),
         (dict(fine_tune="some"), "fine_tune='some'.*'none', 'all'"),
         (dict(fine_tune=5), "fine_tune=5.*0 to 4"),
         (dict(stages=0), "stages=0.*1 to 4"),
@@ -88,4 +90,4 @@ def test_fine_tune_all_and_last_stages():
 )
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(CaptionerError, match=message):
-        Encoder(**{"backbone": "resnet18", **kwargs})
+        Encoder(EncoderConfig(**{"backbone": "resnet18", **kwargs}))

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from captioner.api import Captioner
-from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments
 from captioner.errors import CaptionerError
 from captioner.overlay import save_attention
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from captioner.api import Captioner
-from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
 from captioner.gallery import GalleryItem, write_gallery
