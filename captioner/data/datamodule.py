@@ -23,9 +23,9 @@ naming the file: scores over a silently smaller set would mislead.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import pytorch_lightning as pl
 import torch
