@@ -2,6 +2,10 @@
 
 Figures are built on matplotlib's ``Figure`` with an Agg canvas (never pyplot), so no
 display is needed and nothing stays registered in pyplot's global figure list.
+
+``HEATMAP`` holds the drawing rules (smoothing, colour map, opacity). The service's page
+draws in the browser from ``HEATMAP.as_json()`` (served at ``GET /v1/overlay``), so a heat
+map looks the same in ``captioner attend``/``gallery`` and on the page.
 """
 
 from __future__ import annotations
@@ -9,23 +13,62 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
 from captioner.arrays import to_numpy
 
-__all__ = ["attention_map", "draw_attention", "save_attention"]
+__all__ = ["HEATMAP", "HeatmapStyle", "attention_map", "draw_attention", "save_attention"]
 
-# Gaussian σ for ``smooth=True``, in grid cells: softens the blocky grid as the paper's
-# figures do, while a single attended cell still stays in its own neighbourhood.
-SMOOTH_SIGMA_CELLS = 0.5
-HEATMAP_CMAP = "jet"
-HEATMAP_OPACITY = 0.55
+
+@dataclass(frozen=True)
+class HeatmapStyle:
+    """How one word's attention is drawn over its image.
+
+    A map is upsampled bilinearly (pixel centres, edges clamped), blurred with a Gaussian of
+    ``smooth_sigma_cells`` grid cells when smoothing, stretched to its own min..max, coloured
+    through the ``lut_size``-entry ``colormap`` (entry ⌊x·lut_size⌋, the top one for x = 1),
+    and laid over the image at ``opacity``.
+    """
+
+    # Softens the blocky grid as the paper's figures do, while a single attended cell still
+    # stays in its own neighbourhood.
+    smooth_sigma_cells: float = 0.5
+    colormap: str = "jet"
+    opacity: float = 0.55
+    lut_size: int = 256
+
+    @cached_property
+    def lut(self) -> np.ndarray:
+        """(lut_size, 3) uint8 RGB colours of ``colormap``, low to high."""
+        rgba = colormaps[self.colormap].resampled(self.lut_size)(np.arange(self.lut_size))
+        return np.round(rgba[:, :3] * 255).astype(np.uint8)
+
+    def colorize(self, heat: np.ndarray) -> np.ndarray:
+        """(H, W) attention map -> (H, W, 3) uint8 colours, stretched to the map's own range."""
+        low, high = float(heat.min()), float(heat.max())
+        scaled = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+        return self.lut[np.clip((scaled * self.lut_size).astype(np.int64), 0, self.lut_size - 1)]
+
+    def as_json(self) -> dict[str, Any]:
+        """The rules as plain data, for drawing elsewhere (the service's page)."""
+        return {
+            "smooth_sigma_cells": self.smooth_sigma_cells,
+            "colormap": self.colormap,
+            "opacity": self.opacity,
+            "lut": self.lut.tolist(),
+        }
+
+
+HEATMAP = HeatmapStyle()
 
 
 def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int], smooth: bool = False) -> np.ndarray:
@@ -36,7 +79,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
             row 0 at the top of the image.
         grid: (rows, cols).
         image_size: (W, H) of the image, as PIL reports it.
-        smooth: blur with a Gaussian of σ = ``SMOOTH_SIGMA_CELLS`` cells.
+        smooth: blur with a Gaussian of σ = ``HEATMAP.smooth_sigma_cells`` cells.
 
     Returns:
         (H, W) float32 map. Cell (r, c) sits over pixels [r·H/rows, (r+1)·H/rows) ×
@@ -53,7 +96,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
     small = Image.fromarray(cells.reshape(rows, cols))  # float32 -> mode "F"
     upsampled = np.asarray(small.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     if smooth:
-        sigma = SMOOTH_SIGMA_CELLS * min(height / rows, width / cols)
+        sigma = HEATMAP.smooth_sigma_cells * min(height / rows, width / cols)
         upsampled = _gaussian_blur(upsampled, sigma)
     return upsampled
 
@@ -147,7 +190,7 @@ def save_attention(
 
 def _draw_word(ax: Any, image: Image.Image, word: str, heat: np.ndarray) -> None:
     ax.imshow(image)
-    ax.imshow(heat, cmap=HEATMAP_CMAP, alpha=HEATMAP_OPACITY)  # (H, W) like the image: same pixel grid
+    ax.imshow(HEATMAP.colorize(heat), alpha=HEATMAP.opacity)  # (H, W) like the image: same pixel grid
     ax.set_title(word, fontsize=10)
 
 

@@ -117,5 +117,5 @@ def test_other_loggers_are_skipped_quietly(tmp_path):
 
 
 def test_rejects_non_positive_settings():
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="num_images must be an integer >= 1"):
         AttentionOverlayCallback(num_images=0)

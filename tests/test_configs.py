@@ -9,7 +9,9 @@ import yaml
 from captioner.commands.train import cli_main
 from captioner.errors import CaptionerError
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+DATES_CONFIG = Path(__file__).parents[1] / "configs" / "dates.yaml"  # another system: tested below
+CONFIGS = [config for config in ALL_CONFIGS if config != DATES_CONFIG]
 
 
 def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
@@ -31,10 +33,11 @@ def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
 
 
 def test_configs_are_shipped():
-    assert {p.name for p in CONFIGS} >= {
+    assert {p.name for p in ALL_CONFIGS} >= {
         "shapes.yaml",
         "coco_resnet101.yaml",
         "coco_karpathy.yaml",
+        "dates.yaml",
         "small_scratch.yaml",
     }
 
@@ -76,3 +79,23 @@ def test_small_scratch_stops_early_on_a_validation_metric_with_the_grounding_set
     assert (encoder.weights, encoder.fine_tune, encoder.stages, encoder.coord_channels) == (None, "all", 1, True)
     assert cli.model.hparams.attention_lambda == 0
     assert cli.trainer.max_epochs > 3  # the demo's budget would stop short of converging
+
+
+def test_dates_config_builds_its_model_and_data(tmp_path):
+    from captioner.dates.train import cli_main as dates_cli_main
+
+    written = yaml.safe_load(DATES_CONFIG.read_text())
+    # Small splits: building the data module generates them.
+    sizes = ["--data.train_size", "2000", "--data.val_size", "10", "--data.test_size", "10"]
+    paths = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    cli = dates_cli_main(["--config", str(DATES_CONFIG), *sizes, *paths], run=False)
+    model, data = cli.model, cli.datamodule
+    for section, built in (("encoder", model.model.encoder.config), ("decoder", model.model.decoder.config)):
+        for key, value in written["model"][section].items():
+            assert getattr(built, key) == value, f"dates.yaml: model.{section}.{key} not taken"
+    for key, value in written["model"]["decoding"].items():
+        assert getattr(model.decoding, key) == value
+    assert model.hparams.lr == written["model"]["lr"]
+    assert model.hparams.input_chars == data.input_chars and len(data.input_chars) > 40
+    assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
+    assert cli.trainer.checkpoint_callback.monitor == "val/exact_match"

@@ -1,8 +1,11 @@
+import warnings
+
 import pytest
 import torch
 
 from captioner.errors import CaptionerError
 from captioner.models import Encoder, EncoderConfig
+from captioner.module import CaptioningModule
 
 
 @pytest.mark.parametrize(
@@ -117,3 +120,15 @@ def test_coord_channels_append_each_cells_centre_and_the_context_carries_it():
     assert context[:, -2:].tolist() == [[0.75, -0.75], [-0.75, 0.75]]
     _, alphas = decoder(features, torch.randint(0, 10, (2, 5)))
     assert alphas.shape == (2, 5, 16)
+
+
+def test_map_size_and_a_grid_finer_than_the_map_is_warned_about():
+    encoder = Encoder(EncoderConfig("resnet18", grid_size=14))
+    assert encoder.map_size(224) == (7, 7)  # ResNet's stride 32
+    assert encoder.training  # the probe leaves the mode as it was
+    words = ["<pad>", "<start>", "<end>", "<unk>", "a"]
+    with pytest.warns(UserWarning, match=r"only 49 of the 196 grid cells differ"):
+        CaptioningModule(words, image_size=224, encoder=EncoderConfig("resnet18", grid_size=14))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CaptioningModule(words, image_size=448, encoder=EncoderConfig("resnet18", grid_size=14))

@@ -26,14 +26,8 @@ TINY_CONFIG = {
     "seed_everything": 0,
     "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False},
     "model": {
-        "backbone": "resnet18",
-        "stages": 2,
-        "grid_size": 4,
-        "fine_tune": "none",
-        "embed_dim": 32,
-        "hidden_dim": 64,
-        "attention_dim": 32,
-        "dropout": 0.0,
+        "encoder": {"backbone": "resnet18", "stages": 2, "grid_size": 4, "fine_tune": "none"},
+        "decoder": {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0},
         "lr_schedule": "constant",
     },
     "data": {"image_size": 64, "batch_size": 8, "eval_batch_size": 8},
@@ -151,7 +145,7 @@ def test_attention_overlays_from_cached_features(extracted, config, tmp_path):
 def test_fine_tuning_with_cached_features_is_refused(extracted, config, capsys):
     args = ["--config", str(config), "--model.encoder.fine_tune", "all", "--trainer.logger", "false"]
     assert main(["train", "fit", *args, "--data.features_dir", str(extracted), "--trainer.fast_dev_run", "true"]) == 2
-    assert "model.fine_tune='all' trains the encoder" in capsys.readouterr().err
+    assert "model.encoder.fine_tune='all' trains the encoder" in capsys.readouterr().err
     assert (
         main(
             [

@@ -31,7 +31,8 @@ def test_bf16_mixed_fast_dev_run_with_channels_last(synth_data, tmp_path):
             str(tmp_path),
         ]
     )
-    assert cli.model.encoder.channels_last
+    convolutions = [m.weight for m in cli.model.encoder.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 

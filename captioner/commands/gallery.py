@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             record = by_path[item.path]
             result = item.result
             overlay = Path(scratch) / f"{record.image_id}.png"
-            save_attention(item.image, result.words, result.alphas, result.grid, overlay)
+            # Smoothed, as the service's page draws it: a heat map looks the same in both.
+            save_attention(item.image, result.words, result.alphas, result.grid, overlay, smooth=True)
             shown.append((record, result.caption, overlay))
         scored = {record.image_id: caption for record, caption, _ in shown if record.captions}
         cider = (

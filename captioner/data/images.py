@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 import warnings
 from pathlib import Path
@@ -68,7 +69,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # RGB, L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open `path` as an 8-bit RGB image, rotated by its EXIF orientation and fully decoded.
 
     Grey, palette, CMYK and 16-bit images are converted; transparent pixels (RGBA, LA, palette
@@ -77,7 +78,7 @@ def load_image(path: str | Path) -> Image.Image:
 
     Raises:
         ImageLoadError: the file is missing, a directory, empty, not an image, truncated or
-            corrupt, or larger than MAX_PIXELS (checked from the header, before decoding).
+            corrupt, or larger than `max_pixels` (checked from the header, before decoding).
     """
     path = Path(path)
     if not path.exists():
@@ -86,26 +87,38 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(path, "is a directory, not an image file")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
+    return _decode(path, path, max_pixels)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """`load_image` for image bytes already in memory (an upload); `name` labels its errors."""
+    if not data:
+        raise ImageLoadError(name, "file is empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int) -> Image.Image:
+    """Decode `source` fully to upright RGB, refusing more than `max_pixels` before decoding."""
     try:
         with warnings.catch_warnings():
-            # MAX_PIXELS below is our own, stricter guard; Pillow's warning would only repeat it.
+            # max_pixels below is our own, stricter guard; Pillow's warning would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageLoadError(path, f"image is too large ({width}x{height} > {MAX_PIXELS} pixels)")
+                if width * height > max_pixels:
+                    raise ImageLoadError(name, f"image is too large ({width}x{height} > {max_pixels} pixels)")
                 image.load()
                 return to_upright_rgb(image)
     except ImageLoadError:
         raise  # our own size guard; it is a ValueError, so let it pass the handlers below
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(path, f"image is too large ({error})") from None
+        raise ImageLoadError(name, f"image is too large ({error})") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image file (unrecognised format)") from None
+        raise ImageLoadError(name, "not an image file (unrecognised format)") from None
     except PermissionError:
-        raise ImageLoadError(path, "permission denied") from None
+        raise ImageLoadError(name, "permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageLoadError(path, f"truncated or corrupt image data ({error})") from None
+        raise ImageLoadError(name, f"truncated or corrupt image data ({error})") from None
 
 
 def image_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:

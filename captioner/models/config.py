@@ -87,3 +87,17 @@ class DecoderConfig(PlainConfig):
     attention_dim: int = 512
     dropout: float = 0.5
     gate: str = "scalar"
+
+
+@dataclass(frozen=True)
+class SequenceEncoderConfig(PlainConfig):
+    """The bidirectional LSTM over characters of the date example (`SequenceEncoder`).
+
+    embed_dim: width of the character embedding.
+    hidden_dim: LSTM width per direction; features are 2 · hidden_dim wide. Narrow keeps each
+        annotation about its own neighbourhood, so attention points at the characters an
+        output comes from.
+    """
+
+    embed_dim: int = 32
+    hidden_dim: int = 32
