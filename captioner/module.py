@@ -167,6 +167,7 @@ class CaptioningModule(pl.LightningModule):
             "weights": config.weights,
             "stages": config.stages,
             "grid_size": config.grid_size,
+            "coord_channels": config.coord_channels,
             "image_size": self.hparams.image_size,
             "encoder_sha256": digest.hexdigest(),
         }

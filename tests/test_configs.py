@@ -33,7 +33,13 @@ def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
 
 
 def test_configs_are_shipped():
-    assert {p.name for p in ALL_CONFIGS} >= {"shapes.yaml", "coco_resnet101.yaml", "coco_karpathy.yaml", "dates.yaml"}
+    assert {p.name for p in ALL_CONFIGS} >= {
+        "shapes.yaml",
+        "coco_resnet101.yaml",
+        "coco_karpathy.yaml",
+        "dates.yaml",
+        "small_scratch.yaml",
+    }
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -61,6 +67,18 @@ def test_a_config_naming_a_missing_backbone_fails(synth_data, tmp_path):
     broken.write_text(text.replace("backbone: resnet18", "backbone: resnet1010"))
     with pytest.raises(CaptionerError, match="backbone='resnet1010' is not supported"):
         _instantiate(broken, synth_data, tmp_path)
+
+
+def test_small_scratch_stops_early_on_a_validation_metric_with_the_grounding_settings(synth_data, tmp_path):
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    _, cli = _instantiate(Path(__file__).parents[1] / "configs" / "small_scratch.yaml", synth_data, tmp_path)
+    (stopper,) = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert stopper.monitor.startswith("val/") and stopper.monitor == cli.trainer.checkpoint_callback.monitor
+    encoder = cli.model.encoder.config
+    assert (encoder.weights, encoder.fine_tune, encoder.stages, encoder.coord_channels) == (None, "all", 1, True)
+    assert cli.model.hparams.attention_lambda == 0
+    assert cli.trainer.max_epochs > 3  # the demo's budget would stop short of converging
 
 
 def test_dates_config_builds_its_model_and_data(tmp_path):

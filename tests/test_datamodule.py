@@ -221,3 +221,64 @@ def test_unknown_split_or_stage(synth_data):
         dm.records("validation")
     with pytest.raises(CaptionerError, match="unknown stage"):
         dm.setup("train")
+
+
+def relaid_out(synth_data: Path, root: Path) -> dict[str, str]:
+    """The synthetic set re-laid out as many real sets are: every split's images in one shared
+    `images/` folder and the annotation files in a folder of their own, elsewhere. Returns the
+    `CaptionDataModule` arguments that point at it."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    paths = {}
+    for split in ("train", "val", "test"):
+        for image in (synth_data / split).iterdir():
+            (root / "images" / image.name).write_bytes(image.read_bytes())
+        for kind, prefix in (("annotations", "captions"), ("instances", "instances")):
+            target = root / "labels" / f"{split}_{prefix}.json"
+            target.write_bytes((synth_data / "annotations" / f"{prefix}_{split}.json").read_bytes())
+            paths[f"{split}_{kind}"] = str(target)
+        paths[f"{split}_images"] = str(root / "images")
+    return paths
+
+
+def test_per_split_paths_read_a_shared_images_folder_and_annotations_elsewhere(synth_data, tmp_path):
+    paths = relaid_out(synth_data, tmp_path)
+    given = CaptionDataModule(data_dir=None, **paths)
+    conventional = CaptionDataModule(str(synth_data))
+    for split in ("train", "val", "test"):
+        records = given.records(split)
+        assert [(r.image_id, r.captions) for r in records] == [
+            (r.image_id, r.captions) for r in conventional.records(split)
+        ]
+        assert {r.path.parent for r in records} == {tmp_path / "images"}
+        assert given.boxes(split) == conventional.boxes(split) != {}
+    assert given.vocab_words == conventional.vocab_words
+
+
+def test_per_split_paths_override_the_data_dir_convention_one_by_one(synth_data, tmp_path):
+    paths = relaid_out(synth_data, tmp_path)
+    # Only the test split's annotations live elsewhere, and they are the val split's.
+    dm = CaptionDataModule(
+        str(synth_data), test_annotations=paths["val_annotations"], test_images=str(synth_data / "val")
+    )
+    assert [r.image_id for r in dm.records("test")] == [r.image_id for r in dm.records("val")]
+    assert dm.path("train", "images") == synth_data / "train"
+    assert dm.path("val", "instances") == synth_data / "annotations" / "instances_val.json"
+    assert dm.path("test", "annotations") == Path(paths["val_annotations"])
+
+
+def test_missing_per_split_paths_are_errors_naming_them(synth_data, tmp_path):
+    missing = tmp_path / "nowhere" / "captions.json"
+    with pytest.raises(CaptionerError, match=f"data.val_annotations {missing} does not exist"):
+        CaptionDataModule(str(synth_data), val_annotations=str(missing)).records("val")
+    with pytest.raises(CaptionerError, match=f"data.val_images {tmp_path / 'pics'} does not exist"):
+        CaptionDataModule(str(synth_data), val_images=str(tmp_path / "pics")).records("val")
+    with pytest.raises(CaptionerError, match=f"data.test_instances {tmp_path / 'boxes.json'} does not exist"):
+        CaptionDataModule(str(synth_data), test_instances=str(tmp_path / "boxes.json")).boxes("test")
+    # Without data_dir, every split's images and annotations must be given.
+    paths = relaid_out(synth_data, tmp_path / "copy")
+    del paths["val_images"]
+    with pytest.raises(CaptionerError, match="data_dir is not set"):
+        CaptionDataModule(data_dir=None, **paths)
+    with pytest.raises(CaptionerError, match='only apply to format "coco"'):
+        CaptionDataModule(str(synth_data), format="karpathy", karpathy_json="x.json", train_images=str(synth_data))

@@ -96,6 +96,32 @@ def test_bad_settings_are_clear_errors(kwargs, message):
         Encoder(EncoderConfig(**{"backbone": "resnet18", **kwargs}))
 
 
+def test_coord_channels_append_each_cells_centre_and_the_context_carries_it():
+    from captioner.models import Decoder, DecoderConfig
+
+    torch.manual_seed(0)
+    plain = Encoder(EncoderConfig("resnet18", stages=1, grid_size=4)).eval()
+    assert EncoderConfig().coord_channels is False  # the paper's encoder by default
+    with_coords = Encoder(EncoderConfig("resnet18", stages=1, grid_size=4, coord_channels=True)).eval()
+    with_coords.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base, features = plain(images), with_coords(images)
+    assert with_coords.out_channels == plain.out_channels + 2 == features.shape[2]
+    assert torch.equal(features[..., :-2], base)  # the image features are untouched
+    centres = [-0.75, -0.25, 0.25, 0.75]
+    expected = torch.tensor([[x, y] for y in centres for x in centres])  # row-major: x varies fastest
+    assert torch.allclose(features[0, :, -2:], expected) and torch.allclose(features[1, :, -2:], expected)
+    # Soft attention on one cell gives a context whose last two channels say where that cell is.
+    decoder = Decoder(DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8), 10, features.shape[2])
+    alpha = torch.zeros(2, 16)
+    alpha[0, 3], alpha[1, 12] = 1.0, 1.0  # top right, bottom left
+    context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)
+    assert context[:, -2:].tolist() == [[0.75, -0.75], [-0.75, 0.75]]
+    _, alphas = decoder(features, torch.randint(0, 10, (2, 5)))
+    assert alphas.shape == (2, 5, 16)
+
+
 def test_map_size_and_a_grid_finer_than_the_map_is_warned_about():
     encoder = Encoder(EncoderConfig("resnet18", grid_size=14))
     assert encoder.map_size(224) == (7, 7)  # ResNet's stride 32

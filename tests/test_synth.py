@@ -174,7 +174,7 @@ def test_generate_rejects_bad_sizes(tmp_path):
 def test_cli_data_synth_in_process(tmp_path, capsys):
     out = tmp_path / "shapes"
     assert main(["data", "synth", "--out", str(out), "--train", "3", "--val", "1", "--test", "1", "--size", "40"]) == 0
-    assert "wrote 5 images" in capsys.readouterr().out
+    assert "wrote 5 shapes images" in capsys.readouterr().out
     assert len(list((out / "train").glob("*.png"))) == 3
     assert main(["data", "synth", "--out", str(out), "--size", "8"]) == 2
     assert capsys.readouterr().err.startswith("error: size must be at least 32")

@@ -23,9 +23,9 @@ naming the file: scores over a silently smaller set would mislead.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import pytorch_lightning as pl
 import torch
@@ -155,8 +155,11 @@ class CaptionDataModule(pl.LightningDataModule):
 
     Args:
         data_dir: Root of the data. COCO format: images in `data_dir/<split>/`, captions in
-            `data_dir/annotations/captions_<split>.json`. Karpathy format: the image root that
-            the file's `filepath/filename` entries are relative to.
+            `data_dir/annotations/captions_<split>.json`, boxes (optional, for the grounding
+            scores) in `data_dir/annotations/instances_<split>.json`; any of them can be given
+            per split instead (below), and with all of them given data_dir may be left out.
+            Karpathy format: the image root that the file's `filepath/filename` entries are
+            relative to.
         format: "coco" (official annotation files, read with pycocotools) or "karpathy".
         karpathy_json: The Karpathy-split file (`dataset_coco.json`, ...); required for
             format "karpathy".
@@ -180,11 +183,17 @@ class CaptionDataModule(pl.LightningDataModule):
         features_dir: Folder written by `captioner features extract`: train, validate and test
             from its cached encoder features (batches carry `features` instead of `images`;
             no image is decoded). Needs a frozen encoder with the settings it was made with.
+        train_images, val_images, test_images: COCO format: the split's image folder, in place
+            of `data_dir/<split>/` (splits may share one folder).
+        train_annotations, val_annotations, test_annotations: COCO format: the split's captions
+            file, in place of `data_dir/annotations/captions_<split>.json`.
+        train_instances, val_instances, test_instances: The split's COCO instances file, in
+            place of `data_dir/annotations/instances_<split>.json`; a file given here must exist.
     """
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         format: str = "coco",
         karpathy_json: str | None = None,
         train_split: str = "train",
@@ -200,13 +209,46 @@ class CaptionDataModule(pl.LightningDataModule):
         skip_missing_images: bool = False,
         seed: int = 0,
         features_dir: str | None = None,
+        train_images: str | None = None,
+        val_images: str | None = None,
+        test_images: str | None = None,
+        train_annotations: str | None = None,
+        val_annotations: str | None = None,
+        test_annotations: str | None = None,
+        train_instances: str | None = None,
+        val_instances: str | None = None,
+        test_instances: str | None = None,
     ):
         super().__init__()
         if format not in ("coco", "karpathy"):
             raise CaptionerError(f'data format must be "coco" or "karpathy", got {format!r}')
         if format == "karpathy" and not karpathy_json:
             raise CaptionerError('format "karpathy" needs karpathy_json: the path of the dataset_*.json file')
-        for name, value in [("image_size", image_size), ("batch_size", batch_size), ("max_caption_len", max_caption_len)]:
+        # Per-split paths, by role and kind; None = the data_dir convention.
+        layout = {
+            "train": {"images": train_images, "annotations": train_annotations, "instances": train_instances},
+            "val": {"images": val_images, "annotations": val_annotations, "instances": val_instances},
+            "test": {"images": test_images, "annotations": test_annotations, "instances": test_instances},
+        }
+        if format == "karpathy":
+            given = [f"{role}_{kind}" for role in ROLES for kind in ("images", "annotations") if layout[role][kind]]
+            if given:
+                raise CaptionerError(
+                    f'{", ".join(given)} only apply to format "coco"; with a Karpathy file the image paths '
+                    "are data_dir/filepath/filename"
+                )
+        if data_dir is None and (
+            format == "karpathy" or not all(layout[r]["images"] and layout[r]["annotations"] for r in ROLES)
+        ):
+            raise CaptionerError(
+                'data_dir is not set; give the data set folder (data.data_dir), or for format "coco" every '
+                "split's images and annotations (data.train_images, data.train_annotations, ...)"
+            )
+        for name, value in [
+            ("image_size", image_size),
+            ("batch_size", batch_size),
+            ("max_caption_len", max_caption_len),
+        ]:
             if value < 1:
                 raise CaptionerError(f"{name} must be at least 1, got {value}")
         if eval_batch_size is not None and eval_batch_size < 1:
@@ -214,7 +256,8 @@ class CaptionDataModule(pl.LightningDataModule):
         if num_workers < 0:
             raise CaptionerError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
-        self.data_dir = Path(data_dir)
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.layout = layout
         self.format = format
         self.karpathy_json = karpathy_json
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
@@ -246,14 +289,16 @@ class CaptionDataModule(pl.LightningDataModule):
             name = self._split_name(split)
             if self.format == "coco":
                 self._records[split] = read_coco(
-                    self.data_dir / name,
-                    self.data_dir / "annotations" / f"captions_{name}.json",
+                    self.path(split, "images"),
+                    self.path(split, "annotations"),
                     name,
                     skip_missing=self.skip_missing_images,
                 )
             else:
                 if self._karpathy is None:
-                    self._karpathy = read_karpathy(self.karpathy_json, self.data_dir, skip_missing=self.skip_missing_images)
+                    self._karpathy = read_karpathy(
+                        self.karpathy_json, self.data_dir, skip_missing=self.skip_missing_images
+                    )
                 if name not in self._karpathy:
                     raise CaptionerError(
                         f"split {name!r} is not in {self.karpathy_json} (it has {sorted(self._karpathy)}); "
@@ -262,9 +307,28 @@ class CaptionDataModule(pl.LightningDataModule):
                 self._records[split] = self._karpathy[name]
         return self._records[split]
 
+    def path(self, split: str, kind: str) -> Path:
+        """Where `split`'s "images" folder, "annotations" (captions) file or "instances" file is:
+        the one given for it (which must exist), else its place under data_dir (COCO layout)."""
+        name = self._split_name(split)
+        given = self.layout[split][kind]
+        if given is not None:
+            if not Path(given).exists():
+                raise CaptionerError(f"data.{split}_{kind} {given} does not exist; check the path or leave it unset")
+            return Path(given)
+        if self.data_dir is None:
+            raise CaptionerError(f"no {kind} for the {split} split: set data.{split}_{kind} or data.data_dir")
+        conventional = {
+            "images": self.data_dir / name,
+            "annotations": self.data_dir / "annotations" / f"captions_{name}.json",
+            "instances": self.data_dir / "annotations" / f"instances_{name}.json",
+        }
+        return conventional[kind]
+
     def boxes(self, split: str) -> dict[int, list[Box]]:
-        """Image id -> boxes from `data_dir/annotations/instances_<split name>.json`; {} if absent."""
-        path = self.data_dir / "annotations" / f"instances_{self._split_name(split)}.json"
+        """Image id -> boxes from the split's instances file (`path(split, "instances")`); {} when
+        that is the data_dir convention's file and it is absent."""
+        path = self.path(split, "instances")
         return read_boxes(path) if path.exists() else {}
 
     @property

@@ -25,7 +25,7 @@ from captioner.errors import CaptionerError
 
 META_FILE = "meta.json"
 # The settings that decide what the encoder computes; features made with others do not fit.
-ENCODER_KEYS = ("backbone", "weights", "stages", "grid_size", "image_size", "encoder_sha256")
+ENCODER_KEYS = ("backbone", "weights", "stages", "grid_size", "coord_channels", "image_size", "encoder_sha256")
 
 
 def write_meta(root: str | Path, meta: dict[str, Any]) -> Path:
@@ -79,7 +79,10 @@ class ShardWriter:
         if self._rows is None:
             self.split_dir.mkdir(parents=True, exist_ok=True)
             self._rows = np.lib.format.open_memmap(
-                self.split_dir / self.shard_name, mode="w+", dtype=np.float16, shape=(self.capacity, *features.shape[1:])
+                self.split_dir / self.shard_name,
+                mode="w+",
+                dtype=np.float16,
+                shape=(self.capacity, *features.shape[1:]),
             )
         start = len(self.images)
         if start + len(features) > self.capacity:

@@ -19,6 +19,8 @@ Layout under `out_dir` (the official COCO layout, plus a Karpathy-split file):
     annotations/instances_<split>.json          COCO instances: box, polygon, area per shape
     dataset_shapes.json                         Karpathy-split file over the same images
 
+`write_dataset` is that writer for any family (see `captioner.data.glyphs` for the other one).
+
 Image ids are unique across splits. Image `i` is drawn from its own generator seeded with
 `(seed, i)`, so the output is byte-identical for a seed.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +81,9 @@ class Shape:
         """Outline of the shape (a 24-gon for the circle)."""
         cx, cy, h = self.cx, self.cy, self.side / 2
         if self.kind == "circle":
-            return [(cx + h * math.cos(a), cy + h * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
+            return [
+                (cx + h * math.cos(a), cy + h * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)
+            ]
         if self.kind == "square":
             return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
         return [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]  # triangle, apex up
@@ -206,21 +211,37 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
 
 
-def generate(
-    out_dir: str | Path, *, train: int = 2000, val: int = 200, test: int = 200, size: int = 128, seed: int = 0
-) -> Path:
-    """Write the synthetic set under `out_dir` (layout in the module docstring); returns `out_dir`.
+@dataclass(frozen=True)
+class Instance:
+    """One drawn object as the instances file lists it: category name, COCO xywh box, area, polygon."""
 
-    Existing files of the same names are overwritten.
-    """
-    counts = {"train": train, "val": val, "test": test}
-    if any(n < 0 for n in counts.values()) or train < 1:
+    category: str
+    bbox: list[float]
+    area: float
+    polygon: list[tuple[float, float]]
+
+
+# (generator, size) -> (image, its reference captions, its objects); one call per image.
+Sampler = Callable[[np.random.Generator, int], tuple[Image.Image, list[str], list[Instance]]]
+
+
+def write_dataset(
+    out_dir: str | Path,
+    *,
+    kind: str,
+    categories: Sequence[str],
+    sample: Sampler,
+    counts: dict[str, int],
+    size: int,
+    seed: int,
+) -> Path:
+    """Write a synthetic family under `out_dir` (layout in the module docstring, Karpathy file
+    `dataset_<kind>.json`); image `i` comes from `sample` called with a generator seeded `(seed, i)`."""
+    if any(n < 0 for n in counts.values()) or counts["train"] < 1:
         raise CaptionerError(f"image counts must be >= 0 and train >= 1, got {counts}")
-    if size < 32:
-        raise CaptionerError(f"size must be at least 32 pixels to fit three shapes, got {size}")
     out = Path(out_dir)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    category_list = [{"id": i + 1, "name": name, "supercategory": kind} for i, name in enumerate(categories)]
     karpathy_images = []
     image_id = caption_id = instance_id = 0
     for split in SPLITS:
@@ -228,28 +249,27 @@ def generate(
         images, captions, instances = [], [], []
         for _ in range(counts[split]):
             image_id += 1
-            rng = np.random.default_rng([seed, image_id])
-            shapes = _sample_shapes(rng, size)
+            image, texts, objects = sample(np.random.default_rng([seed, image_id]), size)
             file_name = f"{image_id:012d}.png"
             # Level 3 encodes ~3x faster than Pillow's default 6 for the same file size here.
-            render(shapes, size, rng).save(out / split / file_name, format="PNG", compress_level=3)
+            image.save(out / split / file_name, format="PNG", compress_level=3)
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
             sentences = []
-            for text in captions_for(shapes, size):
+            for text in texts:
                 caption_id += 1
                 captions.append({"id": caption_id, "image_id": image_id, "caption": text})
                 sentences.append({"raw": text, "tokens": tokenize(text), "imgid": image_id - 1, "sentid": caption_id})
-            for s in shapes:
+            for obj in objects:
                 instance_id += 1
                 instances.append(
                     {
                         "id": instance_id,
                         "image_id": image_id,
-                        "category_id": CATEGORIES.index(s.kind) + 1,
-                        "bbox": s.bbox,
-                        "area": s.area,
+                        "category_id": categories.index(obj.category) + 1,
+                        "bbox": obj.bbox,
+                        "area": obj.area,
                         "iscrowd": 0,
-                        "segmentation": [[round(v, 2) for point in s.polygon for v in point]],
+                        "segmentation": [[round(v, 2) for point in obj.polygon for v in point]],
                     }
                 )
             karpathy_images.append(
@@ -263,11 +283,34 @@ def generate(
                     "sentences": sentences,
                 }
             )
-        info = {"description": f"synthetic shapes ({split})", "version": "1.0", "seed": seed}
-        _write_json(out / "annotations" / f"captions_{split}.json", {"info": info, "images": images, "annotations": captions})
+        info = {"description": f"synthetic {kind} ({split})", "version": "1.0", "seed": seed}
+        _write_json(
+            out / "annotations" / f"captions_{split}.json", {"info": info, "images": images, "annotations": captions}
+        )
         _write_json(
             out / "annotations" / f"instances_{split}.json",
-            {"info": info, "images": images, "annotations": instances, "categories": categories},
+            {"info": info, "images": images, "annotations": instances, "categories": category_list},
         )
-    _write_json(out / "dataset_shapes.json", {"dataset": "shapes", "images": karpathy_images})
+    _write_json(out / f"dataset_{kind}.json", {"dataset": kind, "images": karpathy_images})
     return out
+
+
+def _sample_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[str], list[Instance]]:
+    shapes = _sample_shapes(rng, size)
+    image = render(shapes, size, rng)
+    return image, captions_for(shapes, size), [Instance(s.kind, s.bbox, s.area, s.polygon) for s in shapes]
+
+
+def generate(
+    out_dir: str | Path, *, train: int = 2000, val: int = 200, test: int = 200, size: int = 128, seed: int = 0
+) -> Path:
+    """Write the synthetic shapes set under `out_dir` (layout in the module docstring); returns `out_dir`.
+
+    Existing files of the same names are overwritten.
+    """
+    if size < 32:
+        raise CaptionerError(f"size must be at least 32 pixels to fit three shapes, got {size}")
+    counts = {"train": train, "val": val, "test": test}
+    return write_dataset(
+        out_dir, kind="shapes", categories=CATEGORIES, sample=_sample_image, counts=counts, size=size, seed=seed
+    )

@@ -52,6 +52,10 @@ class EncoderConfig(PlainConfig):
     grid_size: the feature map is adaptively pooled to grid_size x grid_size (14 in the paper).
     fine_tune: "none" (frozen, BatchNorm statistics too), "all", or the last N stages.
     channels_last: channels-last convolutions (faster on GPUs with tensor cores; same numbers).
+    coord_channels: append each cell's centre (x, y) in [-1, 1] to its features (D grows by 2),
+        so the context z_t says where the attended cells are; not in the paper. A CNN barely
+        knows where a cell is, so without them a caption's place words ("top left") must come
+        from features that see the whole image, and attending to the object named buys nothing.
     """
 
     backbone: str = "resnet101"
@@ -60,6 +64,7 @@ class EncoderConfig(PlainConfig):
     grid_size: int = 14
     fine_tune: str | int = "none"
     channels_last: bool = False
+    coord_channels: bool = False
 
     @property
     def grid_shape(self) -> tuple[int, int]:

@@ -56,6 +56,7 @@ class Encoder(nn.Module):
         self.config = config
         self.grid_size, self.channels_last = grid_size, config.channels_last
         self.out_channels = [m for m in self.trunk.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+        self.out_channels += 2 if config.coord_channels else 0
         self._frozen = _frozen_modules(self.trunk, stem, kept, config.fine_tune)
         for module in self._frozen:
             module.requires_grad_(False)
@@ -87,9 +88,20 @@ class Encoder(nn.Module):
         return size
 
     def forward(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) -> features (B, P, D), P = grid_size²."""
+        """images (B, 3, H, W) -> features (B, P, D), P = grid_size²; with coord_channels the
+        last two of the D channels are each cell's centre (x, y) in [-1, 1]."""
         grid = self.pool(self.feature_map(images))  # (B, D, g, g)
-        return grid.flatten(2).transpose(1, 2).contiguous()
+        features = grid.flatten(2).transpose(1, 2)
+        if self.config.coord_channels:
+            features = torch.cat([features, cell_centres(self.grid_size, features)], dim=2)
+        return features.contiguous()
+
+
+def cell_centres(grid_size: int, like: Tensor) -> Tensor:
+    """(B, P, 2) with B and dtype/device of `like`: each cell's centre (x, y) in [-1, 1], row-major."""
+    centres = (torch.arange(grid_size, dtype=like.dtype, device=like.device) + 0.5) * 2 / grid_size - 1
+    y, x = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=1).expand(like.size(0), -1, -1)
 
 
 def _check_weights(backbone: str, weights: str | None) -> str | None:

@@ -1,0 +1,28 @@
+"""The grounding study's rows are valid `captioner train` commands that set what they name."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.grounding_study import ROWS, row_commands
+from captioner.commands.train import cli_main
+
+
+@pytest.mark.parametrize("row", sorted(ROWS))
+def test_each_row_parses_and_sets_its_overrides(row, tmp_path, capsys):
+    fit, test = row_commands(row, Path("data/study/glyphs"), tmp_path / "run")
+    assert test[-2:] == ["--ckpt_path", str(tmp_path / "run" / "checkpoints" / "best.ckpt")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([*fit, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["data_dir"] == "data/study/glyphs"
+    _, overrides = ROWS[row]
+    for key, value in zip(overrides[::2], overrides[1::2]):
+        node = printed
+        for part in key.removeprefix("--").split("."):
+            node = node[part]
+            if isinstance(node, dict):  # the model's settings dataclasses print as class_path + init_args
+                node = node.get("init_args", node)
+        assert node == yaml.safe_load(value), key
