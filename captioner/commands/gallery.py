@@ -17,7 +17,7 @@ from pathlib import Path
 
 from captioner.api import Captioner
 from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments
-from captioner.data import CaptionDataModule
+from captioner.data.records import read_split
 from captioner.errors import CaptionerError
 from captioner.gallery import GalleryItem, write_gallery
 from captioner.metrics import per_image_cider
@@ -41,10 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CaptionerError(f"--n must be at least 1, got {args.n}")
     captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
-    karpathy_json = None if args.karpathy_json is None else str(args.karpathy_json)
-    # The split is read in the data module's "test" role, so any split name works.
-    data = CaptionDataModule(str(args.data), format=args.format, karpathy_json=karpathy_json, test_split=args.split)
-    records = data.records("test")[: args.n]
+    records = read_split(args.data, args.split, format=args.format, karpathy_json=args.karpathy_json)[: args.n]
     if not records:
         raise CaptionerError(f"split {args.split!r} of {args.data} has no images; pick another --split")
     by_path = {record.path: record for record in records}

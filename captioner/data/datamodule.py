@@ -33,7 +33,16 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from captioner.data.features import SplitFeatures, check_meta
 from captioner.data.images import ImageLoadError, image_transform, load_image
-from captioner.data.records import Box, DataWarning, ImageRecord, read_boxes, read_coco, read_karpathy
+from captioner.data.records import (
+    Box,
+    DataWarning,
+    ImageRecord,
+    coco_layout,
+    karpathy_split,
+    read_boxes,
+    read_coco,
+    read_karpathy,
+)
 from captioner.errors import CaptionerError
 from captioner.vocab import Vocabulary, tokenize
 
@@ -299,12 +308,7 @@ class CaptionDataModule(pl.LightningDataModule):
                     self._karpathy = read_karpathy(
                         self.karpathy_json, self.data_dir, skip_missing=self.skip_missing_images
                     )
-                if name not in self._karpathy:
-                    raise CaptionerError(
-                        f"split {name!r} is not in {self.karpathy_json} (it has {sorted(self._karpathy)}); "
-                        f"set {split}_split to one of those"
-                    )
-                self._records[split] = self._karpathy[name]
+                self._records[split] = karpathy_split(self._karpathy, name, self.karpathy_json)
         return self._records[split]
 
     def path(self, split: str, kind: str) -> Path:
@@ -318,12 +322,7 @@ class CaptionDataModule(pl.LightningDataModule):
             return Path(given)
         if self.data_dir is None:
             raise CaptionerError(f"no {kind} for the {split} split: set data.{split}_{kind} or data.data_dir")
-        conventional = {
-            "images": self.data_dir / name,
-            "annotations": self.data_dir / "annotations" / f"captions_{name}.json",
-            "instances": self.data_dir / "annotations" / f"instances_{name}.json",
-        }
-        return conventional[kind]
+        return coco_layout(self.data_dir, name)[kind]
 
     def boxes(self, split: str) -> dict[int, list[Box]]:
         """Image id -> boxes from the split's instances file (`path(split, "instances")`); {} when

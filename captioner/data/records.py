@@ -258,3 +258,34 @@ def read_boxes(instances_json: str | Path) -> dict[int, list[Box]]:
         image_id: [Box(names[a["category_id"]], *map(float, a["bbox"])) for a in coco.imgToAnns[image_id]]
         for image_id in sorted(coco.getImgIds())
     }
+
+
+def coco_layout(data_dir: str | Path, split: str) -> dict[str, Path]:
+    """Where the official COCO layout keeps split `split` under `data_dir`: its "images"
+    folder, its "annotations" (captions) file and its "instances" file."""
+    data_dir = Path(data_dir)
+    return {
+        "images": data_dir / split,
+        "annotations": data_dir / "annotations" / f"captions_{split}.json",
+        "instances": data_dir / "annotations" / f"instances_{split}.json",
+    }
+
+
+def karpathy_split(splits: dict[str, list[ImageRecord]], split: str, source: str | Path) -> list[ImageRecord]:
+    """The records of `split` from `read_karpathy`'s result, or an error naming the splits it has."""
+    if split not in splits:
+        raise CaptionerError(f"split {split!r} is not in {source} (it has {sorted(splits)}); pick one of those")
+    return splits[split]
+
+
+def read_split(
+    data_dir: str | Path, split: str, *, format: str = "coco", karpathy_json: str | Path | None = None
+) -> list[ImageRecord]:
+    """Records of one split of a data set in the COCO layout under `data_dir`, or (format
+    "karpathy") of the Karpathy file `karpathy_json` whose image paths are under `data_dir`."""
+    if format == "coco":
+        paths = coco_layout(data_dir, split)
+        return read_coco(paths["images"], paths["annotations"], split)
+    if karpathy_json is None:
+        raise CaptionerError('format "karpathy" needs the path of the dataset_*.json file')
+    return karpathy_split(read_karpathy(karpathy_json, data_dir), split, karpathy_json)
