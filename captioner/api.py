@@ -27,6 +27,8 @@ from captioner.data import ImageLoadError, image_transform, load_image
 from captioner.data.images import to_upright_rgb
 from captioner.decoding import Caption, decode_captions
 from captioner.errors import CaptionerError
+from captioner.models import Decoder
+from captioner.precision import Encode, check_precision, inference_models
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -69,22 +71,54 @@ class FileCaption:
 
 
 class Captioner:
-    """A trained encoder + decoder ready to caption images (inference only, no Lightning)."""
+    """A trained encoder + decoder ready to caption images (inference only, no Lightning).
 
-    def __init__(self, model: LoadedModel, device: torch.device):
+    `precision` is "fp32" (default), "bf16" or "int8" (see `captioner.precision`). int8
+    calibrates the encoder on `calibration` (images as `caption` takes them; a handful is
+    enough), or, without it, on the first batch it captions.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        device: torch.device,
+        *,
+        precision: str = "fp32",
+        calibration: ImageInput | Iterable[ImageInput] | None = None,
+    ):
+        check_precision(precision, device)
         self.model = model
         self.device = device
+        self.precision = precision
         self.vocab = model.vocab
         self.image_size = model.image_size
         self.grid = model.grid_shape
-        self.encoder = model.encoder.to(device)
-        self.decoder = model.decoder.to(device)
         self._transform = image_transform(model.image_size)
+        # encoder: images (B, 3, S, S) -> features (B, P, D) in `precision`; decoder likewise.
+        # Both are None only for int8 before its first batch has calibrated them.
+        self.encoder: Encode | None = None
+        self.decoder: Decoder | None = None
+        if calibration is not None:
+            self._prepare(torch.stack([self.to_tensor(image) for image in _flatten(calibration)]))
+        elif precision != "int8":
+            self._prepare(None)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Captioner:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        *,
+        precision: str = "fp32",
+        calibration: ImageInput | Iterable[ImageInput] | None = None,
+    ) -> Captioner:
         """Load `path` safely (see `captioner.checkpoint`); `device="auto"` means cuda if available."""
-        return cls(load_model(path), resolve_device(device))
+        return cls(load_model(path), resolve_device(device), precision=precision, calibration=calibration)
+
+    def _prepare(self, calibration: torch.Tensor | None) -> None:
+        self.encoder, self.decoder = inference_models(
+            self.model.encoder, self.model.decoder, self.precision, self.device, calibration
+        )
 
     def open_image(self, image: str | os.PathLike | Image.Image) -> Image.Image:
         """RGB, upright, at its own size: a path through `load_image`, a PIL image converted alike."""
@@ -168,6 +202,8 @@ class Captioner:
         self, images: torch.Tensor, beam_size: int, max_len: int, length_normalize: bool, allow_unk: bool
     ) -> list[CaptionResult]:
         """images (B, 3, S, S) -> B results."""
+        if self.encoder is None:  # int8 without calibration images: calibrate on this first batch
+            self._prepare(images)
         features = self.encoder(images.to(self.device))
         captions = decode_captions(
             self.decoder,

@@ -26,18 +26,45 @@ from rich.progress import Progress
 from captioner.api import Captioner, FileCaption
 from captioner.data.images import list_image_files
 from captioner.errors import CaptionerError
+from captioner.precision import MAX_CALIBRATION_IMAGES, PRECISIONS
 
 # Fewer images than this finish before a progress bar would be worth drawing.
 PROGRESS_MIN_IMAGES = 32
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """--ckpt, --beam-size, --max-len, --batch-size, --device."""
+    """--ckpt, --beam-size, --max-len, --batch-size, --device, --precision, --calibrate."""
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `captioner train fit`")
     parser.add_argument("--beam-size", type=int, default=3, help="beam width; 1 decodes greedily (default 3)")
     parser.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
     parser.add_argument("--batch-size", type=int, default=16, help="images decoded together (default 16)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default); bf16 (CPUs with AVX512-BF16/AMX, recent GPUs); int8 (CPU: quantized encoder)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        nargs="+",
+        metavar="IMAGE",
+        help=f"int8: images (files, folders, globs; the first {MAX_CALIBRATION_IMAGES} are used) to calibrate "
+        "the quantized encoder on (default: the first batch captioned)",
+    )
+
+
+def open_captioner(args: argparse.Namespace) -> Captioner:
+    """The Captioner that the decoding flags in `args` ask for."""
+    calibration = None
+    if args.calibrate:
+        if args.precision != "int8":
+            raise CaptionerError(f"--calibrate is for --precision int8 only, not {args.precision}")
+        files, problems = list_image_files(args.calibrate)
+        if problems:
+            raise CaptionerError(f"--calibrate: {problems[0]}")
+        calibration = files[:MAX_CALIBRATION_IMAGES]
+    return Captioner.from_checkpoint(args.ckpt, device=args.device, precision=args.precision, calibration=calibration)
 
 
 def check_decoding_arguments(args: argparse.Namespace) -> None:
@@ -107,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
-    captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
+    captioner = open_captioner(args)
     images = CaptionRun(captioner, args.images, args, "captioning")
     for item in images:
         result = item.result

@@ -15,8 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from captioner.api import Captioner
-from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
 from captioner.gallery import GalleryItem, write_gallery
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
     if args.n < 1:
         raise CaptionerError(f"--n must be at least 1, got {args.n}")
-    captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
+    captioner = open_captioner(args)
     karpathy_json = None if args.karpathy_json is None else str(args.karpathy_json)
     # The split is read in the data module's "test" role, so any split name works.
     data = CaptionDataModule(str(args.data), format=args.format, karpathy_json=karpathy_json, test_split=args.split)
