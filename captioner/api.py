@@ -8,8 +8,9 @@
         result.alphas      # (L, P): where each of the L words looked, over result.grid
 
 Images may be file paths, PIL images or tensors. Paths are opened with the data layer's
-`load_image` (RGB, EXIF-rotated); PIL images get the same RGB conversion; both are resized
-and normalised exactly as in training. Tensors are taken as already prepared.
+`load_image_for` (RGB, EXIF-rotated; a large JPEG at reduced scale, as in training); PIL
+images get the same RGB conversion; both are resized and normalised exactly as in training.
+Tensors are taken as already prepared.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 
 from captioner.checkpoint import LoadedModel, load_model
 from captioner.data import ImageLoadError, image_transform, load_image
-from captioner.data.images import to_upright_rgb
+from captioner.data.images import load_image_for, to_upright_rgb
 from captioner.decoding import Caption, decode_captions
 from captioner.errors import CaptionerError
 from captioner.models import Decoder
@@ -140,7 +141,9 @@ class Captioner:
                     f"got {image.dtype} {tuple(image.shape)}"
                 )
             return image
-        return self._transform(self.open_image(image))
+        if isinstance(image, Image.Image):
+            return self._transform(to_upright_rgb(image))
+        return self._transform(load_image_for(image, self.image_size)[0])
 
     def caption(
         self,
@@ -171,18 +174,21 @@ class Captioner:
         return results
 
     def caption_files(
-        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 16, **options
+        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 16, full_size: bool = True, **options
     ) -> Iterator[FileCaption]:
         """Caption image files, yielding one `FileCaption` per path in order as each batch finishes.
 
         An unreadable file does not stop the others: it comes back with `error` set.
+        With `full_size=False` a large JPEG is decoded only at the scale the model needs
+        (faster; see `load_image_for`) and `FileCaption.image` is that smaller image.
         `options` are those of `caption` (beam_size, max_len, ...).
         """
         _require_positive(batch_size=batch_size)
         pending: list[tuple[Path, Image.Image | None, ImageLoadError | None]] = []
         for path in paths:
             try:
-                pending.append((Path(path), load_image(path), None))
+                image = load_image(path) if full_size else load_image_for(path, self.image_size)[0]
+                pending.append((Path(path), image, None))
             except ImageLoadError as error:
                 pending.append((Path(path), None, error))
             if sum(image is not None for _, image, _ in pending) == batch_size:

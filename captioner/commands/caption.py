@@ -99,11 +99,20 @@ class CaptionRun:
     batch finishes.
 
     Inputs that name no image and unreadable images are reported on stderr and counted in
-    `failed`, and the run goes on.
+    `failed`, and the run goes on. `full_size=False` when the images are not drawn on
+    (see `Captioner.caption_files`).
     """
 
-    def __init__(self, captioner: Captioner, inputs: Iterable[str | Path], args: argparse.Namespace, description: str):
+    def __init__(
+        self,
+        captioner: Captioner,
+        inputs: Iterable[str | Path],
+        args: argparse.Namespace,
+        description: str,
+        full_size: bool = True,
+    ):
         self.captioner = captioner
+        self.full_size = full_size
         self.inputs = inputs
         self.args = args
         self.description = description
@@ -115,7 +124,9 @@ class CaptionRun:
         for problem in problems:
             report(problem)
         self.failed = len(problems)
-        options = dict(beam_size=args.beam_size, max_len=args.max_len, batch_size=args.batch_size)
+        options = dict(
+            beam_size=args.beam_size, max_len=args.max_len, batch_size=args.batch_size, full_size=self.full_size
+        )
         with progress(len(files), self.description) as advance:
             for item in self.captioner.caption_files(files, **options):
                 advance()
@@ -135,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
     captioner = open_captioner(args)
-    images = CaptionRun(captioner, args.images, args, "captioning")
+    images = CaptionRun(captioner, args.images, args, "captioning", full_size=False)  # no overlays to draw
     for item in images:
         result = item.result
         if args.json:
