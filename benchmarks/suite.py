@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.naive import NaiveDecoder, naive_loss
 from captioner.decoding import beam_search
-from captioner.models import Decoder, Encoder, caption_loss
+from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, caption_loss
 
 START, END, PAD = 1, 2, 0
 
@@ -40,6 +40,10 @@ class Sizes:
     image_batch: int
     warmup: int
     repeats: int
+
+    @property
+    def decoder_config(self) -> DecoderConfig:
+        return DecoderConfig(embed_dim=self.width, hidden_dim=self.width, attention_dim=self.width)
 
 
 COCO = Sizes(
@@ -95,9 +99,7 @@ class Context:
 
     def decoder(self) -> Decoder:
         s = self.sizes
-        return Decoder(s.vocab, s.feature_dim, embed_dim=s.width, hidden_dim=s.width, attention_dim=s.width).to(
-            self.device
-        )
+        return Decoder(s.decoder_config, s.vocab, s.feature_dim).to(self.device)
 
     def seconds(self, fn: Callable[[], object], repeats: int | None = None) -> float:
         """Median wall time of fn over `repeats` runs (default: the sizes') after `warmup` runs."""
@@ -197,8 +199,8 @@ def beam5_one_at_a_time(ctx: Context) -> dict[str, float]:
 def end_to_end(ctx: Context) -> dict[str, float]:
     """Images -> captions: the backbone (random weights) + beam 3, against the encoder alone."""
     s = ctx.sizes
-    encoder = Encoder(s.backbone, grid_size=s.grid).to(ctx.device).eval()
-    decoder = Decoder(s.vocab, encoder.out_channels, embed_dim=s.width, hidden_dim=s.width, attention_dim=s.width)
+    encoder = Encoder(EncoderConfig(s.backbone, grid_size=s.grid)).to(ctx.device).eval()
+    decoder = Decoder(s.decoder_config, s.vocab, encoder.out_channels)
     decoder = decoder.to(ctx.device).eval()
     images = torch.randn(s.image_batch, 3, s.image_size, s.image_size, device=ctx.device)
 

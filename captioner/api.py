@@ -3,7 +3,7 @@
     from captioner.api import Captioner
 
     captioner = Captioner.from_checkpoint("runs/demo/checkpoints/best.ckpt")
-    for result in captioner.caption(["cat.jpg", "dog.png"], beam_size=3):
+    for result in captioner.caption(["cat.jpg", "dog.png"]):   # the checkpoint's decoding settings
         print(result.caption, result.score)
         result.alphas      # (L, P): where each of the L words looked, over result.grid
 
@@ -11,10 +11,14 @@ Images may be file paths, PIL images or tensors. Paths are opened with the data 
 `load_image_for` (RGB, EXIF-rotated; a large JPEG at reduced scale, as in training); PIL
 images get the same RGB conversion; both are resized and normalised exactly as in training.
 Tensors are taken as already prepared.
+
+Decoding follows the settings stored in the checkpoint (`model.decoding` when it was
+trained); `caption(..., beam_size=5)` and the other keywords override them per call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,8 +30,8 @@ from PIL import Image
 from captioner.checkpoint import LoadedModel, load_model
 from captioner.data import ImageLoadError, image_transform, load_image
 from captioner.data.images import load_image_for, to_upright_rgb
-from captioner.decoding import Caption, decode_captions
-from captioner.errors import CaptionerError
+from captioner.decoding import Caption, DecodingConfig, decode_captions
+from captioner.errors import CaptionerError, require_positive
 from captioner.models import Decoder
 from captioner.precision import Encode, check_precision, inference_models
 
@@ -93,7 +97,8 @@ class Captioner:
         self.precision = precision
         self.vocab = model.vocab
         self.image_size = model.image_size
-        self.grid = model.grid_shape
+        self.decoding = model.decoding
+        self.grid = model.encoder.config.grid_shape
         self._transform = image_transform(model.image_size)
         # encoder: images (B, 3, S, S) -> features (B, P, D) in `precision`; decoder likewise.
         # Both are None only for int8 before its first batch has calibrated them.
@@ -149,29 +154,37 @@ class Captioner:
         self,
         images: ImageInput | Iterable[ImageInput],
         *,
-        beam_size: int = 3,
-        max_len: int = 30,
-        length_normalize: bool = True,
-        allow_unk: bool = False,
         batch_size: int = 16,
+        **decoding: int | bool | None,
     ) -> list[CaptionResult]:
         """Caption `images` (one item or a sequence; a (B, 3, S, S) tensor counts as B images).
 
-        Returns one result per image, in order. `beam_size=1` decodes greedily. Images are
-        read and decoded `batch_size` at a time. Raises `ImageLoadError` for an unreadable
-        path (use `caption_files` to go on past bad files) and CaptionerError for bad settings.
+        Returns one result per image, in order. `decoding` keywords (beam_size, max_len,
+        length_normalize, allow_unk; see `DecodingConfig`) override the checkpoint's settings;
+        None keeps them; `beam_size=1` decodes greedily. Images are read and decoded
+        `batch_size` at a time. Raises `ImageLoadError` for an unreadable path (use
+        `caption_files` to go on past bad files) and CaptionerError for bad settings.
         """
-        _require_positive(beam_size=beam_size, max_len=max_len, batch_size=batch_size)
+        require_positive(batch_size=batch_size)
+        settings = self.decoding_settings(**decoding)
         results: list[CaptionResult] = []
         batch: list[torch.Tensor] = []
         for image in _flatten(images):
             batch.append(self.to_tensor(image))
             if len(batch) == batch_size:
-                results.extend(self._decode(torch.stack(batch), beam_size, max_len, length_normalize, allow_unk))
+                results.extend(self._decode(torch.stack(batch), settings))
                 batch = []
         if batch:
-            results.extend(self._decode(torch.stack(batch), beam_size, max_len, length_normalize, allow_unk))
+            results.extend(self._decode(torch.stack(batch), settings))
         return results
+
+    def decoding_settings(self, **overrides: int | bool | None) -> DecodingConfig:
+        """The checkpoint's decoding settings with the non-None `overrides` applied (validated)."""
+        known = {field.name for field in dataclasses.fields(DecodingConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise CaptionerError(f"unknown decoding setting(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self.decoding, **{k: v for k, v in overrides.items() if v is not None})
 
     def caption_files(
         self, paths: Iterable[str | os.PathLike], *, batch_size: int = 16, full_size: bool = True, **options
@@ -183,7 +196,7 @@ class Captioner:
         (faster; see `load_image_for`) and `FileCaption.image` is that smaller image.
         `options` are those of `caption` (beam_size, max_len, ...).
         """
-        _require_positive(batch_size=batch_size)
+        require_positive(batch_size=batch_size)
         pending: list[tuple[Path, Image.Image | None, ImageLoadError | None]] = []
         for path in paths:
             try:
@@ -204,27 +217,16 @@ class Captioner:
             yield FileCaption(path, image, None if image is None else next(results), error)
 
     @torch.inference_mode()
-    def _decode(
-        self, images: torch.Tensor, beam_size: int, max_len: int, length_normalize: bool, allow_unk: bool
-    ) -> list[CaptionResult]:
+    def _decode(self, images: torch.Tensor, settings: DecodingConfig) -> list[CaptionResult]:
         """images (B, 3, S, S) -> B results."""
         if self.encoder is None:  # int8 without calibration images: calibrate on this first batch
             self._prepare(images)
         features = self.encoder(images.to(self.device))
-        captions = decode_captions(
-            self.decoder,
-            features,
-            self.vocab,
-            beam_size=beam_size,
-            max_len=max_len,
-            length_normalize=length_normalize,
-            allow_unk=allow_unk,
-        )
-        return [self._result(caption) for caption in captions]
+        return [self._result(caption) for caption in decode_captions(self.decoder, features, self.vocab, settings)]
 
     def _result(self, caption: Caption) -> CaptionResult:
         # Decoding returns the words only (no <start>/<end>), one α row each.
-        words = [self.vocab.words[i] for i in caption.tokens]
+        words = self.vocab.decode_tokens(caption.tokens)
         return CaptionResult(
             tokens=list(caption.tokens),
             words=words,
@@ -246,12 +248,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise CaptionerError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
     return resolved
-
-
-def _require_positive(**counts: int) -> None:
-    for name, value in counts.items():
-        if value < 1:
-            raise CaptionerError(f"{name} must be at least 1, got {value}")
 
 
 def _flatten(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
+from captioner.errors import require_positive
 from captioner.overlay import draw_attention
 
 __all__ = ["AttentionOverlayCallback"]
@@ -24,7 +26,7 @@ class AttentionOverlayCallback(pl.Callback):
     the sanity check, and only with a TensorBoard logger (any other logger: nothing logged).
     Figures go to ``attention/<i>`` at the current global step.
 
-    The module must provide ``caption_images(images (B,3,H,W), beam_size=int) ->
+    The module must provide ``caption_images(images (B,3,H,W), DecodingConfig) ->
     list[Caption]`` (``.tokens``, ``.alphas`` (L, P)), ``vocab.decode_tokens(tokens)`` and
     ``grid_shape -> (rows, cols)``. When the batches carry cached ``features`` (B, P, D)
     instead of images, it captions them with ``caption_features`` (same contract) and draws
@@ -32,8 +34,7 @@ class AttentionOverlayCallback(pl.Callback):
     """
 
     def __init__(self, num_images: int = 4, every_n_epochs: int = 1, beam_size: int = 1) -> None:
-        if num_images < 1 or every_n_epochs < 1 or beam_size < 1:
-            raise ValueError("num_images, every_n_epochs and beam_size must all be at least 1")
+        require_positive(num_images=num_images, every_n_epochs=every_n_epochs, beam_size=beam_size)
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
         self.beam_size = beam_size
@@ -49,14 +50,15 @@ class AttentionOverlayCallback(pl.Callback):
             return
         if self._inputs is None:
             self._inputs = self._first_inputs(trainer.val_dataloaders)
+        settings = dataclasses.replace(pl_module.decoding, beam_size=self.beam_size)
         with torch.no_grad():
             if "features" in self._inputs:
                 features = self._inputs["features"].to(pl_module.device)
-                captions = pl_module.caption_features(features, beam_size=self.beam_size)
+                captions = pl_module.caption_features(features, settings)
                 pictures = [load_image(path) for path in self._inputs["paths"]]
             else:
                 images = self._inputs["images"].to(pl_module.device)
-                captions = pl_module.caption_images(images, beam_size=self.beam_size)
+                captions = pl_module.caption_images(images, settings)
                 pictures = [_to_pil(image) for image in self._inputs["images"]]
         for index, (picture, caption) in enumerate(zip(pictures, captions)):
             words = pl_module.vocab.decode_tokens(caption.tokens)

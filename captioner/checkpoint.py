@@ -6,9 +6,9 @@
 A checkpoint is a file anyone may hand us, and a pickle can run code while it is read. So
 every checkpoint is opened with `torch.load(..., weights_only=True)`, which only rebuilds
 tensors and plain containers and refuses anything else; there is no fallback that trusts
-the file. The model is then rebuilt from the plain-data `hyper_parameters` and the
-`encoder.*` / `decoder.*` entries of `state_dict` (the checkpoint contract in
-INTERFACES.md). Every way this can go wrong is one `CaptionerError` naming the file.
+the file. The model is then rebuilt from the plain-data `hyper_parameters` (the settings
+dataclasses as dicts, the vocabulary as a list of words) and the `encoder.*` / `decoder.*`
+entries of `state_dict`. Every way this can go wrong is one `CaptionerError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from captioner.decoding import DecodingConfig
 from captioner.errors import CaptionerError
-from captioner.models import ModelConfig, build_decoder, build_encoder
+from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, PlainConfig
 from captioner.vocab import Vocabulary
 
-# Written by the training module beside the ModelConfig fields; needed to caption.
-REQUIRED_HPARAMS = ("vocab_words", "image_size", "max_caption_len")
+# Written by the training module; needed to caption.
+REQUIRED_HPARAMS = ("vocab_words", "image_size")
 _FORBIDDEN_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
@@ -37,21 +37,15 @@ _FORBIDDEN_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 class LoadedModel:
     """The networks (in eval mode, on CPU) and the settings a checkpoint carries.
 
-    `grid_shape` is (rows, cols) of the attention grid: α rows of length P = rows·cols are
-    laid out row-major over it.
+    `encoder.config.grid_shape` is (rows, cols) of the attention grid: α rows of length
+    P = rows·cols are laid out row-major over it.
     """
 
-    encoder: nn.Module
-    decoder: nn.Module
+    encoder: Encoder
+    decoder: Decoder
     vocab: Vocabulary
-    config: ModelConfig
+    decoding: DecodingConfig
     image_size: int
-    max_caption_len: int
-    hparams: dict[str, Any]
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        return (self.config.grid_size, self.config.grid_size)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -110,16 +104,14 @@ def load_model(path: str | Path) -> LoadedModel:
     missing = [key for key in REQUIRED_HPARAMS if key not in hparams]
     if missing:
         raise _incompatible(path, f"its hyper-parameters lack {', '.join(missing)}")
-    # Model settings it lacks take ModelConfig's defaults, so settings added later keep older
-    # checkpoints loadable; if that changes the shape of a weight, the state dict check says so.
-    settings = {f.name: hparams[f.name] for f in dataclasses.fields(ModelConfig) if f.name in hparams}
     try:
-        vocab = Vocabulary.from_words(list(hparams["vocab_words"]))
+        vocab = Vocabulary(list(hparams["vocab_words"]))
         # The state dict replaces every weight, so never fetch pretrained ones here.
-        config = dataclasses.replace(ModelConfig(**settings), weights=None)
-        encoder = build_encoder(config)
-        decoder = build_decoder(config, len(vocab), encoder.out_channels)
-        image_size, max_caption_len = int(hparams["image_size"]), int(hparams["max_caption_len"])
+        encoder_config = dataclasses.replace(_settings(EncoderConfig, hparams, "encoder"), weights=None)
+        decoding = _settings(DecodingConfig, hparams, "decoding")
+        encoder = Encoder(encoder_config)
+        decoder = Decoder(_settings(DecoderConfig, hparams, "decoder"), len(vocab), encoder.out_channels)
+        image_size = int(hparams["image_size"])
     except (TypeError, ValueError) as error:  # CaptionerError is a ValueError
         raise _incompatible(path, f"its hyper-parameters do not describe a model ({error})") from None
 
@@ -135,11 +127,18 @@ def load_model(path: str | Path) -> LoadedModel:
         encoder=encoder.eval(),
         decoder=decoder.eval(),
         vocab=vocab,
-        config=config,
+        decoding=decoding,
         image_size=image_size,
-        max_caption_len=max_caption_len,
-        hparams=dict(hparams),
     )
+
+
+def _settings(kind: type[PlainConfig], hparams: dict[str, Any], key: str) -> Any:
+    """The `kind` settings stored under `key`; checkpoints of captioner 0.1 kept them flat among
+    the hyper-parameters, under the same field names."""
+    if key in hparams:
+        return kind.from_dict(hparams[key])
+    names = {field.name for field in dataclasses.fields(kind)}
+    return kind.from_dict({name: value for name, value in hparams.items() if name in names})
 
 
 def _not_a_checkpoint(path: Path) -> CaptionerError:

@@ -3,12 +3,14 @@
 captioner train fit --config configs/shapes.yaml
 captioner data synth --out data/shapes
 captioner caption --ckpt best.ckpt photos/
+captioner serve --ckpt best.ckpt --port 8000
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from captioner.errors import CaptionerError
@@ -22,6 +24,7 @@ COMMANDS = {
     "attend": ("attend", "draw where each word looked, one PNG per image"),
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
     "features": ("features", "extract and cache encoder features"),
+    "serve": ("serve", "serve captions and attention over HTTP, with a page at /"),
 }
 
 
@@ -33,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(argv[1:])
 
-    parser = argparse.ArgumentParser(prog="captioner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="captioner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module_name, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -52,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`captioner caption ... | head -1`): stop quietly, as shell tools
+        # do. Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -12,11 +12,33 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from captioner.errors import CaptionerError
+from captioner.errors import require_positive
+from captioner.models.config import PlainConfig
 from captioner.models.decoder import Decoder
 from captioner.vocab import Vocabulary
 
 NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class DecodingConfig(PlainConfig):
+    """How captions are decoded: one object, stored in the checkpoint, that validation, test,
+    predict, the Python API and every command read (a command-line flag overrides it).
+
+    beam_size: 1 decodes greedily; the paper decodes with a beam.
+    max_len: longest caption, in words; one that has not ended by then stops there.
+    length_normalize: rank beam hypotheses by log-probability per token, so short captions are
+        not favoured just for being short.
+    allow_unk: let the decoder emit <unk>; off, a caption never contains the unknown word.
+    """
+
+    beam_size: int = 3
+    max_len: int = 30
+    length_normalize: bool = True
+    allow_unk: bool = False
+
+    def __post_init__(self) -> None:
+        require_positive(beam_size=self.beam_size, max_len=self.max_len)
 
 
 @dataclass
@@ -37,15 +59,17 @@ def greedy_decode(
     *,
     start_id: int,
     end_id: int,
-    max_len: int = 30,
+    max_len: int,
     banned_ids: Sequence[int] = (),
+    mask: Tensor | None = None,
 ) -> list[Caption]:
-    """Pick the most probable word at every step. features (B, P, D) -> B captions; score is
-    the raw log-probability. A caption that has not emitted <end> after max_len words stops."""
-    _check_positive("max_len", max_len)
+    """Pick the most probable word at every step. features (B, P, D), mask (B, P) bool or None
+    -> B captions; score is the raw log-probability. A caption that has not emitted <end>
+    after max_len words stops."""
+    require_positive(max_len=max_len)
     batch = features.size(0)
     projected = decoder.prepare(features)
-    h, c = decoder.init_state(features)
+    h, c = decoder.init_state(features, mask)
     state = (h.unsqueeze(1), c.unsqueeze(1))  # a beam axis of 1, as beam_search with beam_size=1
     prev = torch.full((batch, 1), start_id, dtype=torch.long, device=features.device)
     banned = _banned_mask(decoder.vocab_size, banned_ids, features.device)
@@ -54,7 +78,7 @@ def greedy_decode(
     lengths = torch.full((batch,), max_len, dtype=torch.long)
     tokens, alphas = [], []
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask)
         best, prev = log_probs.masked_fill(banned, NEG_INF).max(dim=-1)  # (B, 1)
         scores = torch.where(finished.unsqueeze(1), scores, scores + best)
         ended = (prev.squeeze(1) == end_id) & ~finished
@@ -78,12 +102,14 @@ def beam_search(
     *,
     start_id: int,
     end_id: int,
-    beam_size: int = 3,
-    max_len: int = 30,
+    beam_size: int,
+    max_len: int,
     length_normalize: bool = True,
     banned_ids: Sequence[int] = (),
+    mask: Tensor | None = None,
 ) -> list[Caption]:
-    """Beam search for B images at once. features (B, P, D) -> B captions (the best hypothesis each).
+    """Beam search for B images at once. features (B, P, D), mask (B, P) bool or None -> B
+    captions (the best hypothesis each).
 
     All B·K live beams advance as one batch per step; an image's K beams share its features
     and its attention projection (computed once). Each step, an image's candidates that end
@@ -94,12 +120,11 @@ def beam_search(
     Score = log-probability (including <end>), divided by the length in tokens (including
     <end>) when length_normalize.
     """
-    _check_positive("beam_size", beam_size)
-    _check_positive("max_len", max_len)
+    require_positive(beam_size=beam_size, max_len=max_len)
     batch, k, vocab, device = features.size(0), beam_size, decoder.vocab_size, features.device
     rows = torch.arange(batch, device=device)
     projected = decoder.prepare(features)
-    h, c = decoder.init_state(features)
+    h, c = decoder.init_state(features, mask)
     state = (h.unsqueeze(1).repeat(1, k, 1), c.unsqueeze(1).repeat(1, k, 1))  # (B, K, H)
     prev = torch.full((batch, k), start_id, dtype=torch.long, device=device)
     # Only beam 0 is live at first: the K identical copies would otherwise fill the beam.
@@ -115,7 +140,7 @@ def beam_search(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     history: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: parent, token (B, K), alpha (B, K, P)
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask)
         # In place: (B, K, V) is the largest tensor here after the attention's.
         scores.masked_fill_(done.unsqueeze(1), NEG_INF)
         candidates = log_probs.masked_fill_(banned, NEG_INF).add_(scores.unsqueeze(-1))  # (B, K, V)
@@ -165,22 +190,21 @@ def decode_captions(
     decoder: Decoder,
     features: Tensor,
     vocab: Vocabulary,
-    *,
-    beam_size: int = 3,
-    max_len: int = 30,
-    length_normalize: bool = True,
-    allow_unk: bool = False,
+    settings: DecodingConfig,
+    mask: Tensor | None = None,
 ) -> list[Caption]:
     """The one decoding entry point for validation, the API and the CLI.
 
-    features (B, P, D) -> B captions; beam_size 1 decodes greedily. <pad> and <start> are
-    never words, and <unk> is emitted only when `allow_unk` asks for it.
+    features (B, P, D), mask (B, P) bool or None -> B captions; beam_size 1 decodes greedily.
+    <pad> and <start> are never words, and <unk> is emitted only when `allow_unk` asks for it.
     """
-    banned = (vocab.pad_id, vocab.start_id) + (() if allow_unk else (vocab.unk_id,))
-    common = dict(start_id=vocab.start_id, end_id=vocab.end_id, max_len=max_len, banned_ids=banned)
-    if beam_size == 1:
+    banned = (vocab.pad_id, vocab.start_id) + (() if settings.allow_unk else (vocab.unk_id,))
+    common = dict(start_id=vocab.start_id, end_id=vocab.end_id, max_len=settings.max_len, banned_ids=banned, mask=mask)
+    if settings.beam_size == 1:
         return greedy_decode(decoder, features, **common)
-    return beam_search(decoder, features, beam_size=beam_size, length_normalize=length_normalize, **common)
+    return beam_search(
+        decoder, features, beam_size=settings.beam_size, length_normalize=settings.length_normalize, **common
+    )
 
 
 def _backtrack(history: list[tuple[Tensor, Tensor, Tensor]], last: Tensor, slot: Tensor) -> tuple[Tensor, Tensor]:
@@ -201,8 +225,3 @@ def _banned_mask(vocab_size: int, banned_ids: Sequence[int], device: torch.devic
     mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     mask[list(banned_ids)] = True
     return mask
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise CaptionerError(f"{name}={value!r} must be an integer >= 1")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from captioner.arrays import to_numpy
 from captioner.errors import CaptionerError
 
 if TYPE_CHECKING:  # only a type here: grounding reads .category .x .y .w .h
@@ -297,7 +298,7 @@ def grounding_scores(samples: Sequence[GroundingSample], word_to_category: Mappi
     masses: list[float] = []
     chances: list[float] = []
     for sample in samples:
-        alphas = _as_array(sample.alphas)
+        alphas = to_numpy(sample.alphas, np.float64)
         rows, cols = sample.grid
         if alphas.ndim != 2 or alphas.shape[1] != rows * cols:
             raise ValueError(f"alphas must be (L, {rows * cols}) for grid {sample.grid}, got {alphas.shape}")
@@ -348,10 +349,3 @@ def _cells_in_category(centres_x: np.ndarray, centres_y: np.ndarray, boxes: Sequ
                 & (centres_y <= box.y + box.h)
             )
     return inside
-
-
-def _as_array(values: Any) -> np.ndarray:
-    """A float64 ndarray from a tensor (any device) or array-like."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float64)

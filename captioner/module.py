@@ -3,28 +3,44 @@
     captioner train fit --config configs/shapes.yaml
 
 Training minimises cross-entropy over real tokens plus the doubly stochastic attention
-term. Validation and test decode without teacher forcing (greedy or beam) and score the
-captions with the COCO caption metrics; under several processes every rank's captions are
-gathered and each image is scored exactly once.
+term. Validation and test decode without teacher forcing (`model.decoding`) and hand the
+captions to `captioner.evaluation`, which gathers every rank's captions and scores each
+image exactly once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
-from typing import Any, Literal
+import warnings
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from captioner.decoding import Caption, decode_captions
+from captioner.data.records import Box
+from captioner.decoding import Caption, DecodingConfig, decode_captions
 from captioner.errors import CaptionerError
-from captioner.metrics import GroundingSample, caption_scores, coco_category_words, grounding_scores
-from captioner.models import ModelConfig, build_decoder, build_encoder, caption_loss
+from captioner.evaluation import DecodedImage, gather_across_ranks, score_images
+from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, caption_loss
 from captioner.vocab import Vocabulary
+
+
+@runtime_checkable
+class CaptionData(Protocol):
+    """What the system asks of its data module (`captioner.data.CaptionDataModule` provides it).
+    Any other data module, or plain dataloaders, train too: without boxes there are no
+    grounding scores, and without `features_dir` no cached features."""
+
+    features_dir: str | None
+
+    def boxes(self, role: str) -> dict[int, list[Box]]:
+        """Image id -> boxes of the "val" or "test" split; {} when it has none."""
+
+    def check_features(self, settings: dict[str, Any]) -> None:
+        """Raise CaptionerError when the cached features were made with other encoder settings."""
 
 
 class CaptioningModule(pl.LightningModule):
@@ -33,20 +49,17 @@ class CaptioningModule(pl.LightningModule):
     Args:
         vocab_words: index → word, specials first. Linked from the data module by the CLI;
             stored in the checkpoint as plain data so a checkpoint alone can caption.
-        backbone, weights, stages, grid_size, fine_tune: the encoder (see `ModelConfig`).
-        embed_dim, hidden_dim, attention_dim, dropout, gate: the decoder (see `ModelConfig`).
+        image_size: side in pixels the images are resized to: `data.image_size`, which the CLI
+            links here (required), kept in the checkpoint so captioning prepares images the same way.
+        encoder: the CNN and its grid (`EncoderConfig`).
+        decoder: the attention LSTM (`DecoderConfig`).
+        decoding: how validation, test, predict and later captioning decode (`DecodingConfig`).
         attention_lambda: weight λ of the doubly stochastic term Σ_i (1 − Σ_t α_ti)².
         decoder_lr, encoder_lr: Adam learning rates; the encoder's is used only when fine-tuning.
         weight_decay: Adam weight decay for both groups.
         lr_schedule: "plateau" (× `lr_decay` when val/CIDEr stops improving for `lr_patience`
             epochs, as in common SAT recipes), "cosine" (to 0 over the run) or "constant".
-        val_beam_size: 1 decodes greedily in validation/test, more uses beam search.
-        max_caption_len: longest caption decoded in validation/test/predict, in words.
-        image_size: side in pixels the images are resized to; linked from the data module and
-            kept in the checkpoint so captioning later prepares images the same way.
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
-        channels_last: run the encoder in channels-last memory format (faster convolutions on
-            GPUs with tensor cores; same numbers).
         compile: `torch.compile` the encoder and the decoder's per-step core when the trainer
             sets the model up (the first step then pays for compiling).
         skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
@@ -58,16 +71,10 @@ class CaptioningModule(pl.LightningModule):
     def __init__(
         self,
         vocab_words: list[str],
-        backbone: str = "resnet101",
-        weights: str | None = None,
-        stages: int | None = None,
-        grid_size: int = 14,
-        fine_tune: str | int = "none",
-        embed_dim: int = 512,
-        hidden_dim: int = 512,
-        attention_dim: int = 512,
-        dropout: float = 0.5,
-        gate: str = "scalar",
+        image_size: int,
+        encoder: EncoderConfig = EncoderConfig(),  # noqa: B008 - frozen, so one shared default is safe
+        decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
+        decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
         attention_lambda: float = 1.0,
         decoder_lr: float = 4e-4,
         encoder_lr: float = 1e-4,
@@ -75,45 +82,36 @@ class CaptioningModule(pl.LightningModule):
         lr_schedule: Literal["plateau", "cosine", "constant"] = "plateau",
         lr_decay: float = 0.8,
         lr_patience: int = 8,
-        val_beam_size: int = 1,
-        max_caption_len: int = 20,
-        image_size: int = 224,
         spice: bool = False,
-        channels_last: bool = False,
         compile: bool = False,
         skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
+        # Checkpoints carry plain data only (they are loaded with weights_only=True).
+        encoder, decoder = EncoderConfig.from_dict(encoder), DecoderConfig.from_dict(decoder)
+        decoding = DecodingConfig.from_dict(decoding)
         self.save_hyperparameters()
-        self.vocab = Vocabulary.from_words(list(vocab_words))
-        self.config = ModelConfig(
-            backbone=backbone,
-            weights=weights,
-            stages=stages,
-            grid_size=grid_size,
-            fine_tune=fine_tune,
-            channels_last=channels_last,
-            embed_dim=embed_dim,
-            hidden_dim=hidden_dim,
-            attention_dim=attention_dim,
-            dropout=dropout,
-            gate=gate,
-        )
-        if val_beam_size < 1:
-            raise CaptionerError(f"model.val_beam_size must be at least 1, got {val_beam_size}")
-        if max_caption_len < 1:
-            raise CaptionerError(f"model.max_caption_len must be at least 1, got {max_caption_len}")
-        self.encoder = build_encoder(self.config)
-        self.decoder = build_decoder(self.config, len(self.vocab), self.encoder.out_channels)
-        self._eval_outputs: list[dict[str, Any]] = []
-        self._boxes_by_stage: dict[str, dict[int, list[Any]]] = {}
+        self.hparams.update(encoder=encoder.to_dict(), decoder=decoder.to_dict(), decoding=decoding.to_dict())
+        self.vocab = Vocabulary(list(vocab_words))
+        self.decoding = decoding
+        self.encoder = Encoder(encoder)
+        self.decoder = Decoder(decoder, len(self.vocab), self.encoder.out_channels)
+        _warn_if_grid_repeats(self.encoder, image_size)
+        self._eval_images: list[DecodedImage] = []
+        self._boxes_by_stage: dict[str, dict[int, list[Box]]] = {}
         self._compiled = False
         self._nonfinite_skips = 0
 
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(rows, cols) of the attention grid; α rows are laid out row-major over it."""
-        return (self.config.grid_size, self.config.grid_size)
+        return self.encoder.config.grid_shape
+
+    @property
+    def data(self) -> CaptionData | None:
+        """The trainer's data module when it keeps the `CaptionData` contract, else None."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return datamodule if isinstance(datamodule, CaptionData) else None
 
     def encoder_settings(self) -> dict[str, Any]:
         """What decides the encoder's output, as plain data; cached features made with other
@@ -123,7 +121,7 @@ class CaptioningModule(pl.LightningModule):
         for name, tensor in self.encoder.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        config = self.config
+        config = self.encoder.config
         return {
             "backbone": config.backbone,
             "weights": config.weights,
@@ -140,18 +138,20 @@ class CaptioningModule(pl.LightningModule):
                 "model.skip_nonfinite_loss works with one process only (Lightning cannot skip a step on "
                 "one rank of several); set it to false or train on one device"
             )
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if getattr(datamodule, "features_dir", None) is not None:
+        data = self.data
+        if data is not None and data.features_dir is not None:
             self.require_frozen_encoder(
-                f"data.features_dir={datamodule.features_dir} holds features of a frozen one; "
-                "set model.fine_tune to none or drop data.features_dir"
+                f"data.features_dir={data.features_dir} holds features of a frozen one; "
+                "set model.encoder.fine_tune to none or drop data.features_dir"
             )
-            datamodule.check_features(self.encoder_settings())
+            data.check_features(self.encoder_settings())
 
     def require_frozen_encoder(self, why: str) -> None:
         """Raise CaptionerError when fine-tuning trains the encoder; `why` says what needs it frozen."""
         if any(p.requires_grad for p in self.encoder.parameters()):
-            raise CaptionerError(f"model.fine_tune={self.config.fine_tune!r} trains the encoder, but {why}")
+            raise CaptionerError(
+                f"model.encoder.fine_tune={self.encoder.config.fine_tune!r} trains the encoder, but {why}"
+            )
 
     def configure_model(self) -> None:
         """With `compile`: compile the encoder and the decoder's per-step core, once. Both are
@@ -165,19 +165,15 @@ class CaptioningModule(pl.LightningModule):
         """features (B, P, D): the batch's cached `features`, else the encoder over its `images`."""
         return batch["features"] if "features" in batch else self.encoder(batch["images"])
 
-    def _without_autocast(self) -> torch.autocast:
-        # The decoder's hand-written time loop and attention take a single dtype, so it runs in
-        # float32 under mixed precision too; the encoder, where the FLOPs are, still autocasts.
-        return torch.autocast(self.device.type, enabled=False)
-
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         """batch: images (B,3,S,S) or features (B,P,D), tokens (B,T) starting with <start>, padded with <pad>."""
         tokens = batch["tokens"]
-        features = self._features(batch)
-        with self._without_autocast():
-            logits, alphas = self.decoder(features.float(), tokens[:, :-1])
-            loss = caption_loss(logits, tokens[:, 1:], alphas, self.vocab.pad_id, self.hparams.attention_lambda)
+        # Under mixed precision the decoder runs its autograd path with autocast's matmuls.
+        logits, alphas = self.decoder(self._features(batch), tokens[:, :-1])
+        loss = caption_loss(
+            logits.float(), tokens[:, 1:], alphas.float(), self.vocab.pad_id, self.hparams.attention_lambda
+        )
         if not torch.isfinite(loss.total):
             self._nonfinite(loss.total, batch_idx)
             return None  # Lightning then skips backward and the optimizer step
@@ -251,102 +247,86 @@ class CaptioningModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
-    def caption_images(self, images: torch.Tensor, beam_size: int | None = None) -> list[Caption]:
-        """Caption a batch of normalised images (B,3,S,S); one `Caption` per image, α per word."""
-        return self.caption_features(self.encoder(images), beam_size)
+    def caption_images(self, images: torch.Tensor, settings: DecodingConfig | None = None) -> list[Caption]:
+        """Caption a batch of normalised images (B,3,S,S); one `Caption` per image, α per word.
+        `settings` default to the model's `decoding`."""
+        return self.caption_features(self.encoder(images), settings)
 
     @torch.inference_mode()
-    def caption_features(self, features: torch.Tensor, beam_size: int | None = None) -> list[Caption]:
+    def caption_features(self, features: torch.Tensor, settings: DecodingConfig | None = None) -> list[Caption]:
         """Caption encoder features (B,P,D), e.g. cached ones; one `Caption` per image, α per word."""
-        with self._without_autocast():
-            return decode_captions(
-                self.decoder,
-                features.float(),
-                self.vocab,
-                beam_size=self.hparams.val_beam_size if beam_size is None else beam_size,
-                max_len=self.hparams.max_caption_len,
-            )
+        return decode_captions(self.decoder, features, self.vocab, settings or self.decoding)
 
-    def _decode_batch(self, batch: dict[str, Any], keep_attention: bool = False) -> list[dict[str, Any]]:
-        """One dict per image: image_id, path, caption, score, references; with `keep_attention`
-        also words, alphas (L, P) on the CPU and size (W, H), for the grounding scores."""
+    def _decode_batch(self, batch: dict[str, Any]) -> list[DecodedImage]:
         captions = self.caption_features(self._features(batch))
-        outputs = []
-        for i, caption in enumerate(captions):
-            item = {
-                "image_id": int(batch["image_ids"][i]),
-                "caption": self.vocab.decode(caption.tokens),
-                "references": list(batch["references"][i]),
-                "path": batch["paths"][i],
-                "score": caption.score,
-            }
-            if keep_attention:
-                item["words"] = self.vocab.decode_tokens(caption.tokens)
-                item["alphas"] = caption.alphas.float().cpu()
-                item["size"] = tuple(batch["sizes"][i].tolist())
-            outputs.append(item)
-        return outputs
+        return [
+            DecodedImage(
+                image_id=int(batch["image_ids"][i]),
+                caption=self.vocab.decode(caption.tokens),
+                references=tuple(batch["references"][i]),
+                words=tuple(self.vocab.decode_tokens(caption.tokens)),
+                alphas=caption.alphas.float().cpu(),
+                size=tuple(batch["sizes"][i].tolist()),
+            )
+            for i, caption in enumerate(captions)
+        ]
 
     # ------------------------------------------------------ validation and test
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_outputs.extend(self._decode_batch(batch, keep_attention=bool(self._boxes("val"))))
+        self._eval_images.extend(self._decode_batch(batch))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_outputs.extend(self._decode_batch(batch, keep_attention=bool(self._boxes("test"))))
-
-    def _boxes(self, stage: str) -> dict[int, list[Any]]:
-        """Image id -> boxes of the data module's `stage` split ({} without instances), read once."""
-        if stage not in self._boxes_by_stage:
-            datamodule = getattr(self.trainer, "datamodule", None)
-            self._boxes_by_stage[stage] = datamodule.boxes(stage) if hasattr(datamodule, "boxes") else {}
-        return self._boxes_by_stage[stage]
+        self._eval_images.extend(self._decode_batch(batch))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_caption_metrics("val")
+        self._log_scores("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_caption_metrics("test")
+        self._log_scores("test")
 
-    def _log_caption_metrics(self, stage: str) -> None:
-        outputs, self._eval_outputs = self._eval_outputs, []
-        scores = self._score_once(outputs, self._boxes(stage))
+    def _log_scores(self, stage: str) -> None:
+        """Score this epoch's captions once over all ranks (on rank 0) and log `stage/<metric>`."""
+        images = gather_across_ranks(self._eval_images, self.trainer.world_size)
+        self._eval_images = []
+        scores: dict[str, float] = {}
+        if self.trainer.is_global_zero:
+            scores = score_images(images, self._boxes(stage), self.grid_shape, spice=self.hparams.spice)
+        scores = self.trainer.strategy.broadcast(scores, src=0)
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("CIDEr", "BLEU-4"), sync_dist=False)
 
-    def _score_once(self, outputs: list[dict[str, Any]], boxes: dict[int, list[Any]]) -> dict[str, float]:
-        """Gather every rank's captions, drop the distributed sampler's padding duplicates,
-        score on rank 0 and share the result, so every image counts exactly once. With boxes,
-        add the grounding scores (pointing game, attention mass in the named object's box)."""
-        strategy = self.trainer.strategy
-        if self.trainer.world_size > 1:
-            gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
-            torch.distributed.all_gather_object(gathered, outputs)
-            outputs = [item for rank_outputs in gathered for item in rank_outputs]
-        scores: dict[str, float] = {}
-        if self.trainer.is_global_zero:
-            by_image = {item["image_id"]: item for item in outputs}
-            if by_image:
-                scores = caption_scores(
-                    {i: item["references"] for i, item in by_image.items()},
-                    {i: item["caption"] for i, item in by_image.items()},
-                    spice=self.hparams.spice,
-                )
-                if boxes:
-                    scores.update(self._grounding(by_image.values(), boxes))
-        return strategy.broadcast(scores, src=0)
-
-    def _grounding(self, items: Iterable[dict[str, Any]], boxes: dict[int, list[Any]]) -> dict[str, float]:
-        samples = [
-            GroundingSample(
-                item["words"], item["alphas"], self.grid_shape, item["size"], boxes.get(item["image_id"], [])
-            )
-            for item in items
-        ]
-        categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
-        scores = grounding_scores(samples, coco_category_words(categories))
-        return {name: float(scores[name]) for name in ("pointing_game", "attention_in_box", "chance_pointing_game")}
+    def _boxes(self, stage: str) -> dict[int, list[Box]]:
+        """Image id -> boxes of the data module's `stage` split ({} without instances), read once."""
+        if stage not in self._boxes_by_stage:
+            data = self.data
+            self._boxes_by_stage[stage] = data.boxes(stage) if data is not None else {}
+        return self._boxes_by_stage[stage]
 
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """One dict per image: image_id, path, caption, score, references."""
-        return self._decode_batch(batch)
+        """One dict per image: image_id, path, caption, score."""
+        captions = self.caption_features(self._features(batch))
+        return [
+            {
+                "image_id": int(batch["image_ids"][i]),
+                "path": batch["paths"][i],
+                "caption": self.vocab.decode(caption.tokens),
+                "score": caption.score,
+            }
+            for i, caption in enumerate(captions)
+        ]
+
+
+def _warn_if_grid_repeats(encoder: Encoder, image_size: int) -> None:
+    """Warn when the grid is finer than the trunk's map at `image_size`: adaptive pooling then
+    copies map cells into several grid cells, and attention over copies adds nothing."""
+    rows, cols = encoder.map_size(image_size)
+    grid = encoder.config.grid_size
+    if grid > min(rows, cols):
+        warnings.warn(
+            f"grid_size={grid} is finer than the {rows}x{cols} map that {encoder.config.backbone} "
+            f"(stages={encoder.config.stages}) gives at image_size={image_size}: only {rows * cols} of the "
+            f"{grid * grid} grid cells differ. Raise data.image_size or lower model.encoder.grid_size "
+            "(or keep more of the map with model.encoder.stages)",
+            stacklevel=3,
+        )

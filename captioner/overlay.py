@@ -2,6 +2,10 @@
 
 Figures are built on matplotlib's ``Figure`` with an Agg canvas (never pyplot), so no
 display is needed and nothing stays registered in pyplot's global figure list.
+
+``HEATMAP`` holds the drawing rules (smoothing, colour map, opacity). The service's page
+draws in the browser from ``HEATMAP.as_json()`` (served at ``GET /v1/overlay``), so a heat
+map looks the same in ``captioner attend``/``gallery`` and on the page.
 """
 
 from __future__ import annotations
@@ -9,21 +13,62 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-__all__ = ["attention_map", "draw_attention", "save_attention"]
+from captioner.arrays import to_numpy
 
-# Gaussian σ for ``smooth=True``, in grid cells: softens the blocky grid as the paper's
-# figures do, while a single attended cell still stays in its own neighbourhood.
-SMOOTH_SIGMA_CELLS = 0.5
-HEATMAP_CMAP = "jet"
-HEATMAP_OPACITY = 0.55
+__all__ = ["HEATMAP", "HeatmapStyle", "attention_map", "draw_attention", "save_attention"]
+
+
+@dataclass(frozen=True)
+class HeatmapStyle:
+    """How one word's attention is drawn over its image.
+
+    A map is upsampled bilinearly (pixel centres, edges clamped), blurred with a Gaussian of
+    ``smooth_sigma_cells`` grid cells when smoothing, stretched to its own min..max, coloured
+    through the ``lut_size``-entry ``colormap`` (entry ⌊x·lut_size⌋, the top one for x = 1),
+    and laid over the image at ``opacity``.
+    """
+
+    # Softens the blocky grid as the paper's figures do, while a single attended cell still
+    # stays in its own neighbourhood.
+    smooth_sigma_cells: float = 0.5
+    colormap: str = "jet"
+    opacity: float = 0.55
+    lut_size: int = 256
+
+    @cached_property
+    def lut(self) -> np.ndarray:
+        """(lut_size, 3) uint8 RGB colours of ``colormap``, low to high."""
+        rgba = colormaps[self.colormap].resampled(self.lut_size)(np.arange(self.lut_size))
+        return np.round(rgba[:, :3] * 255).astype(np.uint8)
+
+    def colorize(self, heat: np.ndarray) -> np.ndarray:
+        """(H, W) attention map -> (H, W, 3) uint8 colours, stretched to the map's own range."""
+        low, high = float(heat.min()), float(heat.max())
+        scaled = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
+        return self.lut[np.clip((scaled * self.lut_size).astype(np.int64), 0, self.lut_size - 1)]
+
+    def as_json(self) -> dict[str, Any]:
+        """The rules as plain data, for drawing elsewhere (the service's page)."""
+        return {
+            "smooth_sigma_cells": self.smooth_sigma_cells,
+            "colormap": self.colormap,
+            "opacity": self.opacity,
+            "lut": self.lut.tolist(),
+        }
+
+
+HEATMAP = HeatmapStyle()
 
 
 def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int], smooth: bool = False) -> np.ndarray:
@@ -34,7 +79,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
             row 0 at the top of the image.
         grid: (rows, cols).
         image_size: (W, H) of the image, as PIL reports it.
-        smooth: blur with a Gaussian of σ = ``SMOOTH_SIGMA_CELLS`` cells.
+        smooth: blur with a Gaussian of σ = ``HEATMAP.smooth_sigma_cells`` cells.
 
     Returns:
         (H, W) float32 map. Cell (r, c) sits over pixels [r·H/rows, (r+1)·H/rows) ×
@@ -43,7 +88,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
     """
     rows, cols = grid
     width, height = image_size
-    cells = _as_array(alpha).astype(np.float32)
+    cells = to_numpy(alpha).astype(np.float32)
     if cells.size != rows * cols:
         raise ValueError(f"alpha has {cells.size} weights but grid {grid} has {rows * cols} cells")
     # PIL's resize samples at pixel centres, so each cell centre lands at the centre of
@@ -51,7 +96,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
     small = Image.fromarray(cells.reshape(rows, cols))  # float32 -> mode "F"
     upsampled = np.asarray(small.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     if smooth:
-        sigma = SMOOTH_SIGMA_CELLS * min(height / rows, width / cols)
+        sigma = HEATMAP.smooth_sigma_cells * min(height / rows, width / cols)
         upsampled = _gaussian_blur(upsampled, sigma)
     return upsampled
 
@@ -76,7 +121,7 @@ def draw_attention(
         cols: panels per figure row.
         title: the first panel's title (e.g. the whole caption).
     """
-    return _figure(image, words, _heat_maps(image, words, _as_array(alphas), grid, smooth), cols=cols, title=title)
+    return _figure(image, words, _heat_maps(image, words, to_numpy(alphas), grid, smooth), cols=cols, title=title)
 
 
 def _heat_maps(
@@ -127,7 +172,7 @@ def save_attention(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     caption = " ".join(words)
     # Computed once here, shared by the figure and the per-word files (smoothing is the slow part).
-    heats = _heat_maps(image, words, _as_array(alphas), grid, smooth)
+    heats = _heat_maps(image, words, to_numpy(alphas), grid, smooth)
     written = [_save(_figure(image, words, heats, cols=cols, title=caption), out_path)]
     if per_word_dir is not None:
         per_word_dir = Path(per_word_dir)
@@ -145,7 +190,7 @@ def save_attention(
 
 def _draw_word(ax: Any, image: Image.Image, word: str, heat: np.ndarray) -> None:
     ax.imshow(image)
-    ax.imshow(heat, cmap=HEATMAP_CMAP, alpha=HEATMAP_OPACITY)  # (H, W) like the image: same pixel grid
+    ax.imshow(HEATMAP.colorize(heat), alpha=HEATMAP.opacity)  # (H, W) like the image: same pixel grid
     ax.set_title(word, fontsize=10)
 
 
@@ -172,10 +217,3 @@ def _gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
         size = out.shape[axis]
         out = sum(k * padded.take(np.arange(i, i + size), axis=axis) for i, k in enumerate(kernel))
     return out.astype(np.float32)
-
-
-def _as_array(values: Any) -> np.ndarray:
-    """An ndarray from a tensor (any device) or array-like."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)

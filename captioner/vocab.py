@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, require_positive
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -90,16 +90,10 @@ class Vocabulary:
 
         Ties are broken alphabetically so the same captions always give the same ids.
         """
-        if min_count < 1:
-            raise CaptionerError(f"min_count must be at least 1, got {min_count}")
+        require_positive(min_count=min_count)
         counts = Counter(token for caption in captions for token in tokenize(caption))
         kept = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
         return cls([*SPECIALS, *kept])
-
-    @classmethod
-    def from_words(cls, words: list[str]) -> Vocabulary:
-        """Rebuild a vocabulary from its word list (e.g. from a checkpoint); validates the specials."""
-        return cls(words)
 
     def __len__(self) -> int:
         return len(self.words)

@@ -15,19 +15,19 @@ from captioner.commands.train import cli_main
 
 # A model and data small enough to train for a few dozen steps in seconds on CPU.
 TINY_MODEL = [
-    "--model.backbone",
+    "--model.encoder.backbone",
     "resnet18",
-    "--model.stages",
+    "--model.encoder.stages",
     "2",
-    "--model.grid_size",
+    "--model.encoder.grid_size",
     "4",
-    "--model.embed_dim",
+    "--model.decoder.embed_dim",
     "32",
-    "--model.hidden_dim",
+    "--model.decoder.hidden_dim",
     "32",
-    "--model.attention_dim",
+    "--model.decoder.attention_dim",
     "32",
-    "--model.dropout",
+    "--model.decoder.dropout",
     "0.0",
     "--model.lr_schedule",
     "constant",
@@ -45,7 +45,7 @@ TINY_MODEL = [
 
 TINY_TRAINING = [
     *TINY_MODEL,
-    "--model.fine_tune",
+    "--model.encoder.fine_tune",
     "none",
     "--model.decoder_lr",
     "0.005",

@@ -146,7 +146,7 @@ def test_devices():
 
 def test_lightning_checkpoint_loads_with_weights_only(tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
-    assert checkpoint["hyper_parameters"]["grid_size"] == 4
+    assert checkpoint["hyper_parameters"]["encoder"]["grid_size"] == 4
     model = load_model(tiny_checkpoint)
     assert not model.encoder.training and not model.decoder.training
     assert model.image_size == 64 and len(model.vocab) == len(checkpoint["hyper_parameters"]["vocab_words"])
@@ -195,7 +195,7 @@ def _tampered(tiny_checkpoint: Path, tmp_path: Path, change) -> Path:
             "decoder weights do not fit",
         ),
         (
-            lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"].update(grid_size=0)),
+            lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"]["encoder"].update(grid_size=0)),
             "do not describe a model",
         ),
         (lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["state_dict"].popitem()), "weights do not fit"),

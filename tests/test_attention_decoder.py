@@ -4,14 +4,14 @@ import torch.nn.functional as F
 
 from captioner.decoding import beam_search, greedy_decode
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, ModelConfig, SoftAttention, attention, build_decoder, caption_loss
+from captioner.models import Decoder, DecoderConfig, SoftAttention, attention, caption_loss
 
 V, D, P = 13, 10, 6
 
 
 def _decoder(gate="scalar", seed=0, dropout=0.0):
     torch.manual_seed(seed)
-    return Decoder(V, D, embed_dim=8, hidden_dim=9, attention_dim=7, dropout=dropout, gate=gate)
+    return Decoder(DecoderConfig(embed_dim=8, hidden_dim=9, attention_dim=7, dropout=dropout, gate=gate), V, D)
 
 
 def test_attention_weights_sum_to_one_and_are_zero_where_masked():
@@ -128,7 +128,7 @@ def test_step_with_beams_equals_step_per_beam():
 
 def test_bad_gate_is_a_clear_error():
     with pytest.raises(CaptionerError, match="gate='sigmoid'.*scalar, channel, none"):
-        build_decoder(ModelConfig(gate="sigmoid"), vocab_size=V, feature_dim=D)
+        Decoder(DecoderConfig(gate="sigmoid"), vocab_size=V, feature_dim=D)
 
 
 def _energies_reference(projected, hidden_projected, weight):

@@ -11,24 +11,24 @@ import captioner.module
 from captioner.cli import main
 from captioner.commands.train import cli_main
 from captioner.errors import CaptionerError
-from captioner.models import caption_loss
+from captioner.models import DecoderConfig, EncoderConfig, caption_loss
 from captioner.module import CaptioningModule
 from tests.fixtures import TINY_TRAINING, write_malicious_checkpoint
 
 QUICK = [
-    "--model.backbone",
+    "--model.encoder.backbone",
     "resnet18",
-    "--model.stages",
+    "--model.encoder.stages",
     "1",
-    "--model.grid_size",
+    "--model.encoder.grid_size",
     "4",
-    "--model.embed_dim",
+    "--model.decoder.embed_dim",
     "16",
-    "--model.hidden_dim",
+    "--model.decoder.hidden_dim",
     "16",
-    "--model.attention_dim",
+    "--model.decoder.attention_dim",
     "16",
-    "--model.dropout",
+    "--model.decoder.dropout",
     "0.0",
     "--model.lr_schedule",
     "constant",
@@ -65,9 +65,9 @@ def _one_error_line(capsys) -> str:
 @pytest.mark.parametrize(
     "setting, message",
     [
-        (["--model.backbone", "resnet9000"], "backbone='resnet9000' is not supported; use one of"),
-        (["--model.grid_size", "0"], "grid_size=0 must be an integer >= 1"),
-        (["--model.val_beam_size", "0"], "model.val_beam_size must be at least 1, got 0"),
+        (["--model.encoder.backbone", "resnet9000"], "backbone='resnet9000' is not supported; use one of"),
+        (["--model.encoder.grid_size", "0"], "grid_size must be an integer >= 1, got 0"),
+        (["--model.decoding.beam_size", "0"], "beam_size must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_model_setting_is_one_error_line(synth_data, tmp_path, capsys, setting, message):
@@ -132,12 +132,9 @@ def test_same_size_vocabulary_with_other_words_is_refused(tiny_checkpoint):
     words = checkpoint["hyper_parameters"]["vocab_words"]
     module = CaptioningModule(
         words[:4] + list(reversed(words[4:])),
-        backbone="resnet18",
-        stages=1,
-        grid_size=2,
-        embed_dim=8,
-        hidden_dim=8,
-        attention_dim=8,
+        image_size=32,
+        encoder=EncoderConfig(backbone="resnet18", stages=1, grid_size=2),
+        decoder=DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8),
     )
     with pytest.raises(CaptionerError, match="same size, other words"):
         module.on_load_checkpoint(checkpoint)

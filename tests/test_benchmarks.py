@@ -3,7 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from benchmarks.__main__ import main
+from benchmarks.suite import RATIOS
 
 NUMBERS = [
     "cached_features_train_images_per_s",
@@ -25,8 +29,12 @@ NUMBERS = [
 def _check(results):
     for key in NUMBERS:
         assert isinstance(results[key], (int, float)) and results[key] > 0, key
+    # Every ratio is the quotient of the two measurements it names, from the same run.
+    for key, numerator, denominator in RATIOS:
+        assert results[key] == pytest.approx(results[numerator] / results[denominator]), key
     assert results["device"] in ("cpu", "cuda")
-    assert results["torch_version"] and results["cpu"]
+    assert results["torch_version"] == torch.__version__ and results["cpu"]
+    assert results["sizes"] == "tiny"
 
 
 def test_tiny_run_reports_every_number(capsys):

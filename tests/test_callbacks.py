@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.callbacks import AttentionOverlayCallback
-from captioner.decoding import Caption
+from captioner.decoding import Caption, DecodingConfig
 from captioner.vocab import Vocabulary
 
 GRID = (2, 3)
@@ -36,8 +36,9 @@ class FakeCaptioner(pl.LightningModule):
     def __init__(self):
         super().__init__()
         self.layer = torch.nn.Linear(3, 1)
-        self.vocab = Vocabulary.from_words(WORDS)
+        self.vocab = Vocabulary(WORDS)
         self.grid_shape = GRID
+        self.decoding = DecodingConfig(beam_size=1)
         self.captioned: list[list[float]] = []  # image ids seen by each caption_images call
         self.beam_sizes: list[int] = []
 
@@ -56,9 +57,9 @@ class FakeCaptioner(pl.LightningModule):
     def val_dataloader(self):
         return DataLoader(Images(5), batch_size=2)
 
-    def caption_images(self, images, beam_size=1):
+    def caption_images(self, images, settings):
         self.captioned.append([float(v) for v in images[:, 0, 0, 0]])
-        self.beam_sizes.append(beam_size)
+        self.beam_sizes.append(settings.beam_size)
         alphas = torch.eye(6)[[0, 5]]  # "a" looks top-left, "circle" bottom-right
         return [Caption([4, 5], -1.0, alphas) for _ in images]
 
@@ -116,5 +117,5 @@ def test_other_loggers_are_skipped_quietly(tmp_path):
 
 
 def test_rejects_non_positive_settings():
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="num_images must be an integer >= 1"):
         AttentionOverlayCallback(num_images=0)

@@ -103,7 +103,7 @@ def test_beam_size_zero_names_the_setting(tiny_checkpoint, test_dir, capsys):
     code = main(["caption", "--ckpt", str(tiny_checkpoint), str(test_dir), "--beam-size", "0"])
     _, err = capsys.readouterr()
     assert code == 2
-    assert err == "error: --beam-size must be at least 1, got 0\n"
+    assert err == "error: --beam-size must be an integer >= 1, got 0\n"
 
 
 def test_malicious_checkpoint_is_refused_in_process(tiny_checkpoint, test_dir, tmp_path, capsys):
@@ -136,3 +136,24 @@ def test_subprocess_captions_and_refuses_a_malicious_checkpoint(tiny_checkpoint,
     assert refused.stderr.startswith("error: checkpoint ") and "refused" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not target.exists()
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(tiny_checkpoint, test_dir):
+    # `captioner caption ... | head -1`: the pipe closes after the first line.
+    command = [sys.executable, "-m", "captioner.cli", "caption", "--ckpt", str(tiny_checkpoint), "--batch-size", "1"]
+    with subprocess.Popen([*command, str(test_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        first = process.stdout.readline()
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        code = process.wait(timeout=300)
+    assert first.decode().startswith(str(test_dir))
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert code in (0, 141)  # 141: stopped by the closed pipe, as shell tools are
+
+
+def test_top_level_help_describes_the_jobs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "Caption images" in out and "train fit" in out and "captioner/commands" not in out

@@ -57,8 +57,9 @@ def test_train_batches_pair_every_caption_and_pad(synth_data):
     assert sum(len(b["image_ids"]) for b in batches) == 5 * SYNTH_COUNTS["train"]
     batch = batches[0]
     assert batch["images"].shape == (7, 3, 32, 32) and batch["images"].dtype == torch.float32
-    tokens, lengths = batch["tokens"], batch["lengths"]
-    assert tokens.dtype == lengths.dtype == batch["image_ids"].dtype == torch.long
+    tokens = batch["tokens"]
+    assert tokens.dtype == batch["image_ids"].dtype == torch.long
+    lengths = (tokens != vocab.pad_id).sum(dim=1)  # real tokens, <start> and <end> included
     assert tokens.shape == (7, int(lengths.max()))
     for row, length in zip(tokens, lengths.tolist()):
         assert row[0] == vocab.start_id and row[length - 1] == vocab.end_id
@@ -124,7 +125,7 @@ def test_long_captions_are_truncated_with_a_counted_warning(tmp_path):
     with pytest.warns(DataWarning, match=r"truncating 2 of 3 training captions to max_caption_len=4"):
         loader = dm.train_dataloader()
     batch = next(iter(loader))
-    assert batch["lengths"].max() == 4 + 2
+    assert batch["tokens"].shape[1] == 4 + 2  # <start>, four words, <end>
     assert sorted(dm.vocab.decode(row) for row in batch["tokens"]) == ["a b c d", "one two", "one two three four"]
 
 

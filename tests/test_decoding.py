@@ -3,16 +3,16 @@ import itertools
 import pytest
 import torch
 
-from captioner.decoding import Caption, beam_search, greedy_decode
+from captioner.decoding import Caption, DecodingConfig, beam_search, greedy_decode
 from captioner.errors import CaptionerError
-from captioner.models import Decoder
+from captioner.models import Decoder, DecoderConfig
 
 START, END = 1, 2
 
 
 def _decoder(vocab=12, seed=0):
     torch.manual_seed(seed)
-    return Decoder(vocab, 8, embed_dim=6, hidden_dim=7, attention_dim=5, dropout=0.0).eval()
+    return Decoder(DecoderConfig(embed_dim=6, hidden_dim=7, attention_dim=5, dropout=0.0), vocab, 8).eval()
 
 
 def _features(b, seed=0):
@@ -123,8 +123,11 @@ def test_banned_ids_are_never_emitted():
 
 @pytest.mark.parametrize("kwargs", [dict(beam_size=0), dict(max_len=0), dict(beam_size=2.5)])
 def test_bad_settings_are_clear_errors(kwargs):
+    settings = {"beam_size": 3, "max_len": 5, **kwargs}
     with pytest.raises(CaptionerError, match=next(iter(kwargs))):
-        beam_search(_decoder(), _features(1), start_id=START, end_id=END, **kwargs)
+        beam_search(_decoder(), _features(1), start_id=START, end_id=END, **settings)
+    with pytest.raises(CaptionerError, match=next(iter(kwargs))):
+        DecodingConfig(**kwargs)
     if "max_len" in kwargs:
         with pytest.raises(CaptionerError, match="max_len"):
             greedy_decode(_decoder(), _features(1), start_id=START, end_id=END, **kwargs)

@@ -26,14 +26,8 @@ TINY_CONFIG = {
     "seed_everything": 0,
     "trainer": {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False},
     "model": {
-        "backbone": "resnet18",
-        "stages": 2,
-        "grid_size": 4,
-        "fine_tune": "none",
-        "embed_dim": 32,
-        "hidden_dim": 64,
-        "attention_dim": 32,
-        "dropout": 0.0,
+        "encoder": {"backbone": "resnet18", "stages": 2, "grid_size": 4, "fine_tune": "none"},
+        "decoder": {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0},
         "lr_schedule": "constant",
     },
     "data": {"image_size": 64, "batch_size": 8, "eval_batch_size": 8},
@@ -92,7 +86,7 @@ def test_batches_and_loss_match_the_encoder_on_the_fly(extracted, config):
     for a, b in zip(images.train_dataloader(), cached.train_dataloader()):
         assert "images" not in b and b["features"].dtype == torch.float32
         assert b["features"].shape == (len(b["tokens"]), POSITIONS, CHANNELS)
-        for key in ("tokens", "lengths", "image_ids"):
+        for key in ("tokens", "image_ids"):
             assert torch.equal(a[key], b[key])
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # self.log without a trainer
@@ -149,9 +143,9 @@ def test_attention_overlays_from_cached_features(extracted, config, tmp_path):
 
 
 def test_fine_tuning_with_cached_features_is_refused(extracted, config, capsys):
-    args = ["--config", str(config), "--model.fine_tune", "all", "--trainer.logger", "false"]
+    args = ["--config", str(config), "--model.encoder.fine_tune", "all", "--trainer.logger", "false"]
     assert main(["train", "fit", *args, "--data.features_dir", str(extracted), "--trainer.fast_dev_run", "true"]) == 2
-    assert "model.fine_tune='all' trains the encoder" in capsys.readouterr().err
+    assert "model.encoder.fine_tune='all' trains the encoder" in capsys.readouterr().err
     assert (
         main(
             [
@@ -161,7 +155,7 @@ def test_fine_tuning_with_cached_features_is_refused(extracted, config, capsys):
                 str(config),
                 "--out",
                 str(extracted.parent / "ft"),
-                "--model.fine_tune",
+                "--model.encoder.fine_tune",
                 "all",
             ]
         )
@@ -172,7 +166,7 @@ def test_fine_tuning_with_cached_features_is_refused(extracted, config, capsys):
 
 @pytest.mark.parametrize(
     ("override", "named"),
-    [(["--model.grid_size", "2"], "grid_size=4"), (["--seed_everything", "1"], "encoder_sha256=")],
+    [(["--model.encoder.grid_size", "2"], "grid_size=4"), (["--seed_everything", "1"], "encoder_sha256=")],
     ids=["grid_size", "other_random_weights"],
 )
 def test_features_made_with_other_settings_are_refused(extracted, config, capsys, override, named):

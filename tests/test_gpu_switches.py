@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from captioner.commands.train import cli_main
-from captioner.models import Encoder
+from captioner.models import DecoderConfig, Encoder, EncoderConfig
 from captioner.module import CaptioningModule
 from tests.fixtures import TINY_MODEL
 
@@ -21,7 +21,7 @@ def test_bf16_mixed_fast_dev_run_with_channels_last(synth_data, tmp_path):
             "--data.data_dir",
             str(synth_data),
             *TINY_MODEL,
-            "--model.channels_last",
+            "--model.encoder.channels_last",
             "true",
             "--trainer.precision",
             "bf16-mixed",
@@ -31,29 +31,27 @@ def test_bf16_mixed_fast_dev_run_with_channels_last(synth_data, tmp_path):
             str(tmp_path),
         ]
     )
-    assert cli.model.encoder.channels_last
+    convolutions = [m.weight for m in cli.model.encoder.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
-def test_float16_autocast_training_step_keeps_the_decoder_in_float32():
-    # What 16-mixed does on a GPU; CPU autocast can cast to float16 too.
+def test_float16_autocast_covers_the_decoder_matmuls_and_trains():
+    # What 16-mixed does on a GPU; CPU autocast can cast to float16 too. The decoder takes its
+    # autograd path there, so its matmuls run in float16 while the loss stays float32.
     torch.manual_seed(0)
     module = CaptioningModule(
         WORDS,
-        backbone="resnet18",
-        stages=2,
-        grid_size=2,
-        fine_tune="all",
-        embed_dim=8,
-        hidden_dim=8,
-        attention_dim=8,
-        dropout=0.0,
         image_size=32,
+        encoder=EncoderConfig(backbone="resnet18", stages=2, grid_size=2, fine_tune="all"),
+        decoder=DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0),
     )
     batch = {"images": torch.randn(2, 3, 32, 32), "tokens": torch.tensor([[1, 4, 5, 6, 2], [1, 6, 2, 0, 0]])}
     with torch.autocast("cpu", dtype=torch.float16), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
+        logits, _ = module.decoder(module.encoder(batch["images"]), batch["tokens"][:, :-1])
         loss = module.training_step(batch, 0)
+    assert logits.dtype == torch.float16
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     grads = [p.grad for p in module.parameters() if p.requires_grad]
@@ -62,8 +60,8 @@ def test_float16_autocast_training_step_keeps_the_decoder_in_float32():
 
 def test_channels_last_gives_the_same_features():
     torch.manual_seed(0)
-    plain = Encoder("resnet18", stages=2, grid_size=4).eval()
-    fast = Encoder("resnet18", stages=2, grid_size=4, channels_last=True).eval()
+    plain = Encoder(EncoderConfig("resnet18", stages=2, grid_size=4)).eval()
+    fast = Encoder(EncoderConfig("resnet18", stages=2, grid_size=4, channels_last=True)).eval()
     fast.load_state_dict(plain.state_dict())
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from captioner.api import Captioner
 from captioner.checkpoint import load_model
 from captioner.cli import main
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, Encoder
+from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not precision.bf16_supported(CPU), reason="this CPU has no bfloat16 arithmetic")
@@ -58,7 +58,7 @@ def test_bf16_encoder_and_decoder_are_bfloat16_copies(tiny_checkpoint, test_imag
 
 
 def test_decoder_log_probs_are_float32_in_bfloat16():
-    decoder = Decoder(12, 8, embed_dim=8, hidden_dim=8, attention_dim=8).eval().to(torch.bfloat16)
+    decoder = Decoder(DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8), 12, 8).eval().to(torch.bfloat16)
     features = torch.randn(2, 4, 8, dtype=torch.bfloat16)
     state = tuple(s.unsqueeze(1).expand(2, 3, 8) for s in decoder.init_state(features))
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_decoder_log_probs_are_float32_in_bfloat16():
 @needs_int8
 def test_int8_quantizes_the_trunk_and_stays_close():
     torch.manual_seed(0)
-    encoder = Encoder("resnet18", stages=2, grid_size=4).eval()
+    encoder = Encoder(EncoderConfig(backbone="resnet18", stages=2, grid_size=4)).eval()
     calibration = torch.randn(4, 3, 64, 64)
     quantized = precision.quantize_encoder(encoder, calibration)
     kinds = {type(m).__module__ for m in quantized.trunk.modules()}

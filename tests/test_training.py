@@ -11,7 +11,7 @@ from captioner.module import CaptioningModule
 from tests.fixtures import TINY_MODEL
 
 # The shared tiny model, fine-tuning its encoder, with a wider LSTM so that 4 epochs learn.
-TINY = [*TINY_MODEL, "--model.fine_tune", "all", "--model.hidden_dim", "64"]
+TINY = [*TINY_MODEL, "--model.encoder.fine_tune", "all", "--model.decoder.hidden_dim", "64"]
 
 
 def test_fast_dev_run(synth_data, tmp_path):
@@ -110,6 +110,9 @@ def test_test_subcommand_writes_metrics_json(trained, synth_data):
     metrics = json.loads((best.parent / "metrics.json").read_text())
     assert {"test/BLEU-4", "test/CIDEr", "test/METEOR", "test/pointing_game", "test/attention_in_box"} <= set(metrics)
     assert 0.0 < metrics["test/chance_pointing_game"] < 1.0
+    # Each image has at least one object, and every caption names its kinds, so grounding
+    # counted at least one word per image decoded.
+    assert metrics["test/grounded_words"] >= 1
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["test/CIDEr"] >= 0.0
 
@@ -125,4 +128,7 @@ def test_checkpoint_hyperparameters_are_plain_data(trained):
         "<unk>",
     ]
     assert hparams["image_size"] == 64
+    # The settings dataclasses travel as dicts, so weights_only loading can read them.
+    assert hparams["encoder"]["backbone"] == "resnet18" and hparams["decoder"]["embed_dim"] == 32
+    assert hparams["decoding"] == {"beam_size": 3, "max_len": 30, "length_normalize": True, "allow_unk": False}
     assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"encoder", "decoder"}

@@ -74,7 +74,7 @@ def test_save_load_plain_json(tmp_path):
     vocab.save(path)
     assert json.loads(path.read_text(encoding="utf-8")) == {"words": vocab.words}
     assert Vocabulary.load(path) == vocab
-    assert Vocabulary.from_words(list(vocab.words)) == vocab
+    assert Vocabulary(list(vocab.words)) == vocab
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_load_missing_file_and_duplicates():
     with pytest.raises(CaptionerError, match="does not exist"):
         Vocabulary.load("/nonexistent/vocab.json")
     with pytest.raises(CaptionerError, match="duplicate"):
-        Vocabulary.from_words([PAD, START, END, UNK, "a", "a"])
+        Vocabulary([PAD, START, END, UNK, "a", "a"])
 
 
 @settings(max_examples=200, deadline=None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
+from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.errors import CaptionerError
 from captioner.overlay import save_attention
 

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     cli = cli_main(["--config", args.config, *args.overrides, "--trainer.logger", "false"], run=False)
     model = cli.model
     model.require_frozen_encoder(
-        "its features change during training and cannot be cached; extract with --model.fine_tune none"
+        "its features change during training and cannot be cached; extract with --model.encoder.fine_tune none"
     )
     meta = {
         **model.encoder_settings(),

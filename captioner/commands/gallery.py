@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from captioner.commands.caption import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
+from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
 from captioner.gallery import GalleryItem, write_gallery
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
             record = by_path[item.path]
             result = item.result
             overlay = Path(scratch) / f"{record.image_id}.png"
-            save_attention(item.image, result.words, result.alphas, result.grid, overlay)
+            # Smoothed, as the service's page draws it: a heat map looks the same in both.
+            save_attention(item.image, result.words, result.alphas, result.grid, overlay, smooth=True)
             shown.append((record, result.caption, overlay))
         scored = {record.image_id: caption for record, caption, _ in shown if record.captions}
         cider = (

@@ -46,7 +46,6 @@ class CaptionerCLI(LightningCLI):
         # The data module builds the vocabulary from its training split when instantiated;
         # the model needs its words (and so its size) before it can build its output layer.
         parser.link_arguments("data.vocab_words", "model.vocab_words", apply_on="instantiate")
-        parser.link_arguments("data.max_caption_len", "model.max_caption_len")
         parser.link_arguments("data.image_size", "model.image_size")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")

@@ -5,7 +5,7 @@ predict yield each image once with all its references, for free-running decoding
 COCO metrics.
 
     train batch: images (B, 3, S, S) float, tokens (B, T) long (<start> ... <end>, padded
-                 with <pad>), lengths (B,) long (real tokens incl. <start>/<end>), image_ids (B,) long
+                 with <pad>), image_ids (B,) long
     eval batch:  images (B, 3, S, S), image_ids (B,) long, references list[list[str]], paths list[str],
                  sizes (B, 2) long: each image's (W, H) before resizing, the pixels its boxes use
 With `features_dir` (cached encoder features, see `captioner.data.features`) every batch
@@ -133,12 +133,10 @@ def collate_pairs(
             "check the image files"
         )
     inputs, tokens, image_ids = zip(*kept)
-    lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
     padded = torch.nn.utils.rnn.pad_sequence(list(tokens), batch_first=True, padding_value=pad_id)
     return {
         key: torch.stack(inputs),
         "tokens": padded,
-        "lengths": lengths,
         "image_ids": torch.tensor(image_ids, dtype=torch.long),
     }
 
@@ -194,7 +192,7 @@ class CaptionDataModule(pl.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: str = "test",
-        image_size: int = 128,
+        image_size: int = 448,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 import warnings
 from pathlib import Path
@@ -70,7 +71,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open `path` as an 8-bit RGB image, rotated by its EXIF orientation and fully decoded.
 
     Grey, palette, CMYK and 16-bit images are converted; transparent pixels (RGBA, LA, palette
@@ -79,12 +80,14 @@ def load_image(path: str | Path) -> Image.Image:
 
     Raises:
         ImageLoadError: the file is missing, a directory, empty, not an image, truncated or
-            corrupt, or larger than MAX_PIXELS (checked from the header, before decoding).
+            corrupt, or larger than `max_pixels` (checked from the header, before decoding).
     """
-    return load_image_for(path, None)[0]
+    return load_image_for(path, None, max_pixels)[0]
 
 
-def load_image_for(path: str | Path, target: int | None) -> tuple[Image.Image, tuple[int, int]]:
+def load_image_for(
+    path: str | Path, target: int | None, max_pixels: int = MAX_PIXELS
+) -> tuple[Image.Image, tuple[int, int]]:
     """`load_image`, for a model that resizes it to `target` x `target` pixels: a JPEG whose
     sides are at least twice `target` (to within DRAFT_MIN_FRACTION) is decoded at 1/2, 1/4
     or 1/8 scale (see `draft_scale`). Returns the image and its full upright size (W, H),
@@ -97,14 +100,30 @@ def load_image_for(path: str | Path, target: int | None) -> tuple[Image.Image, t
         raise ImageLoadError(path, "is a directory, not an image file")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
+    return _decode(path, path, max_pixels, target)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS, target: int | None = None) -> Image.Image:
+    """`load_image` (`load_image_for` with a `target`) for image bytes already in memory (an
+    upload); `name` labels its errors."""
+    if not data:
+        raise ImageLoadError(name, "file is empty (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels, target)[0]
+
+
+def _decode(
+    source: Path | io.BytesIO, name: str | Path, max_pixels: int, target: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode `source` to upright RGB (see `load_image_for`), refusing more than `max_pixels`
+    before decoding; -> (image, full upright size)."""
     try:
         with warnings.catch_warnings():
-            # MAX_PIXELS below is our own, stricter guard; Pillow's warning would only repeat it.
+            # max_pixels below is our own, stricter guard; Pillow's warning would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageLoadError(path, f"image is too large ({width}x{height} > {MAX_PIXELS} pixels)")
+                if width * height > max_pixels:
+                    raise ImageLoadError(name, f"image is too large ({width}x{height} > {max_pixels} pixels)")
                 scale = draft_scale((width, height), target) if image.format == "JPEG" else 1
                 if scale > 1:
                     image.draft(image.mode, (max(1, width // scale), max(1, height // scale)))
@@ -113,13 +132,13 @@ def load_image_for(path: str | Path, target: int | None) -> tuple[Image.Image, t
     except ImageLoadError:
         raise  # our own size guard; it is a ValueError, so let it pass the handlers below
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(path, f"image is too large ({error})") from None
+        raise ImageLoadError(name, f"image is too large ({error})") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image file (unrecognised format)") from None
+        raise ImageLoadError(name, "not an image file (unrecognised format)") from None
     except PermissionError:
-        raise ImageLoadError(path, "permission denied") from None
+        raise ImageLoadError(name, "permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageLoadError(path, f"truncated or corrupt image data ({error})") from None
+        raise ImageLoadError(name, f"truncated or corrupt image data ({error})") from None
     # EXIF orientations 5-8 turn the image by 90 degrees.
     turned = (upright.width > upright.height) != (image.width > image.height)
     return upright, (height, width) if turned else (width, height)

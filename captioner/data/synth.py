@@ -43,8 +43,6 @@ COLOUR_WORDS: dict[str, tuple[int, int, int]] = {
     "blue": (50, 100, 240),
     "yellow": (235, 215, 40),
 }
-# Caption word -> category, for grounding metrics that look up which box a word refers to.
-OBJECT_WORDS: dict[str, str] = {**{kind: kind for kind in CATEGORIES}, **{kind + "s": kind for kind in CATEGORIES}}
 SPLITS = ("train", "val", "test")
 # Position phrase of a single shape by the 3x3 grid cell [row][column] holding its centre.
 GRID_PHRASES = (

@@ -49,7 +49,7 @@ class SoftAttention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         alpha = scores.softmax(dim=-1)
-        context = torch.bmm(alpha, features)  # (B, K, P) @ (B, P, D): Σ_i α_i a_i per beam
+        context = torch.bmm(alpha.to(features.dtype), features)  # (B, K, P) @ (B, P, D): Σ_i α_i a_i per beam
         if not beams:
             return context.squeeze(1), alpha.squeeze(1)
         return context, alpha
@@ -68,8 +68,12 @@ CHUNK_FLOATS = 2**21
 def energies(projected: Tensor, hidden_projected: Tensor, weight: Tensor) -> Tensor:
     """projected (B, P, A) = W_a a + b, hidden_projected (B, K, A) = W_h h, weight (A,) = w
     -> scores (B, K, P) = 2w·σ(2(W_a a + b + W_h h)), equal to w·tanh(...) up to a constant.
-    Differentiable; the backward recomputes the sigmoids chunk by chunk (`energies_backward`)."""
-    return _Energies.apply(projected, hidden_projected, weight)
+    Differentiable; the backward recomputes the sigmoids chunk by chunk (`energies_backward`).
+    Computed with autocast off in float32 at least (a no-op for float32 and float64 inputs): the
+    chunked kernels take one dtype, and the softmax over these scores is where low precision hurts."""
+    dtype = torch.promote_types(torch.promote_types(projected.dtype, hidden_projected.dtype), torch.float32)
+    with torch.autocast(projected.device.type, enabled=False):
+        return _Energies.apply(projected.to(dtype), hidden_projected.to(dtype), weight.to(dtype))
 
 
 class _Energies(torch.autograd.Function):

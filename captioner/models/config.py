@@ -1,48 +1,84 @@
-"""All model settings in one dataclass, and the builders that turn it into modules."""
+"""Model settings: the one place each default lives.
+
+`Encoder`, `Decoder`, the Lightning system, checkpoints and the CLI all take these
+dataclasses; none of them repeats a default. They are plain data, so they travel in
+checkpoints as dicts (`asdict`) and come back with `from_dict`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from captioner.models.decoder import Decoder
-from captioner.models.encoder import Encoder
+from captioner.errors import CaptionerError
+
+Config = TypeVar("Config", bound="PlainConfig")
 
 
-@dataclass
-class ModelConfig:
-    """Encoder and decoder settings (plain data: travels in checkpoints as a dict)."""
+class PlainConfig:
+    """Base of the settings dataclasses: to and from plain dicts."""
+
+    @classmethod
+    def from_dict(cls: type[Config], values: Config | dict[str, Any] | None) -> Config:
+        """An instance from an instance (returned as is), a dict of fields, or None (defaults).
+
+        Unknown keys are an error naming them; missing ones take the defaults, so settings added
+        later keep older checkpoints loadable."""
+        if values is None:
+            return cls()
+        if isinstance(values, cls):
+            return values
+        if not isinstance(values, dict):
+            raise CaptionerError(f"{cls.__name__} settings must be a mapping, got {type(values).__name__}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CaptionerError(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class EncoderConfig(PlainConfig):
+    """The CNN trunk and its grid.
+
+    backbone: a torchvision ResNet/ResNeXt/Wide-ResNet/VGG name.
+    weights: torchvision weights name ("DEFAULT", "IMAGENET1K_V2", ...) or None for random init.
+    stages: keep the first N stages of the trunk (a shallower cut sees less of the image per
+        cell); None keeps all.
+    grid_size: the feature map is adaptively pooled to grid_size x grid_size (14 in the paper).
+    fine_tune: "none" (frozen, BatchNorm statistics too), "all", or the last N stages.
+    channels_last: channels-last convolutions (faster on GPUs with tensor cores; same numbers).
+    """
 
     backbone: str = "resnet101"
-    weights: str | None = None  # torchvision weights name: "DEFAULT", "IMAGENET1K_V2", ... or None
-    stages: int | None = None  # keep the first N stages of the trunk; None = all
+    weights: str | None = None
+    stages: int | None = None
     grid_size: int = 14
-    fine_tune: str | int = "none"  # "none" | "all" | last N stages
+    fine_tune: str | int = "none"
     channels_last: bool = False
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the attention grid; α rows of length P = rows·cols are row-major over it."""
+        return (self.grid_size, self.grid_size)
+
+
+@dataclass(frozen=True)
+class DecoderConfig(PlainConfig):
+    """The attention LSTM decoder (Xu et al. 2015).
+
+    embed_dim, hidden_dim, attention_dim: widths of the word embedding, the LSTM and the
+        attention's hidden layer.
+    dropout: before the deep output layer L_o.
+    gate: "scalar" σ(f_β(h)) as in the paper, "channel" (one gate per feature channel) or "none".
+    """
+
     embed_dim: int = 512
     hidden_dim: int = 512
     attention_dim: int = 512
     dropout: float = 0.5
-    gate: str = "scalar"  # "scalar" | "channel" | "none"
-
-
-def build_encoder(cfg: ModelConfig) -> Encoder:
-    return Encoder(
-        cfg.backbone,
-        weights=cfg.weights,
-        grid_size=cfg.grid_size,
-        fine_tune=cfg.fine_tune,
-        stages=cfg.stages,
-        channels_last=cfg.channels_last,
-    )
-
-
-def build_decoder(cfg: ModelConfig, vocab_size: int, feature_dim: int) -> Decoder:
-    return Decoder(
-        vocab_size,
-        feature_dim,
-        embed_dim=cfg.embed_dim,
-        hidden_dim=cfg.hidden_dim,
-        attention_dim=cfg.attention_dim,
-        dropout=cfg.dropout,
-        gate=cfg.gate,
-    )
+    gate: str = "scalar"

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, require_positive
 from captioner.models.attention import SoftAttention, energies_backward
+from captioner.models.config import DecoderConfig
 
 GATES = ("scalar", "channel", "none")
 
@@ -49,22 +50,16 @@ class Decoder(nn.Module):
     backward (`_TimeLoop`).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        feature_dim: int,
-        *,
-        embed_dim: int = 512,
-        hidden_dim: int = 512,
-        attention_dim: int = 512,
-        dropout: float = 0.5,
-        gate: str = "scalar",
-    ) -> None:
+    def __init__(self, config: DecoderConfig, vocab_size: int, feature_dim: int) -> None:
         super().__init__()
-        if gate not in GATES:
-            raise CaptionerError(f"gate={gate!r} is not supported; use one of {', '.join(GATES)}")
-        if not 0.0 <= dropout < 1.0:
-            raise CaptionerError(f"dropout={dropout} must be in [0, 1)")
+        if config.gate not in GATES:
+            raise CaptionerError(f"gate={config.gate!r} is not supported; use one of {', '.join(GATES)}")
+        if not 0.0 <= config.dropout < 1.0:
+            raise CaptionerError(f"dropout={config.dropout} must be in [0, 1)")
+        require_positive(embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, attention_dim=config.attention_dim)
+        embed_dim, hidden_dim, attention_dim = config.embed_dim, config.hidden_dim, config.attention_dim
+        gate = config.gate
+        self.config = config
         self.vocab_size, self.feature_dim, self.embed_dim = vocab_size, feature_dim, embed_dim
         self.hidden_dim, self.attention_dim, self.gate_kind = hidden_dim, attention_dim, gate
 
@@ -78,45 +73,76 @@ class Decoder(nn.Module):
         self.lstm = nn.LSTMCell(embed_dim + feature_dim, hidden_dim)
         self.out_hidden = nn.Linear(hidden_dim, embed_dim)  # L_h
         self.out_context = nn.Linear(feature_dim, embed_dim, bias=False)  # L_z
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.out_vocab = nn.Linear(embed_dim, vocab_size)  # L_o
 
     def prepare(self, features: Tensor) -> Tensor:
         """features (B, P, D) -> projected (B, P, A): the attention's W_a a + b, once per image."""
         return self.attention.project_features(features)
 
-    def init_state(self, features: Tensor) -> State:
-        """features (B, P, D) -> (h_0, c_0), each (B, H) = tanh(Linear(mean_i a_i))."""
-        return torch.tanh(self.init_proj(features.mean(dim=1))).chunk(2, dim=-1)
+    def init_state(self, features: Tensor, mask: Tensor | None = None) -> State:
+        """features (B, P, D), mask (B, P) bool or None -> (h_0, c_0), each (B, H) =
+        tanh(Linear(mean_i a_i)), the mean over the positions the mask allows."""
+        if mask is None:
+            mean = features.mean(dim=1)
+        else:
+            weights = mask.to(features.dtype).unsqueeze(-1)  # (B, P, 1)
+            mean = (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return torch.tanh(self.init_proj(mean)).chunk(2, dim=-1)
 
-    def forward(self, features: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: features (B, P, D), input tokens (B, T) (<start> w_1 ... w_{T-1})
-        -> logits (B, T, V) for the next tokens, alphas (B, T, P)."""
+    def forward(self, features: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: features (B, P, D), input tokens (B, T) (<start> w_1 ... w_{T-1}),
+        mask (B, P) bool (True = may attend) or None -> logits (B, T, V) for the next tokens,
+        alphas (B, T, P), with α = 0 exactly where the mask is False.
+
+        float32 outside autocast runs the hand-written backward (`_TimeLoop`); anything else
+        (autocast, other dtypes) runs `forward_autograd`, which gives the same numbers.
+        """
+        if torch.is_autocast_enabled(features.device.type) or features.dtype != torch.float32:
+            return self.forward_autograd(features, tokens, mask)
         projected = self.prepare(features)
-        h, c = self.init_state(features)
+        h, c = self.init_state(features, mask)
         embedded = self.embedding(tokens)  # (B, T, E)
         embed_weight, weights = self._weights()
         # One matmul for all steps, time-major so that each step reads a contiguous slice.
         input_gates = F.linear(embedded.transpose(0, 1), embed_weight)  # (T, B, 4H)
         hiddens, contexts, alphas = _TimeLoop.apply(
-            self, input_gates, h, c, features, projected, *weights, self.attention.score.weight
+            self, input_gates, h, c, features, projected, mask, *weights, self.attention.score.weight
         )
         logits = self._deep_output(embedded, hiddens.transpose(0, 1), contexts.transpose(0, 1))
         return logits, alphas.transpose(0, 1)
 
+    def forward_autograd(self, features: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`forward` as a plain loop over `_advance` that autograd differentiates: the path for
+        mixed precision and for anything the hand-written backward does not know. Same shapes."""
+        projected = self.prepare(features)
+        state = self.init_state(features, mask)
+        embedded = self.embedding(tokens)  # (B, T, E)
+        embed_weight, weights = self._weights()
+        input_gates = F.linear(embedded, embed_weight)  # (B, T, 4H)
+        hiddens, contexts, alphas = [], [], []
+        for t in range(tokens.size(1)):
+            step = self._advance(input_gates[:, t], state, features, projected, weights, mask)
+            state = (step.h, step.c)
+            hiddens.append(step.h)
+            contexts.append(step.context)
+            alphas.append(step.alpha)
+        logits = self._deep_output(embedded, torch.stack(hiddens, 1), torch.stack(contexts, 1))
+        return logits, torch.stack(alphas, 1)
+
     def step(
-        self, prev_tokens: Tensor, state: State, features: Tensor, projected: Tensor
+        self, prev_tokens: Tensor, state: State, features: Tensor, projected: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, State, Tensor]:
         """One decoding step for K hypotheses (beams) per image.
 
-        prev_tokens (B, [K]), state (h, c) each (B, [K,] H), features (B, P, D), projected (B, P, A)
-        -> log_probs (B, [K,] V), new state (h, c) each (B, [K,] H), alpha (B, [K,] P).
-        The K beams of an image share its features and projection (broadcast, not copied);
-        without the beam axis the attention and every layer work on (B, ·) alike.
+        prev_tokens (B, [K]), state (h, c) each (B, [K,] H), features (B, P, D), projected (B, P, A),
+        mask (B, P) bool or None -> log_probs (B, [K,] V), new state (h, c) each (B, [K,] H),
+        alpha (B, [K,] P). The K beams of an image share its features and projection (broadcast,
+        not copied); without the beam axis the attention and every layer work on (B, ·) alike.
         """
         embedded = self.embedding(prev_tokens)  # (B, [K,] E)
         embed_weight, weights = self._weights()
-        out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights)
+        out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)
         # float32 whatever the weights' dtype: beam search adds these up over the steps.
         log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1, dtype=torch.float32)
         return log_probs, (out.h, out.c), out.alpha
@@ -143,10 +169,11 @@ class Decoder(nn.Module):
         features: Tensor,
         projected: Tensor,
         weights: StepWeights,
+        mask: Tensor | None = None,
     ) -> _Step:
         """The recurrent core. input_gates (B, [K,] 4H) = W_ih[:, :E] E y_{t-1}, state (h, c)
-        (B, [K,] H) -> h, c (B, [K,] H), gated context z (B, [K,] D), alpha (B, [K,] P), and
-        the intermediates that `_TimeLoop.backward` needs."""
+        (B, [K,] H), mask (B, P) bool or None -> h, c (B, [K,] H), gated context z (B, [K,] D),
+        alpha (B, [K,] P), and the intermediates that `_TimeLoop.backward` needs."""
         h, c = state
         context_weight, hidden_weight, hidden_bias = weights
         on_hidden = F.linear(h, hidden_weight, hidden_bias)
@@ -154,7 +181,7 @@ class Decoder(nn.Module):
             [4 * self.hidden_dim, self.attention_dim, on_hidden.size(-1) - 4 * self.hidden_dim - self.attention_dim],
             dim=-1,
         )
-        attended, alpha = self.attention.attend(features, projected, hidden_att)
+        attended, alpha = self.attention.attend(features, projected, hidden_att, mask)
         context = torch.sigmoid(hidden_gate) * attended if self.gate is not None else attended
         gates = F.linear(context, context_weight) + hidden_gates + input_gates
         i, f, g, o = gates.chunk(4, dim=-1)  # LSTMCell's gate order
@@ -173,7 +200,7 @@ class _TimeLoop(torch.autograd.Function):
     """The teacher-forced time loop of `Decoder.forward`, with a hand-written backward.
 
     forward(decoder, input_gates (T, B, 4H), h_0, c_0 (B, H), features (B, P, D),
-    projected (B, P, A), *StepWeights, score weight (1, A))
+    projected (B, P, A), mask (B, P) bool or None, *StepWeights, score weight (1, A))
     -> hiddens (T, B, H), gated contexts (T, B, D), alphas (T, B, P).
 
     Why not autograd: per step it would compute a full-size gradient of every weight from a
@@ -181,16 +208,17 @@ class _TimeLoop(torch.autograd.Function):
     (B, P, A) attention intermediates. Here the backward through time computes only the
     gradients that flow between steps; each weight's gradient is then one matmul over all T·B
     rows, the attention's (B, P, A) work runs in cache-sized chunks (`energies_backward`), and
-    the gradient of W_a a + b is summed over the steps in one buffer.
+    the gradient of W_a a + b is summed over the steps in one buffer. Masked positions have
+    α = 0, so every gradient through them is 0 without looking at the mask again.
     """
 
     @staticmethod
-    def forward(ctx, decoder, input_gates, h, c, features, projected, context_weight, hidden_weight, bias, score):
+    def forward(ctx, decoder, input_gates, h, c, features, projected, mask, context_weight, hidden_weight, bias, score):
         weights = (context_weight, hidden_weight, bias)
         h0, c0 = h, c
         steps = []
         for gates_t in input_gates:
-            step = decoder._advance(gates_t, (h, c), features, projected, weights)
+            step = decoder._advance(gates_t, (h, c), features, projected, weights, mask)
             h, c = step.h, step.c
             steps.append(step)
         stacked = [torch.stack(x) for x in zip(*steps)]  # each (T, B, ...)
@@ -260,6 +288,7 @@ class _TimeLoop(torch.autograd.Function):
             dc,
             grad_features,
             grad_projected,
+            None,  # mask
             rows[:, :gates_dim].t() @ contexts.view(steps * batch, -1),  # context_weight
             rows.t() @ previous_hiddens,  # hidden_weight
             rows.sum(dim=0),  # bias

@@ -9,7 +9,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, require_positive
+from captioner.models.config import EncoderConfig
 
 # Families whose trunk we know how to cut into stages.
 _RESNET = re.compile(r"(resnet\d+|resnext\d+_\w+|wide_resnet\d+_\d+)")
@@ -34,22 +35,13 @@ class Encoder(nn.Module):
     the last N stages only.
     """
 
-    def __init__(
-        self,
-        backbone: str = "resnet101",
-        *,
-        weights: str | None = None,
-        grid_size: int = 14,
-        fine_tune: str | int = "none",
-        stages: int | None = None,
-        channels_last: bool = False,
-    ) -> None:
+    def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
+        backbone, weights, grid_size, stages = config.backbone, config.weights, config.grid_size, config.stages
         allowed = supported_backbones()
         if backbone not in allowed:
             raise CaptionerError(f"backbone={backbone!r} is not supported; use one of {', '.join(allowed)}")
-        if not isinstance(grid_size, int) or grid_size < 1:
-            raise CaptionerError(f"grid_size={grid_size!r} must be an integer >= 1 (14 in the paper)")
+        require_positive(grid_size=grid_size)
         model = torchvision.models.get_model(backbone, weights=_check_weights(backbone, weights))
         stem, all_stages = _resnet_parts(model) if _RESNET.fullmatch(backbone) else _vgg_parts(model)
         if stages is None:
@@ -61,12 +53,13 @@ class Encoder(nn.Module):
         kept = all_stages[:stages]
         self.trunk = nn.Sequential(OrderedDict(stem + [m for stage in kept for m in stage]))
         self.pool = nn.AdaptiveAvgPool2d(grid_size)
-        self.grid_size, self.channels_last = grid_size, channels_last
+        self.config = config
+        self.grid_size, self.channels_last = grid_size, config.channels_last
         self.out_channels = [m for m in self.trunk.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-        self._frozen = _frozen_modules(self.trunk, stem, kept, fine_tune)
+        self._frozen = _frozen_modules(self.trunk, stem, kept, config.fine_tune)
         for module in self._frozen:
             module.requires_grad_(False)
-        if channels_last:
+        if self.channels_last:
             self.trunk.to(memory_format=torch.channels_last)
         self.train(self.training)
 
@@ -82,6 +75,16 @@ class Encoder(nn.Module):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.trunk(images)
+
+    def map_size(self, image_size: int) -> tuple[int, int]:
+        """(h, w) of the trunk's map for square images of side `image_size`, before grid pooling."""
+        was_training = self.training
+        self.eval()  # a probe must not move BatchNorm statistics
+        with torch.no_grad():
+            probe = next(self.trunk.parameters()).new_zeros(1, 3, image_size, image_size)
+            size = tuple(self.feature_map(probe).shape[-2:])
+        self.train(was_training)
+        return size
 
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) -> features (B, P, D), P = grid_size²."""

@@ -1,0 +1,77 @@
+"""Evaluation of free-running captions: gather across ranks -> score -> ground.
+
+The Lightning system decodes each batch into `DecodedImage`s and hands them here at the
+end of a validation or test epoch; this unit knows nothing about training.
+
+    images = gather_across_ranks(local_images, world_size)      # every rank calls this
+    scores = score_images(images, boxes, grid, spice=False)      # rank 0 only: Java runs here
+
+Scores are the COCO caption metrics, plus, where the split has boxes, the grounding scores
+and how many words they were computed over (`grounded_words`), so a pointing game over 3
+words is not mistaken for one over 3,000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from captioner.data.records import Box
+from captioner.metrics import GroundingSample, caption_scores, coco_category_words, grounding_scores
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One evaluated image: its caption, references, and the attention behind each word.
+
+    alphas: (L, P) float CPU tensor, one row per word of `words`; size: the image's (W, H)
+    before resizing, the pixels its boxes are given in.
+    """
+
+    image_id: int
+    caption: str
+    references: tuple[str, ...]
+    words: tuple[str, ...]
+    alphas: torch.Tensor
+    size: tuple[int, int]
+
+
+def gather_across_ranks(images: list[DecodedImage], world_size: int) -> list[DecodedImage]:
+    """Every rank's images, on every rank (a collective: all ranks must call it). The
+    distributed sampler's padding duplicates stay in; `score_images` counts each id once."""
+    if world_size <= 1:
+        return images
+    gathered: list[list[DecodedImage]] = [[] for _ in range(world_size)]
+    torch.distributed.all_gather_object(gathered, images)
+    return [image for rank_images in gathered for image in rank_images]
+
+
+def score_images(
+    images: Sequence[DecodedImage],
+    boxes: Mapping[int, Sequence[Box]],
+    grid: tuple[int, int],
+    *,
+    spice: bool = False,
+) -> dict[str, float]:
+    """COCO caption metrics over the images (each image id once), and with `boxes` (image id ->
+    boxes; empty when the split has none) `pointing_game`, `attention_in_box`,
+    `chance_pointing_game` and `grounded_words`. {} when there are no images."""
+    by_image = {image.image_id: image for image in images}
+    if not by_image:
+        return {}
+    scores = caption_scores(
+        {i: list(image.references) for i, image in by_image.items()},
+        {i: image.caption for i, image in by_image.items()},
+        spice=spice,
+    )
+    if boxes:
+        samples = [
+            GroundingSample(image.words, image.alphas, grid, image.size, boxes.get(image.image_id, []))
+            for image in by_image.values()
+        ]
+        categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
+        grounding = grounding_scores(samples, coco_category_words(categories))
+        scores.update({name: float(value) for name, value in grounding.items()})
+    return scores

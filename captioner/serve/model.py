@@ -1,0 +1,146 @@
+"""The service's one model object: a `Captioner` whose decoding is batched across requests."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anyio import to_thread
+
+from captioner.api import Captioner, CaptionResult
+from captioner.data.images import ImageLoadError, decode_image
+from captioner.decoding import DecodingConfig
+from captioner.serve.batching import Batcher
+
+# Attention weights are sent rounded: 6 decimals keep every row's sum within 1e-4 of 1 and
+# halve the JSON of a 14x14 grid.
+ATTENTION_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its form filename (may be empty) and bytes."""
+
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An upload decoded for the model: tensor (3, S, S) and the image's own (width, height)."""
+
+    tensor: torch.Tensor
+    size: tuple[int, int]
+
+
+class CaptionModel:
+    """Captions uploads with `captioner`, decoding images of concurrent requests together.
+
+    Start it inside the serving event loop (`async with model:`), which starts its batcher.
+    """
+
+    def __init__(
+        self,
+        captioner: Captioner,
+        *,
+        checkpoint: str | Path,
+        max_batch: int = 16,
+        max_wait_s: float = 0.005,
+        max_pending: int = 256,
+    ):
+        self.captioner = captioner
+        self.checkpoint = Path(checkpoint)
+        self.batcher: Batcher[torch.Tensor, CaptionResult] = Batcher(
+            self._decode, max_batch=max_batch, max_wait_s=max_wait_s, max_pending=max_pending
+        )
+        # The options a request may set, defaulting to the checkpoint's decoding settings.
+        self.defaults = {"beam_size": captioner.decoding.beam_size, "max_len": captioner.decoding.max_len}
+        self.info = self._describe()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", **batching: Any) -> CaptionModel:
+        return cls(Captioner.from_checkpoint(path, device=device), checkpoint=path, **batching)
+
+    async def __aenter__(self) -> CaptionModel:
+        await self.batcher.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.batcher.stop()
+
+    def prepare(self, upload: Upload, max_pixels: int) -> Prepared:
+        """Decode one upload (upright RGB, at most `max_pixels`) into model input; raises ImageLoadError."""
+        image = decode_image(upload.data, upload.filename or "upload", max_pixels=max_pixels)
+        return Prepared(self.captioner.to_tensor(image), image.size)
+
+    async def caption_uploads(
+        self, uploads: list[Upload], options: Mapping[str, int], max_pixels: int
+    ) -> list[dict[str, Any]]:
+        """One JSON entry per upload, in order: its caption, or `error` with the reason it was not read."""
+        prepared: list[Prepared | ImageLoadError] = []
+        for upload in uploads:  # decoded off the event loop, one at a time per request
+            try:
+                prepared.append(await to_thread.run_sync(self.prepare, upload, max_pixels))
+            except ImageLoadError as error:
+                prepared.append(error)
+        good = [item for item in prepared if isinstance(item, Prepared)]
+        # Requests with equal settings share batches: the frozen DecodingConfig is the batching key.
+        settings = self.captioner.decoding_settings(**options)
+        results = iter(await self.batcher.submit(settings, [item.tensor for item in good]) if good else [])
+        entries = []
+        for index, (upload, item) in enumerate(zip(uploads, prepared)):
+            entry: dict[str, Any] = {"index": index, "filename": upload.filename}
+            if isinstance(item, ImageLoadError):
+                entry["error"] = item.reason
+            else:
+                entry.update(self._result_json(next(results), item.size))
+            entries.append(entry)
+        return entries
+
+    def _decode(self, settings: DecodingConfig, tensors: list[torch.Tensor]) -> list[CaptionResult]:
+        """Runs in the batcher's worker thread: one decoding call for the whole batch."""
+        return self.captioner.caption(tensors, batch_size=len(tensors), **settings.to_dict())
+
+    def _result_json(self, result: CaptionResult, size: tuple[int, int]) -> dict[str, Any]:
+        rows, cols = result.grid
+        attention = np.round(result.alphas.numpy().reshape(-1, rows, cols).astype(np.float64), ATTENTION_DECIMALS)
+        return {
+            "caption": result.caption,
+            "tokens": result.words,
+            "token_ids": result.tokens,
+            "score": result.score,
+            "attention": attention.tolist(),  # (L, rows, cols): word t looked at cell (r, c) with weight [t][r][c]
+            "grid": {"rows": rows, "cols": cols},
+            "image": {"width": size[0], "height": size[1]},
+        }
+
+    def _describe(self) -> dict[str, Any]:
+        """What `GET /v1/model` reports: architecture, grid, vocabulary, and the test metrics when present."""
+        rows, cols = self.captioner.grid
+        return {
+            "checkpoint": self.checkpoint.name,
+            "backbone": self.captioner.encoder.config.backbone,
+            "grid": {"rows": rows, "cols": cols},
+            "image_size": self.captioner.image_size,
+            "vocab_size": len(self.captioner.vocab),
+            "decoding_defaults": dict(self.defaults),
+            "metrics": _read_metrics(self.checkpoint.parent / "metrics.json"),
+        }
+
+
+def _read_metrics(path: Path) -> dict[str, float] | None:
+    """The numbers in `metrics.json` (written by `captioner train test` beside the checkpoint), or None."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    numbers = {str(k): v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in numbers.items() if math.isfinite(v)}
