@@ -73,7 +73,7 @@ def greedy_decode(
     state = (h.unsqueeze(1), c.unsqueeze(1))  # a beam axis of 1, as beam_search with beam_size=1
     prev = torch.full((batch, 1), start_id, dtype=torch.long, device=features.device)
     banned = _banned_mask(decoder.vocab_size, banned_ids, features.device)
-    scores = torch.zeros(batch, 1, device=features.device)  # float32, as log_probs, whatever the features' dtype
+    scores = features.new_zeros(batch, 1)
     finished = torch.zeros(batch, dtype=torch.bool, device=features.device)
     lengths = torch.full((batch,), max_len, dtype=torch.long)
     tokens, alphas = [], []

@@ -143,8 +143,7 @@ class Decoder(nn.Module):
         embedded = self.embedding(prev_tokens)  # (B, [K,] E)
         embed_weight, weights = self._weights()
         out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)
-        # float32 whatever the weights' dtype: beam search adds these up over the steps.
-        log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1, dtype=torch.float32)
+        log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1)
         return log_probs, (out.h, out.c), out.alpha
 
     def _weights(self) -> tuple[Tensor, StepWeights]:
