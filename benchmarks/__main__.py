@@ -17,7 +17,7 @@ from benchmarks.suite import COCO, TINY, Context, run
 
 # Modules whose @measurement functions register themselves in suite.MEASUREMENTS on import;
 # they run in this order. To add measurements, write them in a module and list it here.
-MEASUREMENT_MODULES = ["benchmarks.suite", "benchmarks.cached"]
+MEASUREMENT_MODULES = ["benchmarks.suite", "benchmarks.cached", "benchmarks.objectives"]
 
 
 def cpu_name() -> str:

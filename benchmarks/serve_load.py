@@ -1,13 +1,14 @@
 """Load on `captioner serve`: one client at a time vs N concurrent clients; prints one JSON object.
 
-python -m benchmarks.serve_load                      # trains a small checkpoint first (~30 s), ~2 min in all
+python -m benchmarks.serve_load                      # trains the tests' tiny model first (~1 min), then ~2 min
 python -m benchmarks.serve_load --ckpt runs/demo/checkpoints/best.ckpt --clients 16 --requests 2000
 
 Starts the server as a subprocess on 127.0.0.1 (a free port) and sends it single-image
-`POST /v1/captions` requests, images taken in turn from a synthetic test set. Phases, each
-bounded in requests and in seconds: warm-up; one client at a time (`--single-requests`); then
-`--clients` concurrent clients (`--requests` in all). Reports requests/s, p50/p99 latency and
-errors per phase, the server's resident memory before and after the concurrent phase, and
+`POST /v1/captions` requests, images taken in turn from a synthetic test set. After a warm-up,
+`--rounds` rounds each run one client at a time, then `--clients` concurrent clients, every
+phase bounded in requests (`--single-requests`, `--requests` split over the rounds) and in
+seconds (`--time-limit`). Reports requests/s, p50/p99 latency and errors of each kind of load,
+the server's resident memory before the first concurrent phase and at the end, and
 `batching_speedup` = concurrent requests/s over one-client requests/s, measured in this run.
 """
 
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -34,44 +36,15 @@ HOST = "127.0.0.1"  # never anything else: the benchmark must not expose a serve
 
 
 def train_small_checkpoint(workdir: Path) -> tuple[Path, Path]:
-    """configs/shapes.yaml (the demo model) trained for one short epoch on a small synthetic set.
+    """The test suite's tiny model (tests/fixtures.py) trained on a small synthetic set, as the tests do.
 
-    Returns (checkpoint, folder of test images). Enough training for captions of a natural
-    length; the benchmark measures serving, not caption quality.
+    Returns (checkpoint, folder of test images). Its captions end after a natural number of
+    words; the benchmark measures serving, not caption quality.
     """
-    from captioner.commands.train import cli_main
+    from tests.fixtures import train_tiny_checkpoint
 
-    data = synth.generate(workdir / "shapes", train=512, val=8, test=32, size=64, seed=0)
-    cli_main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "shapes.yaml"),
-            "--data.data_dir",
-            str(data),
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_val_batches",
-            "0",
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.logger",
-            "false",
-            "--trainer.callbacks",
-            "[]",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-            "--trainer.default_root_dir",
-            str(workdir),
-            "--checkpoint.monitor",
-            "null",
-            "--checkpoint.dirpath",
-            str(workdir / "checkpoints"),
-        ]
-    )
-    return workdir / "checkpoints" / "best.ckpt", data / "test"
+    data = synth.generate(workdir / "shapes", train=24, val=8, test=32, size=64, seed=0)
+    return train_tiny_checkpoint(data, workdir / "run"), data / "test"
 
 
 def free_port() -> int:
@@ -102,50 +75,77 @@ async def wait_healthy(client: httpx.AsyncClient, server: subprocess.Popen, time
     raise RuntimeError(f"the server did not answer /healthz within {timeout_s} s")
 
 
+@dataclass
+class Phase:
+    """What one load phase observed; phases of the same kind add up with `+`."""
+
+    clients: int
+    requests: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    words: list[int] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: Phase) -> Phase:
+        errors = dict(self.errors)
+        for kind, count in other.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+        return Phase(
+            self.clients,
+            self.requests + other.requests,
+            self.seconds + other.seconds,
+            self.latencies + other.latencies,
+            self.words + other.words,
+            errors,
+        )
+
+    def summary(self) -> dict:
+        latencies = sorted(self.latencies)
+        return {
+            "clients": self.clients,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 2),
+            "requests_per_s": round(len(latencies) / self.seconds, 2),
+            "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)
+            if latencies
+            else None,
+            "errors": sum(self.errors.values()),
+            "error_kinds": self.errors,
+            "mean_caption_words": round(statistics.mean(self.words), 1) if self.words else None,
+        }
+
+
 async def load(
     client: httpx.AsyncClient, images: list[bytes], *, clients: int, requests: int, time_limit_s: float, beam_size: int
-) -> dict:
+) -> Phase:
     """`clients` concurrent loops sending one image per request until `requests` were sent or time is up."""
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    sent = 0
+    phase = Phase(clients)
     deadline = time.monotonic() + time_limit_s
 
     async def one_client() -> None:
-        nonlocal sent
-        while sent < requests and time.monotonic() < deadline:
-            image = images[sent % len(images)]
-            sent += 1
+        while phase.requests < requests and time.monotonic() < deadline:
+            image = images[phase.requests % len(images)]
+            phase.requests += 1
             start = time.perf_counter()
             try:
                 response = await client.post(
                     "/v1/captions", files={"images": ("image.png", image, "image/png")}, data={"beam_size": beam_size}
                 )
-                ok = response.status_code == 200 and "error" not in response.json()["results"][0]
-                problem = None if ok else f"HTTP {response.status_code}"
+                entry = response.json()["results"][0] if response.status_code == 200 else {}
+                problem = None if "tokens" in entry else f"HTTP {response.status_code}"
             except httpx.HTTPError as error:
                 problem = type(error).__name__
             if problem is None:
-                latencies.append(time.perf_counter() - start)
+                phase.latencies.append(time.perf_counter() - start)
+                phase.words.append(len(entry["tokens"]))
             else:
-                errors[problem] = errors.get(problem, 0) + 1
+                phase.errors[problem] = phase.errors.get(problem, 0) + 1
 
     start = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(clients)))
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "clients": clients,
-        "requests": sent,
-        "seconds": round(elapsed, 2),
-        "requests_per_s": round(len(latencies) / elapsed, 2),
-        "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
-        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)
-        if latencies
-        else None,
-        "errors": sum(errors.values()),
-        "error_kinds": errors,
-    }
+    phase.seconds = time.perf_counter() - start
+    return phase
 
 
 async def run_phases(args: argparse.Namespace, server: subprocess.Popen, port: int, images: list[bytes]) -> dict:
@@ -155,39 +155,64 @@ async def run_phases(args: argparse.Namespace, server: subprocess.Popen, port: i
         await wait_healthy(client, server, timeout_s=120)
         common = {"beam_size": args.beam_size}
         warmup = await load(client, images, clients=args.clients, requests=args.warmup, time_limit_s=60, **common)
-        single = await load(
-            client, images, clients=1, requests=args.single_requests, time_limit_s=args.time_limit, **common
-        )
-        rss_before = resident_mib(server.pid)
-        concurrent = await load(
-            client, images, clients=args.clients, requests=args.requests, time_limit_s=args.time_limit, **common
-        )
+        # The two kinds of load alternate in rounds, so a change in the machine's other load
+        # (it is shared) weighs on both sides of the ratio alike.
+        single, concurrent = Phase(1), Phase(args.clients)
+        rss_before = None
+        for round_ in range(args.rounds):
+            single += await load(
+                client,
+                images,
+                clients=1,
+                requests=_share(args.single_requests, args.rounds, round_),
+                time_limit_s=args.time_limit,
+                **common,
+            )
+            rss_before = rss_before or resident_mib(server.pid)
+            concurrent += await load(
+                client,
+                images,
+                clients=args.clients,
+                requests=_share(args.requests, args.rounds, round_),
+                time_limit_s=args.time_limit,
+                **common,
+            )
         rss_after = resident_mib(server.pid)
         model = (await client.get("/v1/model")).json()
+    single_summary, concurrent_summary = single.summary(), concurrent.summary()
     return {
         "model": {key: model[key] for key in ("backbone", "grid", "image_size", "vocab_size")},
         "beam_size": args.beam_size,
-        "warmup_errors": warmup["errors"],
-        "one_client": single,
-        "concurrent": concurrent,
-        "batching_speedup": round(concurrent["requests_per_s"] / single["requests_per_s"], 2),
+        "rounds": args.rounds,
+        "warmup_errors": sum(warmup.errors.values()),
+        "one_client": single_summary,
+        "concurrent": concurrent_summary,
+        "batching_speedup": round(concurrent_summary["requests_per_s"] / single_summary["requests_per_s"], 2),
         "server_rss_mib_before": round(rss_before, 1),
         "server_rss_mib_after": round(rss_after, 1),
         "server_rss_growth_pct": round(100 * (rss_after - rss_before) / rss_before, 2),
     }
 
 
+def _share(total: int, rounds: int, index: int) -> int:
+    """Round `index`'s part of `total` requests split over `rounds` (the parts add up to `total`)."""
+    return total // rounds + (index < total % rounds)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", type=Path, help="checkpoint to serve (default: train a small one first)")
+    parser.add_argument("--ckpt", type=Path, help="checkpoint to serve (default: train the tiny test model first)")
     parser.add_argument("--images", type=Path, help="folder of images to send (default: the synthetic test set)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--requests", type=int, default=2000, help="requests of the concurrent phase (default 2000)")
     parser.add_argument("--single-requests", type=int, default=200, help="requests of the one-client phase")
     parser.add_argument("--warmup", type=int, default=64, help="warm-up requests (default 64)")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds at most per phase (default 60)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two phases (default 4)")
+    parser.add_argument(
+        "--time-limit", type=float, default=20.0, help="seconds at most per phase and round (default 20)"
+    )
     parser.add_argument("--beam-size", type=int, default=3, help="beam size of every request (default 3)")
-    parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default 16)")
+    parser.add_argument("--max-batch", type=int, help="the server's --max-batch (default: the server's default)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as scratch:
@@ -204,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"no .png images in {image_dir}")
         port = free_port()
         command = [sys.executable, "-m", "captioner.cli", "serve", "--ckpt", str(ckpt), "--host", HOST]
-        command += ["--port", str(port), "--max-batch", str(args.max_batch), "--log-level", "warning"]
+        command += ["--port", str(port), "--log-level", "warning"]
+        command += [] if args.max_batch is None else ["--max-batch", str(args.max_batch)]
         server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         try:
             results = asyncio.run(run_phases(args, server, port, images))

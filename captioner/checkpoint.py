@@ -115,14 +115,7 @@ def load_model(path: str | Path) -> LoadedModel:
     except (TypeError, ValueError) as error:  # CaptionerError is a ValueError
         raise _incompatible(path, f"its hyper-parameters do not describe a model ({error})") from None
 
-    state = checkpoint["state_dict"]
-    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            module.load_state_dict(part, strict=True)
-        except RuntimeError as error:
-            detail = " ".join(str(error).split())
-            raise _incompatible(path, f"its {prefix[:-1]} weights do not fit the model ({detail[:300]})") from None
+    _load_networks(path, checkpoint["state_dict"], encoder, decoder)
     return LoadedModel(
         encoder=encoder.eval(),
         decoder=decoder.eval(),
@@ -130,6 +123,32 @@ def load_model(path: str | Path) -> LoadedModel:
         decoding=decoding,
         image_size=image_size,
     )
+
+
+def load_weights(path: str | Path, encoder: Encoder, decoder: Decoder, vocab: Vocabulary) -> None:
+    """Copy the encoder and decoder weights of the checkpoint at `path` into `encoder` and
+    `decoder` (to fine-tune it, e.g. with another objective). The checkpoint must have the same
+    vocabulary and architecture; otherwise CaptionerError names what differs."""
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    words = checkpoint["hyper_parameters"].get("vocab_words")
+    if words is None or list(words) != vocab.words:
+        raise CaptionerError(
+            f"checkpoint {path} was trained with another vocabulary ({len(words or [])} words; this run has "
+            f"{len(vocab)}); start from a checkpoint trained on the same data (and data.vocab_path)"
+        )
+    _load_networks(path, checkpoint["state_dict"], encoder, decoder)
+
+
+def _load_networks(path: Path, state: dict[str, Any], encoder: Encoder, decoder: Decoder) -> None:
+    """Load the `encoder.*` and `decoder.*` entries of a state dict, strictly."""
+    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(part, strict=True)
+        except RuntimeError as error:
+            detail = " ".join(str(error).split())
+            raise _incompatible(path, f"its {prefix[:-1]} weights do not fit the model ({detail[:300]})") from None
 
 
 def _settings(kind: type[PlainConfig], hparams: dict[str, Any], key: str) -> Any:

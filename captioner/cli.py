@@ -1,9 +1,13 @@
-"""The `captioner` command: one subcommand per job, each in `captioner/commands/`.
+"""Caption images with Show, Attend and Tell, see where each word looked, and train models.
 
-captioner train fit --config configs/shapes.yaml
-captioner data synth --out data/shapes
-captioner caption --ckpt best.ckpt photos/
-captioner serve --ckpt best.ckpt --port 8000
+  captioner data synth --out data/shapes                       make a small data set
+  captioner train fit --config configs/shapes.yaml             train (the Lightning CLI)
+  captioner caption --ckpt best.ckpt photos/                   caption images
+  captioner attend --ckpt best.ckpt photo.jpg --out overlays/  draw where each word looked
+  captioner serve --ckpt best.ckpt --port 8000                 an HTTP service with a page
+  captioner dates translate "July 20th 1969" --ckpt dates.ckpt  the same decoder, on written dates
+
+`captioner COMMAND --help` tells more about each.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from captioner.errors import CaptionerError
 
@@ -25,16 +30,16 @@ COMMANDS = {
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
     "features": ("features", "extract and cache encoder features"),
     "serve": ("serve", "serve captions and attention over HTTP, with a page at /"),
+    "dates": ("dates", "normalise written dates with the same attention decoder (fit, test, translate)"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "train":
-        # LightningCLI owns its own argument parsing.
-        from captioner.commands.train import main as train_main
-
-        return train_main(argv[1:])
+    if argv and argv[0] in ("train", "dates"):
+        # These run a LightningCLI, which owns its own argument parsing.
+        module = importlib.import_module(f"captioner.commands.{COMMANDS[argv[0]][0]}")
+        return _run(lambda: module.main(argv[1:]))
 
     parser = argparse.ArgumentParser(
         prog="captioner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"captioner {name}", description=COMMANDS[name][1])
     module.add_arguments(command_parser)
     args = command_parser.parse_args(rest)
+    return _run(lambda: module.run(args))
+
+
+def _run(command: Callable[[], int | None]) -> int:
+    """Run a command; its exit status, with user errors, Ctrl-C and a closed pipe handled."""
     try:
-        return int(module.run(args) or 0)
+        return int(command() or 0)
     except CaptionerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -225,3 +225,62 @@ def _banned_mask(vocab_size: int, banned_ids: Sequence[int], device: torch.devic
     mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     mask[list(banned_ids)] = True
     return mask
+
+
+@dataclass
+class Samples:
+    """Captions drawn from the decoder, n per image. tokens (B, n, T): words, then <end> (unless
+    cut at max_len), then <pad>; log_probs (B, n, T): log-probability of each drawn token under
+    the distribution it was drawn from, 0 after <end>, differentiable; mask (B, n, T) bool: the
+    drawn tokens, <end> included; lengths (B, n): words, <end> not included."""
+
+    tokens: Tensor
+    log_probs: Tensor
+    mask: Tensor
+    lengths: Tensor
+
+
+def sample_captions(
+    decoder: Decoder,
+    features: Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    pad_id: int,
+    samples: int = 1,
+    max_len: int = 30,
+    banned_ids: Sequence[int] = (),
+    mask: Tensor | None = None,
+) -> Samples:
+    """Draw `samples` captions per image, each word from p(y_t | y_<t, a) with the banned ids
+    removed (renormalised). features (B, P, D), mask (B, P) bool or None -> `Samples`.
+
+    Runs with autograd (call it outside inference mode) so the log-probabilities can carry a
+    policy gradient (REINFORCE); dropout follows the decoder's train/eval mode. The n samples
+    of an image ride on the beam axis of `Decoder.step`, sharing its features and projection.
+    A caption stops at <end> or, cut without one, after max_len tokens (as greedy decoding).
+    """
+    require_positive(samples=samples, max_len=max_len)
+    batch, device = features.size(0), features.device
+    projected = decoder.prepare(features)
+    h, c = decoder.init_state(features, mask)
+    state = (h.unsqueeze(1).expand(-1, samples, -1), c.unsqueeze(1).expand(-1, samples, -1))  # (B, n, H)
+    prev = torch.full((batch, samples), start_id, dtype=torch.long, device=device)
+    banned = _banned_mask(decoder.vocab_size, banned_ids, device)
+    finished = torch.zeros(batch, samples, dtype=torch.bool, device=device)
+    tokens, log_probs, masks = [], [], []
+    for _ in range(max_len):
+        step_log_probs, state, _ = decoder.step(prev, state, features, projected, mask)
+        policy = step_log_probs.masked_fill(banned, NEG_INF).log_softmax(dim=-1)  # (B, n, V)
+        drawn = torch.multinomial(policy.detach().exp().view(batch * samples, -1), 1).view(batch, samples)
+        live = ~finished
+        prev = drawn.masked_fill(finished, pad_id)
+        tokens.append(prev)
+        log_probs.append(policy.gather(-1, drawn.unsqueeze(-1)).squeeze(-1) * live)
+        masks.append(live)
+        finished = finished | (drawn == end_id)
+        if finished.all():
+            break
+    tokens_t, mask_t = torch.stack(tokens, -1), torch.stack(masks, -1)
+    lengths = (mask_t & (tokens_t != end_id)).sum(-1)
+    return Samples(tokens_t, torch.stack(log_probs, -1), mask_t, lengths)

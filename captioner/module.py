@@ -3,7 +3,12 @@
     captioner train fit --config configs/shapes.yaml
 
 Training minimises cross-entropy over real tokens plus the doubly stochastic attention
-term. Validation and test decode without teacher forcing (`model.decoding`) and hand the
+term; a hard-attention decoder adds the REINFORCE terms of its lower bound, and with `scst`
+the model is fine-tuned on the CIDEr-D of sampled captions instead (`captioner.objectives`):
+
+    captioner train fit --config configs/shapes_scst.yaml --model.init_from runs/demo/checkpoints/best.ckpt
+
+Validation and test decode without teacher forcing (`model.decoding`) and hand the
 captions to `captioner.evaluation`, which gathers every rank's captions and scores each
 image exactly once.
 """
@@ -20,11 +25,19 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from captioner.data.records import Box
+from captioner.checkpoint import load_weights
+from captioner.data.records import Box, ImageRecord
 from captioner.decoding import Caption, DecodingConfig, decode_captions
 from captioner.errors import CaptionerError
 from captioner.evaluation import DecodedImage, gather_across_ranks, score_images
 from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, caption_loss
+from captioner.objectives import (
+    HardAttentionConfig,
+    MovingAverageBaseline,
+    ScstConfig,
+    SelfCritical,
+    hard_attention_loss,
+)
 from captioner.vocab import Vocabulary
 
 
@@ -35,6 +48,9 @@ class CaptionData(Protocol):
     grounding scores, and without `features_dir` no cached features."""
 
     features_dir: str | None
+
+    def records(self, role: str) -> list[ImageRecord]:
+        """The images of the "train", "val" or "test" split with their reference captions."""
 
     def boxes(self, role: str) -> dict[int, list[Box]]:
         """Image id -> boxes of the "val" or "test" split; {} when it has none."""
@@ -55,6 +71,14 @@ class CaptioningModule(pl.LightningModule):
         decoder: the attention LSTM (`DecoderConfig`).
         decoding: how validation, test, predict and later captioning decode (`DecodingConfig`).
         attention_lambda: weight λ of the doubly stochastic term Σ_i (1 − Σ_t α_ti)².
+        hard_attention: the training objective of a decoder with `attention: hard`
+            (`HardAttentionConfig`: λ_r, λ_e, the chance of the expected context, the baseline's decay).
+        scst: self-critical training on CIDEr-D (`ScstConfig`: samples per image, baseline)
+            instead of cross-entropy; null trains with cross-entropy. Start it from a trained
+            model with `init_from`.
+        init_from: a checkpoint whose encoder and decoder weights this run starts from (same
+            vocabulary and architecture); read when fitting starts, not when resuming with
+            `--ckpt_path`, which restores everything.
         decoder_lr, encoder_lr: Adam learning rates; the encoder's is used only when fine-tuning.
         weight_decay: Adam weight decay for both groups.
         lr_schedule: "plateau" (× `lr_decay` when val/CIDEr stops improving for `lr_patience`
@@ -79,6 +103,9 @@ class CaptioningModule(pl.LightningModule):
         decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
         decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
         attention_lambda: float = 1.0,
+        hard_attention: HardAttentionConfig = HardAttentionConfig(),  # noqa: B008
+        scst: ScstConfig | None = None,
+        init_from: str | None = None,
         decoder_lr: float = 4e-4,
         encoder_lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -94,13 +121,26 @@ class CaptioningModule(pl.LightningModule):
         # Checkpoints carry plain data only (they are loaded with weights_only=True).
         encoder, decoder = EncoderConfig.from_dict(encoder), DecoderConfig.from_dict(decoder)
         decoding = DecodingConfig.from_dict(decoding)
+        hard_attention = HardAttentionConfig.from_dict(hard_attention)
+        scst = None if scst is None else ScstConfig.from_dict(scst)
         self.save_hyperparameters()
-        self.hparams.update(encoder=encoder.to_dict(), decoder=decoder.to_dict(), decoding=decoding.to_dict())
+        self.hparams.update(
+            encoder=encoder.to_dict(),
+            decoder=decoder.to_dict(),
+            decoding=decoding.to_dict(),
+            hard_attention=hard_attention.to_dict(),
+            scst=None if scst is None else scst.to_dict(),
+        )
+        self.hard_attention, self.scst = hard_attention, scst
         self.vocab = Vocabulary(list(vocab_words))
         self.decoding = decoding
         self.encoder = Encoder(encoder)
         self.decoder = Decoder(decoder, len(self.vocab), self.encoder.out_channels)
         _warn_if_grid_repeats(self.encoder, image_size)
+        self.hard_baseline = (
+            MovingAverageBaseline(hard_attention.baseline_decay) if decoder.attention == "hard" else None
+        )
+        self._self_critical: SelfCritical | None = None
         self._eval_images: list[DecodedImage] = []
         self._boxes_by_stage: dict[str, dict[int, list[Box]]] = {}
         self._compiled = False
@@ -152,6 +192,8 @@ class CaptioningModule(pl.LightningModule):
                 "model.skip_nonfinite_loss works with one process only (Lightning cannot skip a step on "
                 "one rank of several); set it to false or train on one device"
             )
+        if stage == "fit":
+            self._setup_objective()
         data = self.data
         if data is not None and data.features_dir is not None:
             self.require_frozen_encoder(
@@ -159,6 +201,21 @@ class CaptioningModule(pl.LightningModule):
                 "set model.encoder.fine_tune to none or drop data.features_dir"
             )
             data.check_features(self.encoder_settings())
+
+    def _setup_objective(self) -> None:
+        """Start from `init_from`'s weights (unless resuming), and for SCST build the CIDEr-D
+        scorer from the training references once (every process builds the same one)."""
+        if self.hparams.init_from and self.trainer.ckpt_path is None:
+            load_weights(self.hparams.init_from, self.encoder, self.decoder, self.vocab)
+        if self.scst is not None and self._self_critical is None:
+            data = self.data
+            if data is None:
+                raise CaptionerError(
+                    "model.scst scores sampled captions against each training image's references: "
+                    "train with captioner.data.CaptionDataModule (or a data module keeping CaptionData)"
+                )
+            references = {record.image_id: list(record.captions) for record in data.records("train")}
+            self._self_critical = SelfCritical.from_references(references, self.vocab, self.scst, self.decoding.max_len)
 
     def require_frozen_encoder(self, why: str) -> None:
         """Raise CaptionerError when fine-tuning trains the encoder; `why` says what needs it frozen."""
@@ -183,19 +240,40 @@ class CaptioningModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         """batch: images (B,3,S,S) or features (B,P,D), tokens (B,T) starting with <start>, padded with <pad>."""
         tokens = batch["tokens"]
-        # Under mixed precision the decoder runs its autograd path with autocast's matmuls.
-        logits, alphas = self.decoder(self._features(batch), tokens[:, :-1])
-        loss = caption_loss(
-            logits.float(), tokens[:, 1:], alphas.float(), self.vocab.pad_id, self.hparams.attention_lambda
-        )
-        if not torch.isfinite(loss.total):
-            self._nonfinite(loss.total, batch_idx)
+        features = self._features(batch)
+        logs: dict[str, torch.Tensor] = {}
+        if self._self_critical is not None:
+            parts = self._self_critical.loss(self.decoder, features, batch["image_ids"])
+            total = parts.loss
+            logs = {"reward": parts.reward, "baseline_reward": parts.baseline, "sample_length": parts.sample_length}
+        elif self.hard_baseline is not None:
+            out = self.decoder.forward_hard(features, tokens[:, :-1], expected_prob=self.hard_attention.expected_prob)
+            total, loss, hard = hard_attention_loss(
+                out,
+                tokens[:, 1:],
+                self.vocab.pad_id,
+                self.hparams.attention_lambda,
+                self.hard_baseline,
+                self.hard_attention,
+            )
+            logs = {"cross_entropy": loss.cross_entropy, "attention_penalty": loss.attention}
+            logs |= {"attention_entropy": hard.entropy, "log_likelihood_baseline": hard.baseline}
+        else:
+            # Under mixed precision the decoder runs its autograd path with autocast's matmuls.
+            logits, alphas = self.decoder(features, tokens[:, :-1])
+            loss = caption_loss(
+                logits.float(), tokens[:, 1:], alphas.float(), self.vocab.pad_id, self.hparams.attention_lambda
+            )
+            total = loss.total
+            logs = {"cross_entropy": loss.cross_entropy, "attention_penalty": loss.attention}
+        if not torch.isfinite(total):
+            self._nonfinite(total, batch_idx)
             return None  # Lightning then skips backward and the optimizer step
         batch_size = tokens.shape[0]
-        self.log("train/loss", loss.total, prog_bar=True, batch_size=batch_size)
-        self.log("train/cross_entropy", loss.cross_entropy, batch_size=batch_size)
-        self.log("train/attention_penalty", loss.attention, batch_size=batch_size)
-        return loss.total
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        for name, value in logs.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return total
 
     def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop the run (CaptionerError), or with `skip_nonfinite_loss` skip the batch. Either way

@@ -66,9 +66,9 @@ TINY_TRAINING = [
 ]
 
 
-def train_tiny_checkpoint(data_dir: str | Path, out_dir: str | Path) -> Path:
+def train_tiny_checkpoint(data_dir: str | Path, out_dir: str | Path, *extra: str) -> Path:
     """Train the tiny model on the COCO-format set at `data_dir` (`captioner train fit`,
-    in-process); returns the path of its `best.ckpt` under `out_dir`."""
+    in-process; `extra` arguments last); returns the path of its `best.ckpt` under `out_dir`."""
     out_dir = Path(out_dir)
     cli_main(
         [
@@ -80,6 +80,7 @@ def train_tiny_checkpoint(data_dir: str | Path, out_dir: str | Path) -> Path:
             str(out_dir),
             "--checkpoint.dirpath",
             str(out_dir / "checkpoints"),
+            *extra,
         ]
     )
     return out_dir / "checkpoints" / "best.ckpt"

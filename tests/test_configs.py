@@ -9,7 +9,9 @@ import yaml
 from captioner.commands.train import cli_main
 from captioner.errors import CaptionerError
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+DATES_CONFIG = Path(__file__).parents[1] / "configs" / "dates.yaml"  # another system: tested below
+CONFIGS = [config for config in ALL_CONFIGS if config != DATES_CONFIG]
 
 
 def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
@@ -31,7 +33,7 @@ def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
 
 
 def test_configs_are_shipped():
-    assert {p.name for p in CONFIGS} >= {"shapes.yaml", "coco_resnet101.yaml", "coco_karpathy.yaml"}
+    assert {p.name for p in ALL_CONFIGS} >= {"shapes.yaml", "coco_resnet101.yaml", "coco_karpathy.yaml", "dates.yaml"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -59,3 +61,23 @@ def test_a_config_naming_a_missing_backbone_fails(synth_data, tmp_path):
     broken.write_text(text.replace("backbone: resnet18", "backbone: resnet1010"))
     with pytest.raises(CaptionerError, match="backbone='resnet1010' is not supported"):
         _instantiate(broken, synth_data, tmp_path)
+
+
+def test_dates_config_builds_its_model_and_data(tmp_path):
+    from captioner.dates.train import cli_main as dates_cli_main
+
+    written = yaml.safe_load(DATES_CONFIG.read_text())
+    # Small splits: building the data module generates them.
+    sizes = ["--data.train_size", "2000", "--data.val_size", "10", "--data.test_size", "10"]
+    paths = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    cli = dates_cli_main(["--config", str(DATES_CONFIG), *sizes, *paths], run=False)
+    model, data = cli.model, cli.datamodule
+    for section, built in (("encoder", model.model.encoder.config), ("decoder", model.model.decoder.config)):
+        for key, value in written["model"][section].items():
+            assert getattr(built, key) == value, f"dates.yaml: model.{section}.{key} not taken"
+    for key, value in written["model"]["decoding"].items():
+        assert getattr(model.decoding, key) == value
+    assert model.hparams.lr == written["model"]["lr"]
+    assert model.hparams.input_chars == data.input_chars and len(data.input_chars) > 40
+    assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
+    assert cli.trainer.checkpoint_callback.monitor == "val/exact_match"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from captioner.commands.train import cli_main
@@ -171,3 +172,62 @@ def test_ddp_predict_writes_every_image_once_in_order_like_one_process(synth_dat
     assert [{**r, "score": None} for r in two_processes] == [{**r, "score": None} for r in records]
     assert [r["score"] for r in two_processes] == pytest.approx([r["score"] for r in records], abs=1e-5)
     assert sorted(p.name for p in tmp_path.glob("*.jsonl*")) == ["one.jsonl", "two.jsonl"]  # parts merged away
+
+
+def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):
+    """Both objectives under two processes: the hard-attention baseline averages rewards over
+    the ranks (every rank must join that all-reduce), and SCST scores each rank's samples
+    against their own images' references."""
+    common = [
+        "--data.data_dir",
+        str(odd_data),
+        *MODEL,
+        *DDP,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "0",
+        "--checkpoint.monitor",
+        "null",
+        "--trainer.logger",
+        "false",
+    ]
+    hard_run, scst_run = tmp_path / "hard", tmp_path / "scst"
+    hard = _captioner_train(
+        "fit",
+        *common,
+        "--model.decoder.attention",
+        "hard",
+        "--trainer.default_root_dir",
+        str(hard_run),
+        "--checkpoint.dirpath",
+        str(hard_run / "checkpoints"),
+        log=tmp_path / "hard.log",
+    )
+    _finish(hard, tmp_path / "hard.log")
+    hard_ckpt = hard_run / "checkpoints" / "last.ckpt"
+    baseline = torch.load(hard_ckpt, weights_only=True)["state_dict"]["hard_baseline.value"]
+    assert baseline < 0  # a mean log-likelihood was recorded
+    scst = _captioner_train(
+        "fit",
+        *common,
+        "--model.decoder.attention",
+        "hard",
+        "--model.init_from",
+        str(hard_ckpt),
+        "--model.scst.samples",
+        "2",
+        "--model.scst.baseline",
+        "mean",
+        "--model.decoding.max_len",
+        "6",
+        "--trainer.default_root_dir",
+        str(scst_run),
+        "--checkpoint.dirpath",
+        str(scst_run / "checkpoints"),
+        log=tmp_path / "scst.log",
+    )
+    _finish(scst, tmp_path / "scst.log")
+    before = torch.load(hard_ckpt, weights_only=True)["state_dict"]
+    after = torch.load(scst_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder."))

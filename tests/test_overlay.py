@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.overlay import attention_map, draw_attention, save_attention
+from captioner.overlay import HEATMAP, attention_map, draw_attention, save_attention
 
 
 def _one_hot(index: int, cells: int) -> np.ndarray:
@@ -100,3 +100,15 @@ def test_per_word_file_names_keep_punctuation_but_not_path_separators(tmp_path):
     image, _, alphas = _example()
     save_attention(image, ["a", ",", "x/y"], alphas, (3, 3), tmp_path / "o.png", per_word_dir=tmp_path / "w")
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["00_a.png", "01_,.png", "02_x_y.png"]
+
+
+def test_heatmap_style_colours_a_map_through_its_lut_from_min_to_max():
+    heat = np.array([[0.2, 0.4], [0.6, 1.0]], dtype=np.float32)
+    colours = HEATMAP.colorize(heat)
+    lut = HEATMAP.lut
+    assert lut.shape == (HEATMAP.lut_size, 3) and lut.dtype == np.uint8
+    assert (colours[0, 0] == lut[0]).all() and (colours[1, 1] == lut[-1]).all()
+    assert (colours[0, 1] == lut[int(0.25 * HEATMAP.lut_size)]).all()
+    assert (HEATMAP.colorize(np.full((3, 3), 0.5)) == lut[0]).all()  # a flat map: one colour, no division by 0
+    style = HEATMAP.as_json()
+    assert style["opacity"] == HEATMAP.opacity and style["lut"] == lut.tolist()

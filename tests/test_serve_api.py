@@ -18,7 +18,7 @@ from captioner.api import Captioner
 from captioner.cli import main
 from captioner.overlay import HEATMAP
 from captioner.serve import CaptionModel, Limits, create_app
-from captioner.serve.batching import Batcher, Busy
+from captioner.serve.batching import Batcher, BatchSettings, Busy
 from tests.fixtures import write_bad_images
 
 # Small enough that tests can cross every bound with tiny uploads.
@@ -33,7 +33,7 @@ def captioner(tiny_checkpoint) -> Captioner:
 @pytest.fixture(scope="module")
 def client(captioner, tiny_checkpoint):
     # A long wait cap, so that requests sent together are certainly batched together.
-    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, max_batch=8, max_wait_s=0.2)
+    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, batching=BatchSettings(max_batch=8, max_wait_s=0.2))
     with TestClient(create_app(model, LIMITS)) as client:
         yield client
 
@@ -209,7 +209,7 @@ def test_limits_are_4xx_json_and_the_service_keeps_serving(client, test_images, 
 
 
 def test_too_many_waiting_images_is_503_with_retry_after(captioner, tiny_checkpoint, test_images):
-    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, max_pending=2)
+    model = CaptionModel(captioner, checkpoint=tiny_checkpoint, batching=BatchSettings(max_pending=2))
     with TestClient(create_app(model, LIMITS)) as client:
         response = _post(client, [("a.png", _png(test_images[0]))] * 3)
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
@@ -255,7 +255,7 @@ def test_batcher_routes_results_keeps_keys_apart_and_survives_failures():
         return [f"{key}:{v * 2}" for v in values]
 
     async def scenario():
-        async with Batcher(run, max_batch=3, max_wait_s=0.05, max_pending=50) as batcher:
+        async with Batcher(run, BatchSettings(max_batch=3, max_wait_s=0.05, max_pending=50)) as batcher:
             jobs = [batcher.submit(key, [n, n + 100]) for n in range(5) for key in ("a", "b")]
             results = await asyncio.gather(*jobs)
             failed = await asyncio.gather(
@@ -277,3 +277,18 @@ def test_batcher_routes_results_keeps_keys_apart_and_survives_failures():
 def test_serve_command_is_registered_and_reports_a_bad_checkpoint(tmp_path, capsys):
     assert main(["serve", "--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     assert "error: checkpoint" in capsys.readouterr().err
+
+
+def test_load_benchmark_runs_a_short_bounded_load_without_errors(tiny_checkpoint, synth_data, capsys):
+    from benchmarks.serve_load import main as serve_load
+
+    argv = ["--ckpt", str(tiny_checkpoint), "--images", str(synth_data / "test"), "--clients", "4"]
+    results = serve_load([*argv, "--requests", "24", "--single-requests", "6", "--warmup", "4", "--time-limit", "60"])
+
+    assert json.loads(capsys.readouterr().out) == results
+    assert results["one_client"]["requests"] == 6 and results["concurrent"]["requests"] == 24
+    for phase in ("one_client", "concurrent"):
+        assert results[phase]["errors"] == 0 and results[phase]["requests_per_s"] > 0
+        assert 0 < results[phase]["p50_ms"] <= results[phase]["p99_ms"]
+    assert results["batching_speedup"] > 0 and results["server_rss_mib_before"] > 0
+    assert results["model"]["grid"] == {"rows": 4, "cols": 4}

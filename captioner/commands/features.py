@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     )
     meta = {
         **model.encoder_settings(),
-        "positions": model.config.grid_size**2,
+        "positions": model.encoder.config.grid_size**2,
         "feature_dim": model.encoder.out_channels,
     }
     counts = extract_features(cli.trainer, model.encoder, cli.datamodule, out, meta)

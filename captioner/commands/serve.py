@@ -14,9 +14,11 @@ import argparse
 from pathlib import Path
 
 from captioner.errors import CaptionerError
+from captioner.serve.batching import BatchSettings
 from captioner.serve.limits import Limits
 
 _DEFAULT_LIMITS = Limits()
+_DEFAULT_BATCHING = BatchSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    parser.add_argument("--max-batch", type=int, default=16, help="most images decoded together (default 16)")
     parser.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images (default 5)"
+        "--max-batch",
+        type=int,
+        default=_DEFAULT_BATCHING.max_batch,
+        help="most images decoded together (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=1000 * _DEFAULT_BATCHING.max_wait_s,
+        help="how long a batch waits for more images (default %(default)s)",
     )
     parser.add_argument(
         "--max-images", type=int, default=_DEFAULT_LIMITS.max_images, help="images per request (default %(default)s)"
@@ -47,11 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise CaptionerError(f"--port must be from 0 to 65535, got {args.port}")
-    if args.max_batch < 1 or args.max_wait_ms < 0:
-        raise CaptionerError("--max-batch must be at least 1 and --max-wait-ms at least 0")
     limits = Limits(max_images=args.max_images, max_request_bytes=int(args.max_request_mb * 2**20))
-    model = CaptionModel.from_checkpoint(
-        args.ckpt, device=args.device, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000
-    )
+    batching = BatchSettings(max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000)
+    model = CaptionModel.from_checkpoint(args.ckpt, device=args.device, batching=batching)
     uvicorn.run(create_app(model, limits), host=args.host, port=args.port, log_level=args.log_level)
     return 0

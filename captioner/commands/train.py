@@ -12,6 +12,7 @@ import json
 import pickle
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from pytorch_lightning import Trainer
@@ -112,8 +113,13 @@ def cli_main(args: list[str] | None = None, *, run: bool = True) -> CaptionerCLI
 
 
 def main(args: list[str] | None = None) -> int:
+    return run_cli(lambda: cli_main(args))
+
+
+def run_cli(start: Callable[[], object]) -> int:
+    """Run a Lightning CLI (`start()`); a user's mistake is one `error:` line and exit status 2."""
     try:
-        cli_main(args)
+        start()
     except CaptionerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

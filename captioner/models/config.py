@@ -75,6 +75,11 @@ class DecoderConfig(PlainConfig):
         attention's hidden layer.
     dropout: before the deep output layer L_o.
     gate: "scalar" σ(f_β(h)) as in the paper, "channel" (one gate per feature channel) or "none".
+    attention: "soft" (z = Σ_i α_i a_i, trained by backpropagation) or "hard" (the paper's
+        stochastic attention, section 4.1: in training z = a_s with s ~ Multinoulli(α), trained
+        with REINFORCE; see `captioner.models.hard_attention`).
+    hard_decoding: the context a "hard" decoder uses when it is not sampling (decoding, eval):
+        "expected" Σ_i α_i a_i, as the paper does at test time, or "argmax" a_{argmax α}.
     """
 
     embed_dim: int = 512
@@ -82,3 +87,19 @@ class DecoderConfig(PlainConfig):
     attention_dim: int = 512
     dropout: float = 0.5
     gate: str = "scalar"
+    attention: str = "soft"
+    hard_decoding: str = "expected"
+
+
+@dataclass(frozen=True)
+class SequenceEncoderConfig(PlainConfig):
+    """The bidirectional LSTM over characters of the date example (`SequenceEncoder`).
+
+    embed_dim: width of the character embedding.
+    hidden_dim: LSTM width per direction; features are 2 · hidden_dim wide. Narrow keeps each
+        annotation about its own neighbourhood, so attention points at the characters an
+        output comes from.
+    """
+
+    embed_dim: int = 32
+    hidden_dim: int = 32

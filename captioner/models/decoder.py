@@ -12,8 +12,10 @@ from torch.autograd.function import once_differentiable
 from captioner.errors import CaptionerError, require_positive
 from captioner.models.attention import SoftAttention, energies_backward
 from captioner.models.config import DecoderConfig
+from captioner.models.hard_attention import HARD_DECODING, HardChoice, argmax_context, sample_context
 
 GATES = ("scalar", "channel", "none")
+ATTENTIONS = ("soft", "hard")
 
 State = tuple[Tensor, Tensor]
 StepWeights = tuple[Tensor, Tensor, Tensor]  # see Decoder._weights
@@ -29,6 +31,17 @@ class _Step(NamedTuple):
     on_hidden: Tensor  # [W_hh h; W_h h; f_β h] + biases, of the previous h (4H + A + G)
     attended: Tensor  # Σ_i α_i a_i before the gate (D)
     activations: Tensor  # σ(i), σ(f), tanh(g), σ(o) of the LSTM (4H)
+    hard: HardChoice | None = None  # the sampled location's log α and H(α), when sampling
+
+
+class HardForward(NamedTuple):
+    """`Decoder.forward_hard`: teacher forcing with sampled attention locations."""
+
+    logits: Tensor  # (B, T, V)
+    alphas: Tensor  # (B, T, P)
+    location_log_probs: Tensor  # (B, T): log α_t[s_t]; 0 in the expected rows
+    entropies: Tensor  # (B, T): H(α_t); 0 in the expected rows
+    sampled: Tensor  # (B,) bool: rows that sampled locations (the others used the expected context)
 
 
 class Decoder(nn.Module):
@@ -48,6 +61,10 @@ class Decoder(nn.Module):
     over the whole batch, and the three matmuls on h_{t-1} (LSTM W_hh, attention W_h, gate
     f_β) are one fused matmul per step. In training, the time loop has a hand-written
     backward (`_TimeLoop`).
+
+    With `config.attention == "hard"` (Xu et al. section 4.1) the α are the same, but training
+    (`forward_hard`) attends to one sampled location per step; decoding uses the expected
+    context or the argmax location (`config.hard_decoding`).
     """
 
     def __init__(self, config: DecoderConfig, vocab_size: int, feature_dim: int) -> None:
@@ -56,6 +73,12 @@ class Decoder(nn.Module):
             raise CaptionerError(f"gate={config.gate!r} is not supported; use one of {', '.join(GATES)}")
         if not 0.0 <= config.dropout < 1.0:
             raise CaptionerError(f"dropout={config.dropout} must be in [0, 1)")
+        if config.attention not in ATTENTIONS:
+            raise CaptionerError(f"attention={config.attention!r} is not supported; use one of {', '.join(ATTENTIONS)}")
+        if config.hard_decoding not in HARD_DECODING:
+            raise CaptionerError(
+                f"hard_decoding={config.hard_decoding!r} is not supported; use one of {', '.join(HARD_DECODING)}"
+            )
         require_positive(embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, attention_dim=config.attention_dim)
         embed_dim, hidden_dim, attention_dim = config.embed_dim, config.hidden_dim, config.attention_dim
         gate = config.gate
@@ -96,9 +119,11 @@ class Decoder(nn.Module):
         alphas (B, T, P), with α = 0 exactly where the mask is False.
 
         float32 outside autocast runs the hand-written backward (`_TimeLoop`); anything else
-        (autocast, other dtypes) runs `forward_autograd`, which gives the same numbers.
+        (autocast, other dtypes, a "hard" decoder's argmax context) runs `forward_autograd`,
+        which gives the same numbers. A "hard" decoder does not sample here: it uses its
+        `hard_decoding` context (training one samples with `forward_hard`).
         """
-        if torch.is_autocast_enabled(features.device.type) or features.dtype != torch.float32:
+        if torch.is_autocast_enabled(features.device.type) or features.dtype != torch.float32 or self._argmax_context():
             return self.forward_autograd(features, tokens, mask)
         projected = self.prepare(features)
         h, c = self.init_state(features, mask)
@@ -115,20 +140,46 @@ class Decoder(nn.Module):
     def forward_autograd(self, features: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`forward` as a plain loop over `_advance` that autograd differentiates: the path for
         mixed precision and for anything the hand-written backward does not know. Same shapes."""
+        logits, alphas, _ = self._autograd_loop(features, tokens, mask, None)
+        return logits, alphas
+
+    def forward_hard(
+        self, features: Tensor, tokens: Tensor, mask: Tensor | None = None, expected_prob: float = 0.5
+    ) -> HardForward:
+        """Teacher forcing for training a "hard" decoder (Xu et al. 2015, section 4.1): every
+        step samples a location s_t ~ Multinoulli(α_t) and attends to a_{s_t}, except in the
+        rows (images) that, with probability `expected_prob` each, use the expected context
+        Σ_i α_ti a_i throughout. features (B, P, D), tokens (B, T), mask (B, P) -> `HardForward`.
+        """
+        if self.config.attention != "hard":
+            raise CaptionerError('forward_hard samples attention locations: it needs a decoder with attention="hard"')
+        expected = torch.rand(features.size(0), device=features.device) < expected_prob
+        logits, alphas, choices = self._autograd_loop(features, tokens, mask, expected)
+        log_probs = torch.stack([choice.log_prob for choice in choices], 1)
+        entropies = torch.stack([choice.entropy for choice in choices], 1)
+        return HardForward(logits, alphas, log_probs, entropies, ~expected)
+
+    def _autograd_loop(
+        self, features: Tensor, tokens: Tensor, mask: Tensor | None, expected: Tensor | None
+    ) -> tuple[Tensor, Tensor, list[HardChoice]]:
+        """The teacher-forced loop with autograd; with `expected` (B,) bool, sampling hard
+        attention in its False rows -> logits (B, T, V), alphas (B, T, P), each step's choice."""
         projected = self.prepare(features)
         state = self.init_state(features, mask)
         embedded = self.embedding(tokens)  # (B, T, E)
         embed_weight, weights = self._weights()
         input_gates = F.linear(embedded, embed_weight)  # (B, T, 4H)
-        hiddens, contexts, alphas = [], [], []
+        hiddens, contexts, alphas, choices = [], [], [], []
         for t in range(tokens.size(1)):
-            step = self._advance(input_gates[:, t], state, features, projected, weights, mask)
+            step = self._advance(input_gates[:, t], state, features, projected, weights, mask, expected)
             state = (step.h, step.c)
             hiddens.append(step.h)
             contexts.append(step.context)
             alphas.append(step.alpha)
+            if step.hard is not None:
+                choices.append(step.hard)
         logits = self._deep_output(embedded, torch.stack(hiddens, 1), torch.stack(contexts, 1))
-        return logits, torch.stack(alphas, 1)
+        return logits, torch.stack(alphas, 1), choices
 
     def step(
         self, prev_tokens: Tensor, state: State, features: Tensor, projected: Tensor, mask: Tensor | None = None
@@ -145,6 +196,10 @@ class Decoder(nn.Module):
         out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)
         log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1)
         return log_probs, (out.h, out.c), out.alpha
+
+    def _argmax_context(self) -> bool:
+        """True when this decoder attends to the single most attended location (not sampling)."""
+        return self.config.attention == "hard" and self.config.hard_decoding == "argmax"
 
     def _weights(self) -> tuple[Tensor, StepWeights]:
         """Rearranged once per forward/step (not per time step, which would also make the
@@ -169,10 +224,13 @@ class Decoder(nn.Module):
         projected: Tensor,
         weights: StepWeights,
         mask: Tensor | None = None,
+        expected: Tensor | None = None,
     ) -> _Step:
         """The recurrent core. input_gates (B, [K,] 4H) = W_ih[:, :E] E y_{t-1}, state (h, c)
         (B, [K,] H), mask (B, P) bool or None -> h, c (B, [K,] H), gated context z (B, [K,] D),
-        alpha (B, [K,] P), and the intermediates that `_TimeLoop.backward` needs."""
+        alpha (B, [K,] P), and the intermediates that `_TimeLoop.backward` needs.
+        With `expected` (B,) bool (hard attention in training, no beam axis), the context is a
+        sampled location's features in the rows where it is False."""
         h, c = state
         context_weight, hidden_weight, hidden_bias = weights
         on_hidden = F.linear(h, hidden_weight, hidden_bias)
@@ -181,6 +239,12 @@ class Decoder(nn.Module):
             dim=-1,
         )
         attended, alpha = self.attention.attend(features, projected, hidden_att, mask)
+        hard = None
+        if expected is not None:
+            hard = sample_context(features, alpha, attended, expected)
+            attended = hard.attended
+        elif self._argmax_context():
+            attended = argmax_context(features, alpha)
         context = torch.sigmoid(hidden_gate) * attended if self.gate is not None else attended
         gates = F.linear(context, context_weight) + hidden_gates + input_gates
         i, f, g, o = gates.chunk(4, dim=-1)  # LSTMCell's gate order
@@ -188,7 +252,7 @@ class Decoder(nn.Module):
         i, f, g, o = activations.chunk(4, dim=-1)
         c = f * c + i * g
         h = o * torch.tanh(c)
-        return _Step(h, c, context, alpha, on_hidden, attended, activations)
+        return _Step(h, c, context, alpha, on_hidden, attended, activations, hard)
 
     def _deep_output(self, embedded: Tensor, hidden: Tensor, context: Tensor) -> Tensor:
         """L_o(dropout(E y_{t-1} + L_h h_t + L_z z_t)) for any leading shape (..., E/H/D) -> (..., V)."""
@@ -220,7 +284,7 @@ class _TimeLoop(torch.autograd.Function):
             step = decoder._advance(gates_t, (h, c), features, projected, weights, mask)
             h, c = step.h, step.c
             steps.append(step)
-        stacked = [torch.stack(x) for x in zip(*steps)]  # each (T, B, ...)
+        stacked = [torch.stack(x) for x in zip(*(step[:-1] for step in steps))]  # each (T, B, ...); no `hard`
         hiddens, _cells, contexts, alphas, _on_hidden, _attended, _activations = stacked
         ctx.decoder = decoder
         ctx.save_for_backward(h0, c0, features, projected, *weights, score, *stacked)

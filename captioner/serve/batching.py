@@ -1,7 +1,7 @@
 """Dynamic batching: items submitted by concurrent requests are run together.
 
 One asyncio task collects items from a queue: after the first item it waits at most
-`max_wait_s` for more, up to `max_batch`, then runs them with `run(key, values)` in one worker
+`max_wait_s` for more, up to `max_batch` (see `BatchSettings`), then runs them with `run(key, values)` in one worker
 thread (so the event loop stays free to accept and parse the next requests meanwhile).
 Items with different keys (decoding options) never share a call. While the worker runs a
 batch, the next one fills up, so under load batches grow without any extra waiting.
@@ -23,6 +23,24 @@ V = TypeVar("V")
 R = TypeVar("R")
 
 
+@dataclass(frozen=True)
+class BatchSettings:
+    """How requests are batched: the one place these defaults live (the CLI flags read them)."""
+
+    max_batch: int = 16  # most items run together
+    # How long the first item of a batch waits for company. Under load the next batch fills up
+    # while the worker runs the current one, so this only matters when traffic is light.
+    max_wait_s: float = 0.005
+    max_pending: int = 256  # items queued or running; beyond that a request is refused (Busy)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_pending < 1 or self.max_wait_s < 0:
+            raise CaptionerError(
+                f"batching needs max_batch >= 1, max_pending >= 1 and max_wait_s >= 0; "
+                f"got {self.max_batch}, {self.max_pending}, {self.max_wait_s}"
+            )
+
+
 class Busy(CaptionerError):
     """More items are waiting than the batcher accepts; the client should retry later."""
 
@@ -40,23 +58,9 @@ class Batcher(Generic[V, R]):
     Use `async with batcher:` (or `start`/`stop`) inside the event loop that calls `submit`.
     """
 
-    def __init__(
-        self,
-        run: Callable[[Hashable, list[V]], Sequence[R]],
-        *,
-        max_batch: int,
-        max_wait_s: float,
-        max_pending: int,
-    ):
-        if max_batch < 1 or max_pending < 1 or max_wait_s < 0:
-            raise CaptionerError(
-                f"batching needs max_batch >= 1, max_pending >= 1 and max_wait_s >= 0; "
-                f"got {max_batch}, {max_pending}, {max_wait_s}"
-            )
+    def __init__(self, run: Callable[[Hashable, list[V]], Sequence[R]], settings: BatchSettings | None = None):
         self._run = run
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self.max_pending = max_pending
+        self.settings = settings or BatchSettings()
         self.pending = 0  # items submitted and not yet answered
         self.batch_sizes: deque[int] = deque(maxlen=1024)  # sizes of the latest runs, for tests and stats
         self._queue: asyncio.Queue[_Item] | None = None
@@ -91,8 +95,9 @@ class Batcher(Generic[V, R]):
         """
         if self._queue is None:
             raise RuntimeError("the batcher is not running; use `async with batcher:`")
-        if self.pending + len(values) > self.max_pending:
-            raise Busy(f"the server has {self.pending} images waiting (at most {self.max_pending}); retry shortly")
+        limit = self.settings.max_pending
+        if self.pending + len(values) > limit:
+            raise Busy(f"the server has {self.pending} images waiting (at most {limit}); retry shortly")
         loop = asyncio.get_running_loop()
         items = [_Item(key, value, loop.create_future()) for value in values]
         self.pending += len(items)
@@ -118,8 +123,8 @@ class Batcher(Generic[V, R]):
         """The first waiting item, then whatever else arrives within max_wait_s, up to max_batch."""
         queue = self._queue
         batch = [await queue.get()]
-        deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_batch:
+        deadline = loop.time() + self.settings.max_wait_s
+        while len(batch) < self.settings.max_batch:
             if not queue.empty():
                 batch.append(queue.get_nowait())
                 continue

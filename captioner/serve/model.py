@@ -16,7 +16,7 @@ from anyio import to_thread
 from captioner.api import Captioner, CaptionResult
 from captioner.data.images import ImageLoadError, decode_image
 from captioner.decoding import DecodingConfig
-from captioner.serve.batching import Batcher
+from captioner.serve.batching import Batcher, BatchSettings
 
 # Attention weights are sent rounded: 6 decimals keep every row's sum within 1e-4 of 1 and
 # halve the JSON of a 14x14 grid.
@@ -45,27 +45,19 @@ class CaptionModel:
     Start it inside the serving event loop (`async with model:`), which starts its batcher.
     """
 
-    def __init__(
-        self,
-        captioner: Captioner,
-        *,
-        checkpoint: str | Path,
-        max_batch: int = 16,
-        max_wait_s: float = 0.005,
-        max_pending: int = 256,
-    ):
+    def __init__(self, captioner: Captioner, *, checkpoint: str | Path, batching: BatchSettings | None = None):
         self.captioner = captioner
         self.checkpoint = Path(checkpoint)
-        self.batcher: Batcher[torch.Tensor, CaptionResult] = Batcher(
-            self._decode, max_batch=max_batch, max_wait_s=max_wait_s, max_pending=max_pending
-        )
+        self.batcher: Batcher[torch.Tensor, CaptionResult] = Batcher(self._decode, batching)
         # The options a request may set, defaulting to the checkpoint's decoding settings.
         self.defaults = {"beam_size": captioner.decoding.beam_size, "max_len": captioner.decoding.max_len}
         self.info = self._describe()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", **batching: Any) -> CaptionModel:
-        return cls(Captioner.from_checkpoint(path, device=device), checkpoint=path, **batching)
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str = "auto", batching: BatchSettings | None = None
+    ) -> CaptionModel:
+        return cls(Captioner.from_checkpoint(path, device=device), checkpoint=path, batching=batching)
 
     async def __aenter__(self) -> CaptionModel:
         await self.batcher.start()

@@ -1,0 +1,113 @@
+"""The Lightning system for dates: a small sibling of `CaptioningModule`.
+
+    captioner dates fit --config configs/dates.yaml
+
+It shares the captioning system's parts — the loss (`caption_loss`), the decoder and the
+decoding entry point (`decode_captions`, through `DatesModel.decode`) — and differs where
+dates differ: the encoder is a `SequenceEncoder`, and the metric is exact match of the ISO
+string (per input format in test), not COCO caption scores.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from captioner.dates.generate import HELD_OUT
+from captioner.dates.model import DatesModel
+from captioner.decoding import DecodingConfig
+from captioner.models import DecoderConfig, SequenceEncoderConfig, caption_loss
+
+
+class DatesModule(pl.LightningModule):
+    """Sequence encoder + attention decoder, trained with teacher forcing, judged by free decoding.
+
+    Args:
+        input_chars: the input alphabet; linked from the data module by the CLI.
+        encoder, decoder: the networks (`SequenceEncoderConfig`, `DecoderConfig`; configs/dates.yaml
+            sizes the decoder for dates, far smaller than for images).
+        decoding: validation and test decoding, kept in the checkpoint for `translate`
+            (beam_size 1 is greedy; max_len is always 11: ten characters and <end>).
+        max_input_len: longest input `translate` accepts, in characters.
+        attention_lambda: weight of the doubly stochastic term Σ_i (1 − Σ_t α_ti)². 0 by
+            default: it asks every input position for a total attention of 1, but most
+            characters of "Sunday, the 20th of July 1969" rightly get none.
+        lr: Adam learning rate, annealed to 0 over the run (cosine).
+    """
+
+    def __init__(
+        self,
+        input_chars: list[str],
+        encoder: SequenceEncoderConfig = SequenceEncoderConfig(),  # noqa: B008 - frozen, so one shared default is safe
+        decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
+        decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
+        max_input_len: int = 64,
+        attention_lambda: float = 0.0,
+        lr: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        # Checkpoints carry plain data only (they are loaded with weights_only=True).
+        encoder, decoder = SequenceEncoderConfig.from_dict(encoder), DecoderConfig.from_dict(decoder)
+        decoding = DecodingConfig.from_dict(decoding)
+        self.save_hyperparameters()
+        self.hparams.update(
+            input_chars=list(input_chars),
+            encoder=encoder.to_dict(),
+            decoder=decoder.to_dict(),
+            decoding=decoding.to_dict(),
+        )
+        self.decoding = decoding
+        self.model = DatesModel(list(input_chars), encoder, decoder, max_input_len)
+        self._outputs: list[tuple[str, bool]] = []  # (format, exact match) per example
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        targets = batch["targets"]
+        logits, alphas = self.model(batch["inputs"], targets[:, :-1])
+        loss = caption_loss(
+            logits, targets[:, 1:], alphas, self.model.target.pad_id, self.hparams.attention_lambda
+        ).total
+        self.log("train/loss", loss, prog_bar=True, batch_size=targets.size(0))
+        return loss
+
+    def _judge(self, batch: dict[str, Any]) -> None:
+        outputs = self.model.decode(batch["inputs"], self.decoding)
+        for (output, _, _), date, name in zip(outputs, batch["dates"], batch["formats"]):
+            self._outputs.append((name, output == date))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._judge(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._judge(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val", per_format=False)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test", per_format=True)
+
+    def _log_accuracy(self, stage: str, per_format: bool) -> None:
+        outputs, self._outputs = self._outputs, []
+        if not outputs:
+            return
+        self.log(f"{stage}/exact_match", sum(ok for _, ok in outputs) / len(outputs), prog_bar=True)
+        if not per_format:
+            return
+        by_format: dict[str, list[bool]] = defaultdict(list)
+        for name, ok in outputs:
+            by_format[name].append(ok)
+        for name, oks in sorted(by_format.items()):
+            self.log(f"{stage}/exact_match/{name}", sum(oks) / len(oks))
+        for group, names in (("held_out_formats", set(HELD_OUT)), ("training_formats", set(by_format) - set(HELD_OUT))):
+            oks = [ok for name, ok in outputs if name in names]
+            if oks:
+                self.log(f"{stage}/exact_match/{group}", sum(oks) / len(oks))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

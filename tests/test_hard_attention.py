@@ -1,0 +1,135 @@
+"""Hard (stochastic) attention: sampling in training, expected or argmax context when decoding,
+and a hard-attention checkpoint through the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.checkpoint import load_model
+from captioner.cli import main
+from captioner.decoding import DecodingConfig, decode_captions
+from captioner.errors import CaptionerError
+from captioner.models import Decoder, DecoderConfig
+from captioner.objectives import HardAttentionConfig, MovingAverageBaseline, hard_attention_loss
+from captioner.vocab import Vocabulary
+from tests.fixtures import train_tiny_checkpoint
+
+V, D, P = 11, 6, 5
+VOCAB = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *"abcdefg"])
+
+
+def _decoder(attention="hard", hard_decoding="expected", seed=0):
+    torch.manual_seed(seed)
+    config = DecoderConfig(
+        embed_dim=8, hidden_dim=9, attention_dim=7, dropout=0.0, attention=attention, hard_decoding=hard_decoding
+    )
+    return Decoder(config, V, D)
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(4, P, D, generator=g) * 2
+    tokens = torch.randint(4, V, (4, 6), generator=g)
+    tokens[:, 0] = 1
+    tokens[2, 4:] = 0  # a shorter caption, padded
+    return features, tokens
+
+
+def test_expected_rows_are_soft_attention_and_sampled_rows_attend_one_cell():
+    decoder, soft = _decoder(), _decoder(attention="soft")
+    features, tokens = _batch()
+    soft_logits, soft_alphas = soft(features, tokens)
+    everywhere = decoder.forward_hard(features, tokens, expected_prob=1.0)
+    torch.testing.assert_close(everywhere.logits, soft_logits)
+    torch.testing.assert_close(everywhere.alphas, soft_alphas)
+    assert not everywhere.sampled.any() and (everywhere.location_log_probs == 0).all()
+
+    torch.manual_seed(3)
+    sampled = decoder.forward_hard(features, tokens, expected_prob=0.0)
+    assert sampled.sampled.all()
+    assert (sampled.location_log_probs < 0).all() and torch.isfinite(sampled.location_log_probs).all()
+    entropy = -(sampled.alphas * sampled.alphas.log()).sum(-1)
+    torch.testing.assert_close(sampled.entropies, entropy)
+    assert not torch.allclose(sampled.logits, soft_logits)  # other contexts than the soft ones
+
+
+def test_sampled_contexts_pass_no_gradient_to_attention_but_reinforce_does():
+    features, tokens = _batch(1)
+    targets, inputs = tokens[:, 1:], tokens[:, :-1]
+
+    def attention_grad(reinforce_lambda, entropy_lambda):
+        decoder = _decoder(seed=1)
+        torch.manual_seed(0)
+        out = decoder.forward_hard(features, inputs, expected_prob=0.0)
+        baseline = MovingAverageBaseline()
+        baseline(torch.tensor([-5.0]))
+        config = HardAttentionConfig(reinforce_lambda=reinforce_lambda, entropy_lambda=entropy_lambda)
+        total = hard_attention_loss(out, targets, 0, 0.0, baseline, config)[0]
+        total.backward()
+        return decoder.attention.score.weight.grad.abs().sum().item(), decoder.out_vocab.weight.grad.abs().sum()
+
+    assert attention_grad(0.0, 0.0)[0] == 0.0  # a sample is not differentiable w.r.t. α
+    assert attention_grad(1.0, 0.0)[0] > 0.0  # REINFORCE teaches α
+    assert attention_grad(0.0, 0.1)[0] > 0.0  # and so does the entropy term
+    assert attention_grad(0.0, 0.0)[1] > 0.0  # cross-entropy trains the rest as usual
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_expected_decoding_is_soft_decoding(beam_size):
+    """The paper's test-time rule: a hard decoder decodes with the expected context, exactly
+    as the same weights with soft attention."""
+    features, _ = _batch(2)
+    settings = DecodingConfig(beam_size=beam_size, max_len=6)
+    hard = decode_captions(_decoder(seed=2).eval(), features, VOCAB, settings)
+    soft = decode_captions(_decoder(attention="soft", seed=2).eval(), features, VOCAB, settings)
+    assert [c.tokens for c in hard] == [c.tokens for c in soft]
+    for h, s in zip(hard, soft):
+        torch.testing.assert_close(h.alphas, s.alphas)
+
+
+def test_argmax_decoding_attends_the_most_attended_cell():
+    decoder = _decoder(hard_decoding="argmax", seed=4).eval()
+    features, tokens = _batch(4)
+    # Teacher forcing with argmax equals a step-by-step loop that feeds a_{argmax α}.
+    logits, alphas = decoder(features, tokens)
+    with torch.no_grad():
+        projected, state = decoder.prepare(features), decoder.init_state(features)
+        for t in range(tokens.size(1)):
+            log_probs, state, alpha = decoder.step(tokens[:, t], state, features, projected)
+            torch.testing.assert_close(log_probs, logits[:, t].log_softmax(-1))
+            torch.testing.assert_close(alpha, alphas[:, t])
+    argmax = decode_captions(decoder, features, VOCAB, DecodingConfig(beam_size=2, max_len=6))
+    expected = decode_captions(_decoder(seed=4).eval(), features, VOCAB, DecodingConfig(beam_size=2, max_len=6))
+    assert [c.tokens for c in argmax] != [c.tokens for c in expected]
+    assert all(torch.allclose(c.alphas.sum(-1), torch.ones(len(c.tokens))) for c in argmax)  # α for overlays
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(CaptionerError, match="attention='glimpse' is not supported"):
+        _decoder(attention="glimpse")
+    with pytest.raises(CaptionerError, match="hard_decoding='mode'"):
+        _decoder(hard_decoding="mode")
+    with pytest.raises(CaptionerError, match='attention="hard"'):
+        _decoder(attention="soft").forward_hard(*_batch())
+
+
+@pytest.fixture(scope="module")
+def hard_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_checkpoint(synth_data, tmp_path_factory.mktemp("hard_run"), "--model.decoder.attention", "hard")
+
+
+def test_a_hard_attention_checkpoint_captions_and_draws_overlays(hard_checkpoint, synth_data, tmp_path, capsys):
+    model = load_model(hard_checkpoint)
+    assert model.decoder.config.attention == "hard" and model.decoder.config.hard_decoding == "expected"
+    images = sorted((synth_data / "test").glob("*.png"))[:2]
+    assert main(["caption", "--ckpt", str(hard_checkpoint), *map(str, images), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["path"] for line in lines] == list(map(str, images))
+    assert all(line["tokens"] for line in lines)
+    out = tmp_path / "overlays"
+    assert main(["attend", "--ckpt", str(hard_checkpoint), *map(str, images), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in images)

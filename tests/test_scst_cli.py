@@ -1,0 +1,68 @@
+"""Self-critical training through `captioner train fit`, starting from a trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.checkpoint import load_checkpoint, load_model, load_weights
+from captioner.commands.train import cli_main
+from captioner.errors import CaptionerError
+from captioner.vocab import Vocabulary
+from tests.fixtures import TINY_TRAINING
+
+
+def _scst_run(synth_data: Path, out: Path, init_from: Path, *extra: str) -> Path:
+    cli_main(
+        [
+            "fit",
+            "--data.data_dir",
+            str(synth_data),
+            *TINY_TRAINING,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.default_root_dir",
+            str(out),
+            "--checkpoint.dirpath",
+            str(out / "checkpoints"),
+            "--model.init_from",
+            str(init_from),
+            "--model.scst.samples",
+            "2",
+            "--model.scst.baseline",
+            "mean",
+            "--model.decoding.max_len",
+            "8",
+            *extra,
+        ]
+    )
+    return out / "checkpoints" / "best.ckpt"
+
+
+def _decoder_state(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_checkpoint(path)["state_dict"].items() if k.startswith("decoder.")}
+
+
+def test_scst_fine_tunes_the_checkpoint_it_starts_from(tiny_checkpoint, synth_data, tmp_path):
+    # With a zero learning rate the weights must come out exactly as they went in: the run
+    # started from init_from's weights, not from a fresh initialisation.
+    frozen = _scst_run(synth_data, tmp_path / "lr0", tiny_checkpoint, "--model.decoder_lr", "0")
+    start = _decoder_state(tiny_checkpoint)
+    for name, tensor in _decoder_state(frozen).items():
+        assert torch.equal(tensor, start[name]), name
+    tuned = _scst_run(synth_data, tmp_path / "tuned", tiny_checkpoint)
+    assert any(not torch.equal(tensor, start[name]) for name, tensor in _decoder_state(tuned).items())
+    hparams = load_checkpoint(tuned)["hyper_parameters"]
+    assert hparams["scst"] == {"samples": 2, "baseline": "mean"}
+    assert load_model(tuned).decoder.config.attention == "soft"  # still a plain captioning checkpoint
+
+
+def test_init_from_refuses_another_vocabulary(tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    other = Vocabulary([*model.vocab.words[:-1], "zebra"])
+    with pytest.raises(CaptionerError, match="another vocabulary"):
+        load_weights(tiny_checkpoint, model.encoder, model.decoder, other)
