@@ -8,8 +8,9 @@
         result.alphas      # (L, P): where each of the L words looked, over result.grid
 
 Images may be file paths, PIL images or tensors. Paths are opened with the data layer's
-`load_image` (RGB, EXIF-rotated); PIL images get the same RGB conversion; both are resized
-and normalised exactly as in training. Tensors are taken as already prepared.
+`load_image_for` (RGB, EXIF-rotated; a large JPEG at reduced scale, as in training); PIL
+images get the same RGB conversion; both are resized and normalised exactly as in training.
+Tensors are taken as already prepared.
 
 Decoding follows the settings stored in the checkpoint (`model.decoding` when it was
 trained); `caption(..., beam_size=5)` and the other keywords override them per call.
@@ -28,9 +29,11 @@ from PIL import Image
 
 from captioner.checkpoint import LoadedModel, load_model
 from captioner.data import ImageLoadError, image_transform, load_image
-from captioner.data.images import to_upright_rgb
+from captioner.data.images import load_image_for, to_upright_rgb
 from captioner.decoding import Caption, DecodingConfig, decode_captions
 from captioner.errors import CaptionerError, require_positive
+from captioner.models import Decoder
+from captioner.precision import Encode, check_precision, inference_models
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -73,23 +76,55 @@ class FileCaption:
 
 
 class Captioner:
-    """A trained encoder + decoder ready to caption images (inference only, no Lightning)."""
+    """A trained encoder + decoder ready to caption images (inference only, no Lightning).
 
-    def __init__(self, model: LoadedModel, device: torch.device):
+    `precision` is "fp32" (default), "bf16" or "int8" (see `captioner.precision`). int8
+    calibrates the encoder on `calibration` (images as `caption` takes them; a handful is
+    enough), or, without it, on the first batch it captions.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        device: torch.device,
+        *,
+        precision: str = "fp32",
+        calibration: ImageInput | Iterable[ImageInput] | None = None,
+    ):
+        check_precision(precision, device)
         self.model = model
         self.device = device
+        self.precision = precision
         self.vocab = model.vocab
         self.image_size = model.image_size
         self.decoding = model.decoding
         self.grid = model.encoder.config.grid_shape
-        self.encoder = model.encoder.to(device)
-        self.decoder = model.decoder.to(device)
         self._transform = image_transform(model.image_size)
+        # encoder: images (B, 3, S, S) -> features (B, P, D) in `precision`; decoder likewise.
+        # Both are None only for int8 before its first batch has calibrated them.
+        self.encoder: Encode | None = None
+        self.decoder: Decoder | None = None
+        if calibration is not None:
+            self._prepare(torch.stack([self.to_tensor(image) for image in _flatten(calibration)]))
+        elif precision != "int8":
+            self._prepare(None)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Captioner:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        *,
+        precision: str = "fp32",
+        calibration: ImageInput | Iterable[ImageInput] | None = None,
+    ) -> Captioner:
         """Load `path` safely (see `captioner.checkpoint`); `device="auto"` means cuda if available."""
-        return cls(load_model(path), resolve_device(device))
+        return cls(load_model(path), resolve_device(device), precision=precision, calibration=calibration)
+
+    def _prepare(self, calibration: torch.Tensor | None) -> None:
+        self.encoder, self.decoder = inference_models(
+            self.model.encoder, self.model.decoder, self.precision, self.device, calibration
+        )
 
     def open_image(self, image: str | os.PathLike | Image.Image) -> Image.Image:
         """RGB, upright, at its own size: a path through `load_image`, a PIL image converted alike."""
@@ -111,7 +146,9 @@ class Captioner:
                     f"got {image.dtype} {tuple(image.shape)}"
                 )
             return image
-        return self._transform(self.open_image(image))
+        if isinstance(image, Image.Image):
+            return self._transform(to_upright_rgb(image))
+        return self._transform(load_image_for(image, self.image_size)[0])
 
     def caption(
         self,
@@ -150,18 +187,21 @@ class Captioner:
         return dataclasses.replace(self.decoding, **{k: v for k, v in overrides.items() if v is not None})
 
     def caption_files(
-        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 16, **options
+        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 16, full_size: bool = True, **options
     ) -> Iterator[FileCaption]:
         """Caption image files, yielding one `FileCaption` per path in order as each batch finishes.
 
         An unreadable file does not stop the others: it comes back with `error` set.
+        With `full_size=False` a large JPEG is decoded only at the scale the model needs
+        (faster; see `load_image_for`) and `FileCaption.image` is that smaller image.
         `options` are those of `caption` (beam_size, max_len, ...).
         """
         require_positive(batch_size=batch_size)
         pending: list[tuple[Path, Image.Image | None, ImageLoadError | None]] = []
         for path in paths:
             try:
-                pending.append((Path(path), load_image(path), None))
+                image = load_image(path) if full_size else load_image_for(path, self.image_size)[0]
+                pending.append((Path(path), image, None))
             except ImageLoadError as error:
                 pending.append((Path(path), None, error))
             if sum(image is not None for _, image, _ in pending) == batch_size:
@@ -179,6 +219,8 @@ class Captioner:
     @torch.inference_mode()
     def _decode(self, images: torch.Tensor, settings: DecodingConfig) -> list[CaptionResult]:
         """images (B, 3, S, S) -> B results."""
+        if self.encoder is None:  # int8 without calibration images: calibrate on this first batch
+            self._prepare(images)
         features = self.encoder(images.to(self.device))
         return [self._result(caption) for caption in decode_captions(self.decoder, features, self.vocab, settings)]
 

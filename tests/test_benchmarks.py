@@ -54,3 +54,23 @@ def test_module_prints_one_json_object():
         timeout=300,
     ).stdout
     _check(json.loads(out))
+
+
+def test_precision_benchmark_times_every_available_precision():
+    from benchmarks import precision as bench
+    from captioner.precision import bf16_supported, int8_supported
+
+    results = bench.main(["--tiny"])
+    names = ["fp32"] + ["bf16"] * bf16_supported(torch.device("cpu")) + ["int8"] * int8_supported(torch.device("cpu"))
+    for name in names:
+        assert results[f"{name}_images_per_s"] > 0 and results[f"{name}_speedup"] > 0
+    assert results["fp32_speedup"] == 1.0
+
+
+def test_jpeg_benchmark_reports_rates_and_the_draft_error():
+    from benchmarks import jpeg
+
+    results = jpeg.main(["--tiny"])
+    for name in ("full", "draft"):
+        assert results[f"{name}_images_per_s_per_core"] > 0
+    assert 0 < results["draft_vs_full_decode_mean_abs"] < results["jpeg_q90_vs_lossless_mean_abs"]

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from captioner.commands.train import cli_main
 from captioner.data import synth
+from tests.fixtures import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = [
@@ -148,6 +149,29 @@ def test_ddp_fit_and_validate_score_every_image_once_and_write_once(odd_data, tm
     accumulator = EventAccumulator(str(events), size_guidance={"images": 0}).Reload()
     assert sorted(accumulator.Tags()["images"]) == ["attention/0", "attention/1"]
     assert all(len(accumulator.Images(tag)) == 1 for tag in ("attention/0", "attention/1"))
+
+
+def test_ddp_predict_writes_every_image_once_in_order_like_one_process(synth_data, tiny_checkpoint, tmp_path):
+    # The conftest set's training split (so the checkpoint's vocabulary) with 7 test images:
+    # two ranks then get 4 and 3, or 4 and 4 with a padding duplicate.
+    data = synth.generate(tmp_path / "data", train=24, val=1, test=7, size=64, seed=0)
+    common = ["--data.data_dir", str(data), *TINY_MODEL, "--data.eval_batch_size", "2", "--trainer.logger", "false"]
+    common += ["--ckpt_path", str(tiny_checkpoint)]
+    two = _captioner_train(
+        "predict", *common, *DDP, "--predictions.path", str(tmp_path / "two.jsonl"), log=tmp_path / "predict.log"
+    )
+    cli_main(["predict", *common, "--trainer.devices", "1", "--predictions.path", str(tmp_path / "one.jsonl")])
+    _finish(two, tmp_path / "predict.log")
+
+    one_process = (tmp_path / "one.jsonl").read_text()
+    records = [json.loads(line) for line in one_process.splitlines()]
+    assert [r["path"] for r in records] == [str(p) for p in sorted((data / "test").glob("*.png"))]
+    assert all(set(r) == {"path", "image_id", "caption", "score"} and r["caption"] for r in records)
+    # Same images, order and captions; scores to float32 rounding (the ranks batch other images together).
+    two_processes = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert [{**r, "score": None} for r in two_processes] == [{**r, "score": None} for r in records]
+    assert [r["score"] for r in two_processes] == pytest.approx([r["score"] for r in records], abs=1e-5)
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl*")) == ["one.jsonl", "two.jsonl"]  # parts merged away
 
 
 def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 
+from captioner.cli import main
 from captioner.commands.train import cli_main
 from captioner.models import DecoderConfig, Encoder, EncoderConfig
-from captioner.module import CaptioningModule
+from captioner.module import CaptioningModule, use_tf32
 from tests.fixtures import TINY_MODEL
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]
@@ -97,3 +99,24 @@ def test_compile_runs_a_fast_dev_run_and_keeps_state_dict_keys(synth_data, tmp_p
     keys = list(cli.model.state_dict())
     assert {k.split(".")[0] for k in keys} == {"encoder", "decoder"}
     assert not any("_orig_mod" in k for k in keys)
+
+
+@pytest.mark.parametrize(("precision", "mixed"), [("bf16-true", "bf16-mixed"), ("16-true", "16-mixed")])
+def test_half_precision_weights_are_refused_with_one_line(precision, mixed, synth_data, tmp_path, capsys):
+    args = ["train", "fit", "--data.data_dir", str(synth_data), *TINY_MODEL, "--trainer.precision", precision]
+    code = main([*args, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2
+    assert len(errors) == 1 and errors[0].startswith(f"error: trainer.precision={precision} keeps the weights")
+    assert f"use trainer.precision={mixed}" in errors[0]
+
+
+def test_tf32_switch_sets_cuda_matmul_and_convolution_precision():
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        use_tf32(True)
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32",) * 2
+        use_tf32(False)
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee",) * 2
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.jpeg import photo_like
 from captioner.data import MAX_PIXELS, ImageLoadError, image_transform, list_image_files, load_image
-from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD
+from captioner.data.images import DRAFT_MIN_FRACTION, IMAGENET_MEAN, IMAGENET_STD, draft_scale, load_image_for
 from captioner.errors import CaptionerError
 
 
@@ -168,3 +169,56 @@ def test_list_image_files_walks_globs_and_reports_what_matched_nothing(tmp_path)
         f"{tmp_path / 'empty'}: no image files in this directory",
         f"{tmp_path / '*.gif'}: pattern matched no image files",
     ]
+
+
+@pytest.mark.parametrize(
+    ("size", "target", "scale"),
+    [
+        ((640, 480), 256, 2),  # 240 rows: 94% of 256, within DRAFT_MIN_FRACTION
+        ((640, 480), 224, 2),
+        ((640, 480), 512, 1),
+        ((640, 480), 270, 1),  # 240 < 0.9 * 270
+        ((4000, 3000), 256, 8),
+        ((4000, 3000), 448, 4),
+        ((640, 480), None, 1),
+    ],
+)
+def test_draft_scale_keeps_both_sides_near_the_target(size, target, scale):
+    assert draft_scale(size, target) == scale
+    if scale > 1:
+        assert min(size) // scale >= DRAFT_MIN_FRACTION * target
+
+
+def test_large_jpeg_decodes_at_reduced_scale_with_its_full_upright_size(tmp_path):
+    photo = photo_like(640, 480, seed=0)
+    photo.save(tmp_path / "photo.jpg", quality=90)
+    photo.save(tmp_path / "photo.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, shown rotated 90° clockwise
+    photo.save(tmp_path / "sideways.jpg", quality=90, exif=exif)
+
+    image, size = load_image_for(tmp_path / "photo.jpg", 256)
+    assert image.size == (320, 240) and size == (640, 480) and image.mode == "RGB"
+    image, size = load_image_for(tmp_path / "sideways.jpg", 256)
+    assert image.size == (240, 320) and size == (480, 640)
+    image, size = load_image_for(tmp_path / "photo.png", 256)  # only JPEGs have a reduced decode
+    assert image.size == size == (640, 480)
+    image, size = load_image_for(tmp_path / "photo.jpg", None)
+    assert image.size == size == (640, 480)
+
+
+def test_reduced_scale_tensors_stay_within_what_jpeg_already_loses(tmp_path):
+    # The tolerance: the draft may move the model input no further from the full decode than
+    # quality-90 JPEG compression moved the full decode from the lossless original, and may
+    # add at most a sixth to that compression error.
+    transform = image_transform(256)
+    for seed in range(3):
+        photo = photo_like(640, 480, seed=seed)
+        photo.save(tmp_path / "photo.jpg", quality=90)
+        photo.save(tmp_path / "photo.png")
+        lossless = transform(load_image(tmp_path / "photo.png"))
+        full = transform(load_image(tmp_path / "photo.jpg"))
+        draft = transform(load_image_for(tmp_path / "photo.jpg", 256)[0])
+        compression = (full - lossless).abs().mean()
+        assert (draft - full).abs().mean() < 0.7 * compression
+        assert (draft - lossless).abs().mean() < 7 / 6 * compression

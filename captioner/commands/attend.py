@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from captioner.api import Captioner
-from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.errors import CaptionerError
 from captioner.overlay import save_attention
 
@@ -35,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
     if args.cols < 1:
         raise CaptionerError(f"--cols must be at least 1, got {args.cols}")
-    captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
+    captioner = open_captioner(args)
     images = CaptionRun(captioner, args.images, args, "drawing attention")
     names: set[str] = set()
     for item in images:

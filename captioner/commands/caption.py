@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from captioner.api import Captioner
-from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
-    captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
-    images = CaptionRun(captioner, args.images, args, "captioning")
+    captioner = open_captioner(args)
+    images = CaptionRun(captioner, args.images, args, "captioning", full_size=False)  # no overlays to draw
     for item in images:
         result = item.result
         if args.json:

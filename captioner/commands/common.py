@@ -14,20 +14,47 @@ from rich.progress import Progress
 
 from captioner.api import Captioner, FileCaption
 from captioner.data.images import list_image_files
-from captioner.errors import require_positive
+from captioner.errors import CaptionerError, require_positive
+from captioner.precision import MAX_CALIBRATION_IMAGES, PRECISIONS
 
 # Fewer images than this finish before a progress bar would be worth drawing.
 PROGRESS_MIN_IMAGES = 32
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """--ckpt, --beam-size, --max-len, --batch-size, --device. Decoding flags left out keep the
-    checkpoint's own settings (`model.decoding` in training)."""
+    """--ckpt, --beam-size, --max-len, --batch-size, --device, --precision, --calibrate.
+    Decoding flags left out keep the checkpoint's own settings (`model.decoding` in training)."""
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `captioner train fit`")
     parser.add_argument("--beam-size", type=int, help="beam width; 1 decodes greedily (default: the checkpoint's)")
     parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=16, help="images decoded together (default 16)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default); bf16 (CPUs with AVX512-BF16/AMX, recent GPUs); int8 (CPU: quantized encoder)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        nargs="+",
+        metavar="IMAGE",
+        help=f"int8: images (files, folders, globs; the first {MAX_CALIBRATION_IMAGES} are used) to calibrate "
+        "the quantized encoder on (default: the first batch captioned)",
+    )
+
+
+def open_captioner(args: argparse.Namespace) -> Captioner:
+    """The Captioner that the decoding flags in `args` ask for."""
+    calibration = None
+    if args.calibrate:
+        if args.precision != "int8":
+            raise CaptionerError(f"--calibrate is for --precision int8 only, not {args.precision}")
+        files, problems = list_image_files(args.calibrate)
+        if problems:
+            raise CaptionerError(f"--calibrate: {problems[0]}")
+        calibration = files[:MAX_CALIBRATION_IMAGES]
+    return Captioner.from_checkpoint(args.ckpt, device=args.device, precision=args.precision, calibration=calibration)
 
 
 def check_decoding_arguments(args: argparse.Namespace) -> None:
@@ -60,11 +87,20 @@ class CaptionRun:
     batch finishes.
 
     Inputs that name no image and unreadable images are reported on stderr and counted in
-    `failed`, and the run goes on.
+    `failed`, and the run goes on. `full_size=False` when the images are not drawn on
+    (see `Captioner.caption_files`).
     """
 
-    def __init__(self, captioner: Captioner, inputs: Iterable[str | Path], args: argparse.Namespace, description: str):
+    def __init__(
+        self,
+        captioner: Captioner,
+        inputs: Iterable[str | Path],
+        args: argparse.Namespace,
+        description: str,
+        full_size: bool = True,
+    ):
         self.captioner = captioner
+        self.full_size = full_size
         self.inputs = inputs
         self.args = args
         self.description = description
@@ -76,7 +112,9 @@ class CaptionRun:
         for problem in problems:
             report(problem)
         self.failed = len(problems)
-        options = dict(beam_size=args.beam_size, max_len=args.max_len, batch_size=args.batch_size)
+        options = dict(
+            beam_size=args.beam_size, max_len=args.max_len, batch_size=args.batch_size, full_size=self.full_size
+        )
         with progress(len(files), self.description) as advance:
             for item in self.captioner.caption_files(files, **options):
                 advance()

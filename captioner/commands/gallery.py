@@ -15,8 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from captioner.api import Captioner
-from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments
+from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.data.records import read_split
 from captioner.errors import CaptionerError
 from captioner.gallery import GalleryItem, write_gallery
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
     if args.n < 1:
         raise CaptionerError(f"--n must be at least 1, got {args.n}")
-    captioner = Captioner.from_checkpoint(args.ckpt, device=args.device)
+    captioner = open_captioner(args)
     records = read_split(args.data, args.split, format=args.format, karpathy_json=args.karpathy_json)[: args.n]
     if not records:
         raise CaptionerError(f"split {args.split!r} of {args.data} has no images; pick another --split")

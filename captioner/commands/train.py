@@ -24,6 +24,7 @@ from captioner.checkpoint_io import AtomicCheckpointIO
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
 from captioner.module import CaptioningModule
+from captioner.predictions import CaptionWriter
 
 
 class CaptionerCLI(LightningCLI):
@@ -34,7 +35,9 @@ class CaptionerCLI(LightningCLI):
     improved, so "last" is a second, unmonitored ModelCheckpoint in the same folder. Both are
     written atomically (`AtomicCheckpointIO`), so a crash while saving leaves the previous file.
     `validate` and `test` with a --ckpt_path write their metrics beside it, as
-    val_metrics.json and metrics.json.
+    val_metrics.json and metrics.json. `predict` writes the captions of the data's test split
+    as JSON lines to --predictions.path (default: predictions.jsonl in the trainer's
+    default_root_dir), in order, each image once, however many processes (`CaptionWriter`).
     """
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
@@ -51,6 +54,7 @@ class CaptionerCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
+        parser.add_lightning_class_args(CaptionWriter, "predictions")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/CIDEr",
@@ -63,6 +67,11 @@ class CaptionerCLI(LightningCLI):
                 "last_checkpoint.enable_version_counter": False,
             }
         )
+
+    def after_predict(self) -> None:
+        writer = next(c for c in self.trainer.callbacks if isinstance(c, CaptionWriter))
+        if self.trainer.is_global_zero and writer.written is not None:
+            print(f"wrote {writer.written}")
 
     def after_validate(self) -> None:
         self._write_metrics("val/", "val_metrics.json")

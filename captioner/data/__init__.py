@@ -11,6 +11,7 @@ from captioner.data.images import (
     image_transform,
     list_image_files,
     load_image,
+    load_image_for,
 )
 from captioner.data.records import Box, DataWarning, ImageRecord, read_boxes, read_coco, read_karpathy
 
@@ -25,6 +26,7 @@ __all__ = [
     "image_transform",
     "list_image_files",
     "load_image",
+    "load_image_for",
     "read_boxes",
     "read_coco",
     "read_karpathy",

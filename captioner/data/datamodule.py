@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from captioner.data.features import SplitFeatures, check_meta
-from captioner.data.images import ImageLoadError, image_transform, load_image
+from captioner.data.images import ImageLoadError, image_transform, load_image_for
 from captioner.data.records import (
     Box,
     DataWarning,
@@ -53,14 +53,16 @@ Source = Callable[[ImageRecord], tuple[torch.Tensor, tuple[int, int]]]
 
 
 class ImageSource:
-    """The `Source` that decodes the image file and applies `transform`."""
+    """The `Source` that decodes the image file (a large JPEG at reduced scale, see
+    `load_image_for`) and resizes and normalises it to `image_size`²."""
 
-    def __init__(self, transform: Callable):
-        self.transform = transform
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+        self.transform = image_transform(image_size)
 
     def __call__(self, record: ImageRecord) -> tuple[torch.Tensor, tuple[int, int]]:
-        image = load_image(record.path)
-        return self.transform(image), image.size
+        image, size = load_image_for(record.path, self.image_size)
+        return self.transform(image), size
 
 
 class CaptionPairs(Dataset):
@@ -388,7 +390,7 @@ class CaptionDataModule(pl.LightningDataModule):
     def _source(self, split: str, records: list[ImageRecord]) -> ImageSource | SplitFeatures:
         """Where the model inputs of `records` come from: the cached features, or the image files."""
         if self.features_dir is None:
-            return ImageSource(image_transform(self.image_size))
+            return ImageSource(self.image_size)
         features = SplitFeatures(self.features_dir, self.split_names[split])
         features.require(records)
         return features
@@ -403,7 +405,7 @@ class CaptionDataModule(pl.LightningDataModule):
         """Every image of `split` once, as eval batches of decoded `images` (even with
         `features_dir`): the input of feature extraction."""
         records = self.records(split)
-        images = CaptionImages(records, ImageSource(image_transform(self.image_size)))
+        images = CaptionImages(records, ImageSource(self.image_size))
         return self._loader(images, batch_size=self.eval_batch_size, collate_fn=collate_images)
 
     def _build(self, key: str) -> Dataset:

@@ -25,6 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 # Refuse to decode anything bigger: 100 megapixels of RGB is already 300 MB of memory.
 MAX_PIXELS = 100_000_000
+# Reduced-scale JPEG decoding may leave a side this much shorter than the model input (see `draft_scale`).
+DRAFT_MIN_FRACTION = 0.9
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -66,7 +68,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(white, rgba).convert("RGB")
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
-    return image.convert("RGB")  # RGB, L, 1, P, CMYK, YCbCr, LAB, HSV
+    return image if image.mode == "RGB" else image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -80,6 +82,17 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         ImageLoadError: the file is missing, a directory, empty, not an image, truncated or
             corrupt, or larger than `max_pixels` (checked from the header, before decoding).
     """
+    return load_image_for(path, None, max_pixels)[0]
+
+
+def load_image_for(
+    path: str | Path, target: int | None, max_pixels: int = MAX_PIXELS
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`load_image`, for a model that resizes it to `target` x `target` pixels: a JPEG whose
+    sides are at least twice `target` (to within DRAFT_MIN_FRACTION) is decoded at 1/2, 1/4
+    or 1/8 scale (see `draft_scale`). Returns the image and its full upright size (W, H),
+    the size its boxes and overlays refer to. `target=None` decodes at full size.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageLoadError(path, "file does not exist")
@@ -87,18 +100,22 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageLoadError(path, "is a directory, not an image file")
     if path.stat().st_size == 0:
         raise ImageLoadError(path, "file is empty (0 bytes)")
-    return _decode(path, path, max_pixels)
+    return _decode(path, path, max_pixels, target)
 
 
-def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """`load_image` for image bytes already in memory (an upload); `name` labels its errors."""
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS, target: int | None = None) -> Image.Image:
+    """`load_image` (`load_image_for` with a `target`) for image bytes already in memory (an
+    upload); `name` labels its errors."""
     if not data:
         raise ImageLoadError(name, "file is empty (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    return _decode(io.BytesIO(data), name, max_pixels, target)[0]
 
 
-def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int) -> Image.Image:
-    """Decode `source` fully to upright RGB, refusing more than `max_pixels` before decoding."""
+def _decode(
+    source: Path | io.BytesIO, name: str | Path, max_pixels: int, target: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode `source` to upright RGB (see `load_image_for`), refusing more than `max_pixels`
+    before decoding; -> (image, full upright size)."""
     try:
         with warnings.catch_warnings():
             # max_pixels below is our own, stricter guard; Pillow's warning would only repeat it.
@@ -107,8 +124,11 @@ def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int) -> Ima
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageLoadError(name, f"image is too large ({width}x{height} > {max_pixels} pixels)")
+                scale = draft_scale((width, height), target) if image.format == "JPEG" else 1
+                if scale > 1:
+                    image.draft(image.mode, (max(1, width // scale), max(1, height // scale)))
                 image.load()
-                return to_upright_rgb(image)
+                upright = to_upright_rgb(image)
     except ImageLoadError:
         raise  # our own size guard; it is a ValueError, so let it pass the handlers below
     except Image.DecompressionBombError as error:
@@ -119,6 +139,24 @@ def _decode(source: Path | io.BytesIO, name: str | Path, max_pixels: int) -> Ima
         raise ImageLoadError(name, "permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(name, f"truncated or corrupt image data ({error})") from None
+    # EXIF orientations 5-8 turn the image by 90 degrees.
+    turned = (upright.width > upright.height) != (image.width > image.height)
+    return upright, (height, width) if turned else (width, height)
+
+
+def draft_scale(size: tuple[int, int], target: int | None) -> int:
+    """The JPEG decoding scale (1, 2, 4 or 8) for an image of `size` (W, H) resized to `target`².
+
+    libjpeg can decode at 1/2, 1/4 and 1/8 scale from the DCT coefficients directly: less work
+    in the decoder, and a smaller image to resize. The largest scale is taken that keeps both
+    sides at least DRAFT_MIN_FRACTION of `target`, so a 640x480 photo decodes at 320x240 for
+    a 256x256 model input (its last 6% of rows then come from resizing up, about as fine as
+    what JPEG compression itself keeps; see tests/test_images.py), and at full size for 512².
+    """
+    if target is None:
+        return 1
+    fits = min(size) / (DRAFT_MIN_FRACTION * target)
+    return next((scale for scale in (8, 4, 2) if scale <= fits), 1)
 
 
 def image_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:

@@ -117,7 +117,7 @@ class CaptionModel:
         rows, cols = self.captioner.grid
         return {
             "checkpoint": self.checkpoint.name,
-            "backbone": self.captioner.encoder.config.backbone,
+            "backbone": self.captioner.model.encoder.config.backbone,
             "grid": {"rows": rows, "cols": cols},
             "image_size": self.captioner.image_size,
             "vocab_size": len(self.captioner.vocab),

@@ -1,0 +1,122 @@
+"""Inference precision: speed of fp32, bf16 and int8 captioning, and their captions on a checkpoint.
+
+python -m benchmarks.precision                    # ResNet-101 at 256², beam 3, random weights (~2 min)
+python -m benchmarks.precision --ckpt runs/demo/checkpoints/best.ckpt --data data/shapes
+python -m benchmarks.precision --tiny             # toy sizes, seconds (used by the tests)
+
+Speed: end-to-end captioning of a batch of images (encoder, then beam search with beam 3)
+through `captioner.precision.inference_models`, as `Captioner` runs it; the precisions take
+turns, twice, and each keeps its best time, so all see the same (shared) machine. int8's
+one-off calibration is timed apart. With --ckpt: captions of the data's test split in each
+precision, the share of images whose caption equals fp32's, and BLEU-4 / CIDEr of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.__main__ import cpu_name
+from benchmarks.suite import COCO, END, START, TINY
+from captioner.decoding import DecodingConfig, decode_captions
+from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
+from captioner.precision import PRECISIONS, bf16_supported, inference_models, int8_supported
+from captioner.vocab import Vocabulary
+
+BEAM = 3
+
+
+def available(device: torch.device) -> list[str]:
+    supported = {"fp32": True, "bf16": bf16_supported(device), "int8": int8_supported(device)}
+    return [name for name in PRECISIONS if supported[name]]
+
+
+def speed(tiny: bool, device: torch.device, batch: int | None) -> dict[str, float]:
+    s = TINY if tiny else COCO
+    batch = batch or s.image_batch
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig(backbone=s.backbone, grid_size=s.grid)).eval()
+    width = DecoderConfig(embed_dim=s.width, hidden_dim=s.width, attention_dim=s.width)
+    decoder = Decoder(width, s.vocab, encoder.out_channels).eval()
+    images = torch.randn(batch, 3, s.image_size, s.image_size)
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *(f"w{i}" for i in range(s.vocab - 4))])
+    assert (vocab.start_id, vocab.end_id) == (START, END)
+    settings = DecodingConfig(beam_size=BEAM, max_len=s.caption_len)
+    results: dict[str, float] = {"images_per_batch": batch, "beam_size": BEAM, "max_len": s.caption_len}
+    models = {}
+    for name in available(device):
+        start = time.perf_counter()
+        models[name] = inference_models(encoder, decoder, name, device, calibration=images)
+        if name == "int8":
+            results["int8_calibration_s"] = time.perf_counter() - start
+    best = {name: float("inf") for name in models}
+    for _ in range(2):
+        for name, (encode, model_decoder) in models.items():
+            start = time.perf_counter()
+            with torch.inference_mode():
+                decode_captions(model_decoder, encode(images.to(device)), vocab, settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    for name, seconds in best.items():
+        results[f"{name}_images_per_s"] = batch / seconds
+        results[f"{name}_speedup"] = best["fp32"] / seconds
+    return results
+
+
+def agreement(ckpt: Path, data_dir: Path, device: torch.device) -> dict[str, float]:
+    from captioner.api import Captioner
+    from captioner.data import CaptionDataModule
+    from captioner.metrics import caption_scores
+
+    records = CaptionDataModule(str(data_dir)).records("test")
+    paths = [record.path for record in records]
+    references = {record.image_id: list(record.captions) for record in records}
+    captions = {}
+    for name in available(device):
+        # int8 calibrates on its first batch: the first 16 test images.
+        captioner = Captioner.from_checkpoint(ckpt, device=device, precision=name)
+        captions[name] = [r.caption for r in captioner.caption(paths, beam_size=BEAM)]
+    results: dict[str, float] = {"test_images": len(paths)}
+    for name, said in captions.items():
+        scores = caption_scores(references, {record.image_id: c for record, c in zip(records, said)})
+        results[f"{name}_BLEU-4"], results[f"{name}_CIDEr"] = scores["BLEU-4"], scores["CIDEr"]
+        if name != "fp32":
+            same = sum(a == b for a, b in zip(said, captions["fp32"]))
+            results[f"{name}_captions_equal_to_fp32"] = same / len(paths)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="toy sizes: a seconds-long smoke run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, help="images per batch (default: 8, tiny 2)")
+    parser.add_argument("--ckpt", type=Path, help="a trained checkpoint: compare captions instead of timing")
+    parser.add_argument("--data", type=Path, help="its COCO-format data folder (test split), with --ckpt")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    results = {
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cpu": cpu_name(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+    if args.ckpt is not None:
+        if args.data is None:
+            parser.error("--ckpt needs --data")
+        results.update(agreement(args.ckpt, args.data, device))
+    else:
+        results.update(sizes="tiny" if args.tiny else "coco", **speed(args.tiny, device, args.images))
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
