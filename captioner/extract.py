@@ -60,6 +60,9 @@ def extract_features(
     sizes), last. Returns split name -> number of images."""
     out_dir = Path(out_dir)
     predictor = EncoderPredictor(encoder.eval())
+    # The trainer predicts features here: a writer of caption predictions (the CLI's
+    # `CaptionWriter`) must not see them.
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, BasePredictionWriter)]
     counts: dict[str, int] = {}
     for split in ROLES:
         name = datamodule.split_names[split]
