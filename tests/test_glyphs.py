@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
-from captioner.data import glyphs, read_boxes, read_coco, read_karpathy
+from captioner.data import glyphs, read_boxes, read_coco, read_karpathy, synth
 from captioner.metrics import coco_category_words
 from captioner.vocab import tokenize
 
@@ -106,7 +106,7 @@ def test_captions_name_each_drawn_glyph_once_and_nothing_else(glyph_data):
             canonical = texts[image_id][0]
             if len(objects) == 1:
                 _, cx, cy = objects[0]
-                assert canonical.endswith(glyphs.GRID_PHRASES[int(cy * 3 // SIZE)][int(cx * 3 // SIZE)])
+                assert canonical.endswith(synth.GRID_PHRASES[int(cy * 3 // SIZE)][int(cx * 3 // SIZE)])
             elif len(objects) == 2:
                 axis = 1 if " to the left of " in canonical else 2
                 assert axis == 1 or " above " in canonical

@@ -30,7 +30,7 @@ import numpy as np
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from captioner.data.synth import GRID_PHRASES, Instance, write_dataset
+from captioner.data.synth import Instance, describe, write_dataset
 from captioner.errors import CaptionerError
 
 CATEGORIES = ("two", "three", "four", "five", "seven", "eight")  # COCO category ids 1..6
@@ -146,49 +146,15 @@ def _sample_glyphs(rng: np.random.Generator, size: int) -> list[Glyph]:
             return glyphs
 
 
-def grid_phrase(glyph: Glyph, size: int) -> str:
-    """Position phrase of `glyph` from the 3x3 grid cell holding its ink box's centre."""
-    col, row = (min(int(v * 3 / size), 2) for v in (glyph.cx, glyph.cy))
-    return GRID_PHRASES[row][col]
-
-
 def captions_for(glyphs: list[Glyph], size: int) -> list[str]:
     """The five references for an image; the first is the canonical template. Digit names
     appear only as names of drawn digits (see the module docstring)."""
-    if len(glyphs) == 1:
-        (g,) = glyphs
-        where = grid_phrase(g, size)
-        return [
-            f"{g.phrase} {where}",
-            f"there is {g.phrase} {where}",
-            f"a single {g.category} {where}",
-            f"the digit {g.category} {where} of the image",
-            f"{g.phrase} on a dark background",
-        ]
-    if len(glyphs) == 2:
-        a, b = glyphs
-        if abs(a.cx - b.cx) >= abs(a.cy - b.cy):
-            first, second = sorted(glyphs, key=lambda g: g.cx)
-            relation, reverse = "to the left of", "to the right of"
-        else:
-            first, second = sorted(glyphs, key=lambda g: g.cy)
-            relation, reverse = "above", "below"
-        return [
-            f"{first.phrase} {relation} {second.phrase}",
-            f"{second.phrase} {reverse} {first.phrase}",
-            f"{first.phrase} and {second.phrase}",
-            f"{first.phrase} next to {second.phrase}",
-            f"there is {first.phrase} {relation} {second.phrase}",
-        ]
-    left, middle, right = sorted(glyphs, key=lambda g: g.cx)
-    listing = f"{left.phrase} , {middle.phrase} and {right.phrase}"
-    return [
-        listing,
-        f"{listing} from left to right",
-        f"a row of digits : {listing}",
-        f"{left.phrase} on the left , {right.phrase} on the right and {middle.phrase} between them",
-        f"digits in a row : {listing}",
-    ]
+    return describe(
+        glyphs,
+        size,
+        alone=lambda g, where: (f"a single {g.category} {where}", f"the digit {g.category} {where} of the image"),
+        row=("a row of digits", "digits in a row"),
+    )
 
 
 def render(glyphs: list[Glyph], size: int, rng: np.random.Generator) -> Image.Image:

@@ -10,8 +10,8 @@ import glob
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch

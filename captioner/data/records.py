@@ -149,7 +149,12 @@ def read_coco(
     for i, ann in enumerate(annotations):
         ok = isinstance(ann, dict) and isinstance(ann.get("caption"), str) and isinstance(ann.get("image_id"), int)
         _require(ok, captions_json, what, f'annotations[{i}] needs an integer "image_id" and a string "caption"')
-        _require(ann["image_id"] in image_ids, captions_json, what, f"annotations[{i}] names unknown image id {ann['image_id']}")
+        _require(
+            ann["image_id"] in image_ids,
+            captions_json,
+            what,
+            f"annotations[{i}] names unknown image id {ann['image_id']}",
+        )
     _check_image_dir(image_dir)
 
     coco = _coco_index(data)
@@ -204,7 +209,9 @@ def read_karpathy(
     dataset_json, image_root = Path(dataset_json), Path(image_root)
     what = "Karpathy split file"
     data = load_json(dataset_json, what)
-    _require(isinstance(data, dict) and isinstance(data.get("images"), list), dataset_json, what, 'it needs an "images" list')
+    _require(
+        isinstance(data, dict) and isinstance(data.get("images"), list), dataset_json, what, 'it needs an "images" list'
+    )
     _check_image_dir(image_root)
 
     dropped = [0]
@@ -251,7 +258,9 @@ def read_boxes(instances_json: str | Path) -> dict[int, list[Box]]:
             and len(ann["bbox"]) == 4
             and all(isinstance(v, (int, float)) for v in ann["bbox"])
         )
-        _require(ok, path, what, f'annotations[{i}] needs a known "image_id", a known "category_id" and a 4-number "bbox"')
+        _require(
+            ok, path, what, f'annotations[{i}] needs a known "image_id", a known "category_id" and a 4-number "bbox"'
+        )
 
     coco = _coco_index(data)
     return {

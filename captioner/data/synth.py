@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -144,31 +145,46 @@ def _sample_shapes(rng: np.random.Generator, size: int) -> list[Shape]:
             return shapes
 
 
-def grid_phrase(shape: Shape, size: int) -> str:
-    """Position phrase of `shape` from the 3x3 grid cell holding its centre."""
-    col, row = (min(int(v * 3 / size), 2) for v in (shape.cx, shape.cy))
+def grid_phrase(item: Placed, size: int) -> str:
+    """Position phrase of an object from the 3x3 grid cell holding its centre."""
+    col, row = (min(int(v * 3 / size), 2) for v in (item.cx, item.cy))
     return GRID_PHRASES[row][col]
 
 
-def captions_for(shapes: list[Shape], size: int) -> list[str]:
-    """The five references for an image; the first is the canonical template."""
-    if len(shapes) == 1:
-        (s,) = shapes
-        where = grid_phrase(s, size)
+class Placed(Protocol):
+    """What the caption templates need of an object: its centre and how to name it."""
+
+    cx: float
+    cy: float
+
+    @property
+    def phrase(self) -> str: ...
+
+
+def describe(
+    items: Sequence[Placed], size: int, *, alone: Callable[[Any, str], tuple[str, str]], row: tuple[str, str]
+) -> list[str]:
+    """The five references for an image of one to three objects; the first is the canonical
+    template. `alone(item, where)` gives the two family-specific captions of a lone object,
+    `row` the two headings of a row of three ("three shapes", ...)."""
+    if len(items) == 1:
+        (item,) = items
+        where = grid_phrase(item, size)
+        first, second = alone(item, where)
         return [
-            f"{s.phrase} {where}",
-            f"there is {s.phrase} {where}",
-            f"a single {s.colour} {s.kind} {where}",
-            f"one {s.colour} {s.kind} {where} of the image",
-            f"{s.phrase} on a dark background",
+            f"{item.phrase} {where}",
+            f"there is {item.phrase} {where}",
+            first,
+            second,
+            f"{item.phrase} on a dark background",
         ]
-    if len(shapes) == 2:
-        a, b = shapes
+    if len(items) == 2:
+        a, b = items
         if abs(a.cx - b.cx) >= abs(a.cy - b.cy):
-            first, second = sorted(shapes, key=lambda s: s.cx)
+            first, second = sorted(items, key=lambda i: i.cx)
             relation, reverse = "to the left of", "to the right of"
         else:
-            first, second = sorted(shapes, key=lambda s: s.cy)
+            first, second = sorted(items, key=lambda i: i.cy)
             relation, reverse = "above", "below"
         return [
             f"{first.phrase} {relation} {second.phrase}",
@@ -177,15 +193,28 @@ def captions_for(shapes: list[Shape], size: int) -> list[str]:
             f"{first.phrase} next to {second.phrase}",
             f"there is {first.phrase} {relation} {second.phrase}",
         ]
-    left, middle, right = sorted(shapes, key=lambda s: s.cx)
+    left, middle, right = sorted(items, key=lambda i: i.cx)
     listing = f"{left.phrase} , {middle.phrase} and {right.phrase}"
     return [
         listing,
         f"{listing} from left to right",
-        f"three shapes : {listing}",
+        f"{row[0]} : {listing}",
         f"{left.phrase} on the left , {right.phrase} on the right and {middle.phrase} between them",
-        f"there are three shapes : {listing}",
+        f"{row[1]} : {listing}",
     ]
+
+
+def captions_for(shapes: list[Shape], size: int) -> list[str]:
+    """The five references for an image of shapes; the first is the canonical template."""
+    return describe(
+        shapes,
+        size,
+        alone=lambda s, where: (
+            f"a single {s.colour} {s.kind} {where}",
+            f"one {s.colour} {s.kind} {where} of the image",
+        ),
+        row=("three shapes", "there are three shapes"),
+    )
 
 
 def render(shapes: list[Shape], size: int, rng: np.random.Generator) -> Image.Image:
