@@ -46,18 +46,28 @@ class CaptionerCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    # The metric `best.ckpt` keeps the highest of.
+    monitor = "val/CIDEr"
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.link_data_to_model(parser)
+        self.add_checkpoints(parser)
+        parser.add_lightning_class_args(CaptionWriter, "predictions")
+
+    def link_data_to_model(self, parser: LightningArgumentParser) -> None:
         # The data module builds the vocabulary from its training split when instantiated;
         # the model needs its words (and so its size) before it can build its output layer.
         parser.link_arguments("data.vocab_words", "model.vocab_words", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.image_size")
+
+    def add_checkpoints(self, parser: LightningArgumentParser) -> None:
+        """`checkpoint` (best.ckpt, highest `monitor`) and `last_checkpoint` (last.ckpt), one folder."""
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
-        parser.add_lightning_class_args(CaptionWriter, "predictions")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/CIDEr",
+                "checkpoint.monitor": self.monitor,
                 "checkpoint.mode": "max",
                 "checkpoint.filename": "best",
                 "checkpoint.save_top_k": 1,
@@ -93,23 +103,30 @@ class CaptionerCLI(LightningCLI):
         print(f"wrote {out}")
 
 
-def cli_main(args: list[str] | None = None, *, run: bool = True) -> CaptionerCLI:
-    """Run the Lightning CLI; `args=None` reads sys.argv (tests pass a list). With `run=False`
-    it only parses `args` (no subcommand) and instantiates the data, model and trainer, which
-    then writes no config.yaml (it is not a training run)."""
+def start_cli(
+    cli_class: type[CaptionerCLI], model_class: type, data_class: type, args: list[str] | None, run: bool
+) -> CaptionerCLI:
+    """Run `cli_class` over the model and data classes; `args=None` reads sys.argv (tests pass a
+    list). With `run=False` it only parses `args` (no subcommand) and instantiates the data,
+    model and trainer, which then writes no config.yaml (it is not a training run)."""
     with warnings.catch_warnings():
         # `captioner train ...` hands over its own argv slice, which this warning mistakes
         # for a clash with sys.argv.
         warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
-        return CaptionerCLI(
-            CaptioningModule,
-            CaptionDataModule,
+        return cli_class(
+            model_class,
+            data_class,
             args=args,
             run=run,
             save_config_callback=SaveConfigCallback if run else None,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
         )
+
+
+def cli_main(args: list[str] | None = None, *, run: bool = True) -> CaptionerCLI:
+    """The captioning CLI (`start_cli` over `CaptioningModule` and `CaptionDataModule`)."""
+    return start_cli(CaptionerCLI, CaptioningModule, CaptionDataModule, args, run)
 
 
 def main(args: list[str] | None = None) -> int:
