@@ -76,7 +76,7 @@ def test_small_scratch_stops_early_on_a_validation_metric_with_the_grounding_set
     (stopper,) = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
     assert stopper.monitor.startswith("val/") and stopper.monitor == cli.trainer.checkpoint_callback.monitor
     encoder = cli.model.encoder.config
-    assert (encoder.weights, encoder.fine_tune, encoder.stages, encoder.coord_channels) == (None, "all", 1, True)
+    assert (encoder.weights, encoder.fine_tune, encoder.stages, encoder.coord_channels) == (None, "all", 2, False)
     assert cli.model.hparams.attention_lambda == 0
     assert cli.trainer.max_epochs > 3  # the demo's budget would stop short of converging
 
