@@ -23,13 +23,19 @@ from pathlib import Path
 
 # Row name -> (config, CLI overrides). "paper" is the shapes demo as it ships: the paper's
 # doubly stochastic term (λ = 1), scalar gate, a two-stage ResNet-18 trunk, no coordinates.
+LAMBDA0 = ["--model.attention_lambda", "0"]
 ROWS: dict[str, tuple[str, list[str]]] = {
     "paper": ("configs/shapes.yaml", []),
-    "lambda0": ("configs/shapes.yaml", ["--model.attention_lambda", "0"]),
+    "lambda0": ("configs/shapes.yaml", LAMBDA0),
     "stages1": ("configs/shapes.yaml", ["--model.encoder.stages", "1"]),
-    "coords": ("configs/shapes.yaml", ["--model.encoder.coord_channels", "true"]),
-    "gate_none": ("configs/shapes.yaml", ["--model.decoder.gate", "none"]),
-    "grid4": ("configs/shapes.yaml", ["--model.encoder.grid_size", "4"]),
+    "lambda0_coords": ("configs/shapes.yaml", [*LAMBDA0, "--model.encoder.coord_channels", "true"]),
+    "lambda0_gate_none": ("configs/shapes.yaml", [*LAMBDA0, "--model.decoder.gate", "none"]),
+    "lambda0_grid4": ("configs/shapes.yaml", [*LAMBDA0, "--model.encoder.grid_size", "4"]),
+    "lambda0_stages3_grid4": (
+        "configs/shapes.yaml",
+        [*LAMBDA0, "--model.encoder.stages", "3", "--model.encoder.grid_size", "4"],
+    ),
+    "lambda0_zero_state": ("configs/shapes.yaml", [*LAMBDA0, "--model.decoder.initial_state", "zero"]),
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
 }

@@ -177,3 +177,30 @@ def test_fast_path_gradients_pass_gradcheck():
         return logits, alphas
 
     assert torch.autograd.gradcheck(outputs, (features,), fast_mode=True)
+
+
+def test_zero_initial_state_starts_from_zero_whatever_the_features():
+    torch.manual_seed(5)
+    config = DecoderConfig(embed_dim=8, hidden_dim=9, attention_dim=7, dropout=0.0, initial_state="zero")
+    zero = Decoder(config, V, D)
+    assert not any(name.startswith("init_proj") for name in zero.state_dict())
+    for features in (torch.randn(3, P, D), 10 * torch.randn(3, P, D)):
+        h, c = zero.init_state(features)
+        assert torch.equal(h, torch.zeros(3, 9)) and torch.equal(c, torch.zeros(3, 9))
+    # A "mean" decoder whose Linear(mean a) is 0 starts at tanh(0) = 0 too: same logits, same gradients
+    # (the hand-written backward must not assume an h_0 that depends on the features).
+    mean = _decoder()
+    mean.load_state_dict(zero.state_dict(), strict=False)
+    torch.nn.init.zeros_(mean.init_proj.weight)
+    torch.nn.init.zeros_(mean.init_proj.bias)
+    features = torch.randn(3, P, D, requires_grad=True)
+    tokens = torch.randint(3, V, (3, 6))
+    outputs = []
+    for decoder in (zero, mean):
+        logits, alphas = decoder(features, tokens)
+        (grad,) = torch.autograd.grad((logits**2).sum() + alphas[:, 0].square().sum(), features)
+        outputs.append((logits, alphas, grad))
+    for got, want in zip(*outputs):
+        assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(CaptionerError, match="initial_state='learned'"):
+        Decoder(DecoderConfig(initial_state="learned"), V, D)

@@ -85,6 +85,8 @@ class DecoderConfig(PlainConfig):
         with REINFORCE; see `captioner.models.hard_attention`).
     hard_decoding: the context a "hard" decoder uses when it is not sampling (decoding, eval):
         "expected" Σ_i α_i a_i, as the paper does at test time, or "argmax" a_{argmax α}.
+    initial_state: "mean", h_0, c_0 = tanh(Linear(mean_i a_i)) as in the paper, or "zero",
+        h_0 = c_0 = 0, so the decoder learns what is in the image only through attention.
     """
 
     embed_dim: int = 512
@@ -94,6 +96,7 @@ class DecoderConfig(PlainConfig):
     gate: str = "scalar"
     attention: str = "soft"
     hard_decoding: str = "expected"
+    initial_state: str = "mean"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from captioner.models.hard_attention import HARD_DECODING, HardChoice, argmax_co
 
 GATES = ("scalar", "channel", "none")
 ATTENTIONS = ("soft", "hard")
+INITIAL_STATES = ("mean", "zero")
 
 State = tuple[Tensor, Tensor]
 StepWeights = tuple[Tensor, Tensor, Tensor]  # see Decoder._weights
@@ -51,7 +52,7 @@ class Decoder(nn.Module):
       α_t, z_t = attention(a, h_{t-1});  z_t <- σ(f_β(h_{t-1})) · z_t          (the gate)
       h_t, c_t = LSTMCell([E y_{t-1}; z_t], (h_{t-1}, c_{t-1}))
       logits_t = L_o(dropout(E y_{t-1} + L_h h_t + L_z z_t))                      (deep output, eq. 7)
-    with h_0, c_0 = tanh(Linear(mean_i a_i)).
+    with h_0, c_0 = tanh(Linear(mean_i a_i)) (or 0, `config.initial_state == "zero"`).
 
     Shapes: features (B, P, D), tokens (B, T), logits (B, T, V), alphas (B, T, P);
     E = embed_dim, H = hidden_dim, A = attention_dim, V = vocab_size.
@@ -79,6 +80,10 @@ class Decoder(nn.Module):
             raise CaptionerError(
                 f"hard_decoding={config.hard_decoding!r} is not supported; use one of {', '.join(HARD_DECODING)}"
             )
+        if config.initial_state not in INITIAL_STATES:
+            raise CaptionerError(
+                f"initial_state={config.initial_state!r} is not supported; use one of {', '.join(INITIAL_STATES)}"
+            )
         require_positive(embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, attention_dim=config.attention_dim)
         embed_dim, hidden_dim, attention_dim = config.embed_dim, config.hidden_dim, config.attention_dim
         gate = config.gate
@@ -88,7 +93,8 @@ class Decoder(nn.Module):
 
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.attention = SoftAttention(feature_dim, hidden_dim, attention_dim)
-        self.init_proj = nn.Linear(feature_dim, 2 * hidden_dim)  # -> h_0, c_0
+        # -> h_0, c_0; none when they are 0 (a "zero" decoder's state dict has no init_proj)
+        self.init_proj = nn.Linear(feature_dim, 2 * hidden_dim) if config.initial_state == "mean" else None
         gate_dim = {"scalar": 1, "channel": feature_dim, "none": 0}[gate]
         self.gate = nn.Linear(hidden_dim, gate_dim) if gate_dim else None  # f_β
         # The parameters of an LSTMCell (same state-dict layout), applied by `_advance` so that
@@ -105,7 +111,11 @@ class Decoder(nn.Module):
 
     def init_state(self, features: Tensor, mask: Tensor | None = None) -> State:
         """features (B, P, D), mask (B, P) bool or None -> (h_0, c_0), each (B, H) =
-        tanh(Linear(mean_i a_i)), the mean over the positions the mask allows."""
+        tanh(Linear(mean_i a_i)), the mean over the positions the mask allows; zeros with
+        `initial_state == "zero"`."""
+        if self.init_proj is None:
+            zeros = features.new_zeros(features.size(0), self.hidden_dim)
+            return zeros, zeros.clone()
         if mask is None:
             mean = features.mean(dim=1)
         else:
