@@ -35,7 +35,15 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "configs/shapes.yaml",
         [*LAMBDA0, "--model.encoder.stages", "3", "--model.encoder.grid_size", "4"],
     ),
+    "lambda0_seed1": ("configs/shapes.yaml", [*LAMBDA0, "--seed_everything", "1"]),
+    "lambda0_entropy0.03": ("configs/shapes.yaml", [*LAMBDA0, "--model.attention_entropy", "0.03"]),
+    "lambda0_entropy0.1": ("configs/shapes.yaml", [*LAMBDA0, "--model.attention_entropy", "0.1"]),
+    "lambda0_size128_grid16": (
+        "configs/shapes.yaml",
+        [*LAMBDA0, "--data.image_size", "128", "--model.encoder.grid_size", "16"],
+    ),
     "lambda0_zero_state": ("configs/shapes.yaml", [*LAMBDA0, "--model.decoder.initial_state", "zero"]),
+    "hard": ("configs/shapes.yaml", ["--model.decoder.attention", "hard"]),
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
 }

@@ -71,6 +71,8 @@ class CaptioningModule(pl.LightningModule):
         decoder: the attention LSTM (`DecoderConfig`).
         decoding: how validation, test, predict and later captioning decode (`DecodingConfig`).
         attention_lambda: weight λ of the doubly stochastic term Σ_i (1 − Σ_t α_ti)².
+        attention_entropy: weight of the mean entropy H(α_t) of each step's attention, added to
+            the loss (not in the paper; > 0 favours attention on few cells). 0 leaves it out.
         hard_attention: the training objective of a decoder with `attention: hard`
             (`HardAttentionConfig`: λ_r, λ_e, the chance of the expected context, the baseline's decay).
         scst: self-critical training on CIDEr-D (`ScstConfig`: samples per image, baseline)
@@ -103,6 +105,7 @@ class CaptioningModule(pl.LightningModule):
         decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
         decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
         attention_lambda: float = 1.0,
+        attention_entropy: float = 0.0,
         hard_attention: HardAttentionConfig = HardAttentionConfig(),  # noqa: B008
         scst: ScstConfig | None = None,
         init_from: str | None = None,
@@ -256,6 +259,7 @@ class CaptioningModule(pl.LightningModule):
                 self.hparams.attention_lambda,
                 self.hard_baseline,
                 self.hard_attention,
+                self.hparams.attention_entropy,
             )
             logs = {"cross_entropy": loss.cross_entropy, "attention_penalty": loss.attention}
             logs |= {"attention_entropy": hard.entropy, "log_likelihood_baseline": hard.baseline}
@@ -263,10 +267,19 @@ class CaptioningModule(pl.LightningModule):
             # Under mixed precision the decoder runs its autograd path with autocast's matmuls.
             logits, alphas = self.decoder(features, tokens[:, :-1])
             loss = caption_loss(
-                logits.float(), tokens[:, 1:], alphas.float(), self.vocab.pad_id, self.hparams.attention_lambda
+                logits.float(),
+                tokens[:, 1:],
+                alphas.float(),
+                self.vocab.pad_id,
+                self.hparams.attention_lambda,
+                self.hparams.attention_entropy,
             )
             total = loss.total
-            logs = {"cross_entropy": loss.cross_entropy, "attention_penalty": loss.attention}
+            logs = {
+                "cross_entropy": loss.cross_entropy,
+                "attention_penalty": loss.attention,
+                "attention_entropy": loss.entropy,
+            }
         if not torch.isfinite(total):
             self._nonfinite(total, batch_idx)
             return None  # Lightning then skips backward and the optimizer step

@@ -145,12 +145,13 @@ def hard_attention_loss(
     attention_lambda: float,
     baseline: MovingAverageBaseline,
     config: HardAttentionConfig,
+    entropy_weight: float = 0.0,
 ) -> tuple[Tensor, LossParts, HardParts]:
     """The whole hard-attention objective for `Decoder.forward_hard`'s output and the target
-    tokens (B, T): cross-entropy and the doubly stochastic term (`caption_loss`) plus
+    tokens (B, T): cross-entropy, the doubly stochastic and entropy terms (`caption_loss`) plus
     `hard_attention_terms` -> (total, the caption loss's parts, the hard terms)."""
     logits = forward.logits.float()
-    parts = caption_loss(logits, targets, forward.alphas.float(), pad_id, attention_lambda)
+    parts = caption_loss(logits, targets, forward.alphas.float(), pad_id, attention_lambda, entropy_weight)
     token_log_probs = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     real = targets != pad_id
     hard = hard_attention_terms(

@@ -53,3 +53,26 @@ def test_attention_term_value_and_lambda():
     parts = caption_loss(logits, targets, alphas, PAD, attention_lambda=0.25)
     assert torch.allclose(parts.attention, expected)
     assert torch.allclose(parts.total, parts.cross_entropy + 0.25 * expected)
+
+
+def test_entropy_term_is_the_mean_step_entropy_over_real_steps():
+    logits, targets, alphas = _batch(seed=3)
+    real = targets != PAD
+    per_step = -(alphas * alphas.log()).sum(-1)
+    parts = caption_loss(logits, targets, alphas, PAD, attention_lambda=0.5, entropy_weight=0.2)
+    assert torch.allclose(parts.entropy, per_step[real].mean())
+    assert torch.allclose(parts.total, parts.cross_entropy + 0.5 * parts.attention + 0.2 * parts.entropy)
+    # One-hot attention has entropy 0; uniform over P cells has log P.
+    peaked = torch.nn.functional.one_hot(torch.randint(0, 6, targets.shape), 6).float()
+    assert caption_loss(logits, targets, peaked, PAD).entropy.item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.full_like(alphas, 1 / 6)
+    assert caption_loss(logits, targets, uniform, PAD).entropy.item() == pytest.approx(torch.log(torch.tensor(6.0)).item())
+
+
+def test_entropy_gradient_is_finite_where_a_mask_zeroed_attention():
+    logits, targets, alphas = _batch(seed=4)
+    alphas = alphas.clone()
+    alphas[..., 0] = 0.0
+    alphas = (alphas / alphas.sum(-1, keepdim=True)).requires_grad_()
+    caption_loss(logits, targets, alphas, PAD, entropy_weight=1.0).total.backward()
+    assert torch.isfinite(alphas.grad).all()
