@@ -48,7 +48,16 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "recipe": ("configs/small_scratch.yaml", []),
 }
 FAMILIES = ("shapes", "glyphs")
-METRICS = ("BLEU-4", "CIDEr", "pointing_game", "attention_in_box", "chance_pointing_game", "grounded_words")
+METRICS = (
+    "BLEU-4",
+    "CIDEr",
+    "pointing_game",
+    "attention_in_box",
+    "chance_pointing_game",
+    "grounded_words",
+    "mean_length",
+    "dangling_endings",
+)
 
 
 def row_commands(row: str, data_dir: Path, run_dir: Path) -> tuple[list[str], list[str]]:

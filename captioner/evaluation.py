@@ -6,9 +6,11 @@ end of a validation or test epoch; this unit knows nothing about training.
     images = gather_across_ranks(local_images, world_size)      # every rank calls this
     scores = score_images(images, boxes, grid, spice=False)      # rank 0 only: Java runs here
 
-Scores are the COCO caption metrics, plus, where the split has boxes, the grounding scores
-and how many words they were computed over (`grounded_words`), so a pointing game over 3
-words is not mistaken for one over 3,000.
+Scores are the COCO caption metrics, the captions' mean length and the share that end on a
+word that cannot end an English caption (`dangling_endings`: "a", "an", "the", "and" or a
+comma; what a degenerate caption looks like after self-critical training), plus, where the
+split has boxes, the grounding scores and how many words they were computed over
+(`grounded_words`), so a pointing game over 3 words is not mistaken for one over 3,000.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 
 from captioner.data.records import Box
 from captioner.metrics import GroundingSample, caption_scores, coco_category_words, grounding_scores
+
+DANGLING_WORDS = frozenset({"a", "an", "the", "and", ","})
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ def score_images(
 ) -> dict[str, float]:
     """COCO caption metrics over the images (each image id once), and with `boxes` (image id ->
     boxes; empty when the split has none) `pointing_game`, `attention_in_box`,
-    `chance_pointing_game` and `grounded_words`. {} when there are no images."""
+    `chance_pointing_game` and `grounded_words`; always `mean_length` (words) and
+    `dangling_endings` (share of captions). {} when there are no images."""
     by_image = {image.image_id: image for image in images}
     if not by_image:
         return {}
@@ -66,6 +71,11 @@ def score_images(
         {i: image.caption for i, image in by_image.items()},
         spice=spice,
     )
+    words = [image.words for image in by_image.values()]
+    scores["mean_length"] = sum(map(len, words)) / len(words)
+    scores["dangling_endings"] = sum(
+        bool(caption) and caption[-1].lower() in DANGLING_WORDS for caption in words
+    ) / len(words)
     if boxes:
         samples = [
             GroundingSample(image.words, image.alphas, grid, image.size, boxes.get(image.image_id, []))

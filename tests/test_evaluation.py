@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from captioner import evaluation
+from captioner.data.records import Box
+from captioner.evaluation import DecodedImage, score_images
+
+
+def _image(image_id: int, caption: str) -> DecodedImage:
+    words = tuple(caption.split())
+    return DecodedImage(image_id, caption, ("a red circle",), words, torch.full((len(words), 4), 0.25), (8, 8))
+
+
+@pytest.fixture
+def no_coco_metrics(monkeypatch):
+    # The caption metrics are pycocoevalcap's (tested elsewhere); these tests are about what is added.
+    monkeypatch.setattr(evaluation, "caption_scores", lambda references, captions, spice: {})
+
+
+def test_mean_length_and_dangling_endings_count_each_image_once(no_coco_metrics):
+    images = [
+        _image(1, "a red circle"),
+        _image(2, "a red circle and"),
+        _image(3, "a circle ,"),
+        _image(4, "The"),
+        _image(2, "a red circle and"),  # a distributed sampler's duplicate
+    ]
+    scores = score_images(images, {}, (2, 2))
+    assert scores["mean_length"] == pytest.approx((3 + 4 + 3 + 1) / 4)
+    assert scores["dangling_endings"] == pytest.approx(3 / 4)
+    assert "pointing_game" not in scores
+
+
+def test_grounding_scores_join_when_the_split_has_boxes(no_coco_metrics):
+    boxes = {1: [Box("circle", 0, 0, 8, 8)]}
+    scores = score_images([_image(1, "a red circle")], boxes, (2, 2))
+    assert scores["grounded_words"] == 1 and scores["dangling_endings"] == 0.0
