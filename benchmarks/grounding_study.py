@@ -24,6 +24,7 @@ from pathlib import Path
 # Row name -> (config, CLI overrides). "paper" is the shapes demo as it ships: the paper's
 # doubly stochastic term (λ = 1), scalar gate, a two-stage ResNet-18 trunk, no coordinates.
 LAMBDA0 = ["--model.attention_lambda", "0"]
+HARD = ["--model.decoder.attention", "hard"]
 ROWS: dict[str, tuple[str, list[str]]] = {
     "paper": ("configs/shapes.yaml", []),
     "lambda0": ("configs/shapes.yaml", LAMBDA0),
@@ -43,7 +44,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         [*LAMBDA0, "--data.image_size", "128", "--model.encoder.grid_size", "16"],
     ),
     "lambda0_zero_state": ("configs/shapes.yaml", [*LAMBDA0, "--model.decoder.initial_state", "zero"]),
-    "hard": ("configs/shapes.yaml", ["--model.decoder.attention", "hard"]),
+    "hard": ("configs/shapes.yaml", HARD),
+    "hard_entropy0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.entropy_lambda", "0.1"]),
+    "hard_reinforce0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.reinforce_lambda", "0.1"]),
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
 }
