@@ -43,6 +43,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
         "configs/shapes.yaml",
         [*LAMBDA0, "--data.image_size", "128", "--model.encoder.grid_size", "16"],
     ),
+    "lambda0_align": ("configs/shapes.yaml", [*LAMBDA0, "--model.encoder.align_grid", "true"]),
     "lambda0_zero_state": ("configs/shapes.yaml", [*LAMBDA0, "--model.decoder.initial_state", "zero"]),
     "hard": ("configs/shapes.yaml", HARD),
     "hard_entropy0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.entropy_lambda", "0.1"]),

@@ -132,3 +132,42 @@ def test_map_size_and_a_grid_finer_than_the_map_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         CaptioningModule(words, image_size=448, encoder=EncoderConfig("resnet18", grid_size=14))
+
+
+def _receptive_field_centre(encoder: Encoder, image_size: int, cell: tuple[int, int]) -> tuple[float, float]:
+    """(x, y) pixel centre of the input region that feature `cell` (row, col) depends on, found by
+    back-propagating through the trunk made linear (identity ReLUs, max-pools as average pools,
+    same geometry), so that every pixel in the receptive field gets a non-zero gradient."""
+    for name, module in list(encoder.trunk.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, child_name, torch.nn.Identity())
+            elif isinstance(child, torch.nn.MaxPool2d):
+                setattr(module, child_name, torch.nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+    encoder.eval()
+    images = torch.rand(1, 3, image_size, image_size, requires_grad=True)
+    row, col = cell
+    encoder(images)[0, row * encoder.grid_size + col].sum().backward()
+    support = images.grad[0].abs().sum(0) > 0  # (H, W)
+    ys, xs = support.any(1).nonzero().flatten(), support.any(0).nonzero().flatten()
+    return (xs.min() + xs.max() + 1).item() / 2, (ys.min() + ys.max() + 1).item() / 2
+
+
+@pytest.mark.parametrize("backbone,stages,stride", [("resnet18", 2, 8), ("resnet50", 3, 16)])
+def test_align_grid_centres_each_feature_on_its_cell(backbone, stages, stride):
+    # 20 cells: cell 9's receptive field (99 px for ResNet-18's first two stages) fits inside the image.
+    image_size, cell = 20 * stride, (9, 11)
+    centre = [(k + 0.5) * stride for k in reversed(cell)]  # (x, y) of the cell's centre
+    plain = Encoder(EncoderConfig(backbone=backbone, stages=stages, grid_size=20))
+    aligned = Encoder(EncoderConfig(backbone=backbone, stages=stages, grid_size=20, align_grid=True))
+    offset = (stride - 1) / 2
+    assert _receptive_field_centre(plain, image_size, cell) == pytest.approx([c - offset for c in centre])
+    assert _receptive_field_centre(aligned, image_size, cell) == pytest.approx(centre, abs=0.5)
+
+
+def test_align_grid_leaves_vgg_alone():
+    # VGG's 2x2 max-pools already centre feature k on (k + 0.5)·stride: nothing to shift.
+    encoder = Encoder(EncoderConfig(backbone="vgg11", stages=3, grid_size=20, align_grid=True))
+    assert (encoder.stride, encoder.centre_offset) == (4, 2.0)
+    assert encoder.map_size(80) == (20, 20)
+    assert _receptive_field_centre(encoder, 80, (9, 11)) == pytest.approx([(11 + 0.5) * 4, (9 + 0.5) * 4])

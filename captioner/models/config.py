@@ -56,6 +56,12 @@ class EncoderConfig(PlainConfig):
         so the context z_t says where the attended cells are; not in the paper. A CNN barely
         knows where a cell is, so without them a caption's place words ("top left") must come
         from features that see the whole image, and attending to the object named buys nothing.
+    align_grid: centre each cell's feature on the cell it is drawn over. A ResNet's stride-s
+        map has its k-th feature centred at pixel s·k + 0.5, (s − 1)/2 px up and left of cell
+        k's centre (3.5 px at stride 8, 15.5 at 32); with this on, the image is padded by about
+        s/2 on each side and the map's first row and column (centred outside the image) are
+        dropped, so the features sit within 0.5 px of the cell centres (about (1 + s/S)² the
+        trunk's work, S the image side). VGG's maps are centred already. Not in the paper.
     """
 
     backbone: str = "resnet101"
@@ -65,6 +71,7 @@ class EncoderConfig(PlainConfig):
     fine_tune: str | int = "none"
     channels_last: bool = False
     coord_channels: bool = False
+    align_grid: bool = False
 
     @property
     def grid_shape(self) -> tuple[int, int]:

@@ -6,6 +6,7 @@ import re
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -57,6 +58,8 @@ class Encoder(nn.Module):
         self.grid_size, self.channels_last = grid_size, config.channels_last
         self.out_channels = [m for m in self.trunk.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
         self.out_channels += 2 if config.coord_channels else 0
+        self.stride, self.centre_offset = trunk_geometry(self.trunk)
+        self._align_pad = _align_padding(self.stride, self.centre_offset) if config.align_grid else None
         self._frozen = _frozen_modules(self.trunk, stem, kept, config.fine_tune)
         for module in self._frozen:
             module.requires_grad_(False)
@@ -72,10 +75,17 @@ class Encoder(nn.Module):
         return self
 
     def feature_map(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) -> the trunk's map (B, D, h, w) before grid pooling."""
+        """images (B, 3, H, W) -> the trunk's map (B, D, h, w) before grid pooling; with
+        `align_grid`, map cell k is centred on pixel (k + 0.5)·stride (within 0.5 px)."""
+        if self._align_pad is not None:
+            before, after = self._align_pad
+            images = F.pad(images, (before, after, before, after))  # 0 = the mean colour after normalising
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.trunk(images)
+        features = self.trunk(images)
+        if self._align_pad is not None:
+            features = features[:, :, 1:, 1:]  # centred above and left of the image
+        return features
 
     def map_size(self, image_size: int) -> tuple[int, int]:
         """(h, w) of the trunk's map for square images of side `image_size`, before grid pooling."""
@@ -95,6 +105,35 @@ class Encoder(nn.Module):
         if self.config.coord_channels:
             features = torch.cat([features, cell_centres(self.grid_size, features)], dim=2)
         return features.contiguous()
+
+
+def trunk_geometry(trunk: nn.Module) -> tuple[int, float]:
+    """(stride s, offset c) of a conv trunk's map: its k-th feature is centred at input pixel
+    coordinate s·k + c (pixel i spans [i, i + 1)), from the kernels, strides and paddings along
+    the main path (ResNet shortcuts, `downsample`, are skipped: they keep the same centres)."""
+    stride, offset = 1, 0.0
+    for name, module in trunk.named_modules():
+        if "downsample" in name.split(".") or not isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            continue
+        kernel, step, padding = (_first(getattr(module, key)) for key in ("kernel_size", "stride", "padding"))
+        dilation = _first(getattr(module, "dilation", 1))
+        offset += stride * (dilation * (kernel - 1) / 2 - padding)
+        stride *= step
+    return stride, offset + 0.5
+
+
+def _first(value: int | tuple[int, ...]) -> int:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _align_padding(stride: int, offset: float) -> tuple[int, int] | None:
+    """Zero padding (before, after) that, with the map's first row and column dropped, moves the
+    features from s·k + offset to within 0.5 px of (k + 0.5)·s; None when they are there already."""
+    shift = stride / 2 - offset  # how far right/down the features must move
+    if abs(shift) <= 0.5:
+        return None
+    before = round(stride - shift)  # padding moves them up/left; dropping one map cell, s right/down
+    return before, stride - before
 
 
 def cell_centres(grid_size: int, like: Tensor) -> Tensor:
