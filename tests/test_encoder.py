@@ -138,7 +138,7 @@ def _receptive_field_centre(encoder: Encoder, image_size: int, cell: tuple[int, 
     """(x, y) pixel centre of the input region that feature `cell` (row, col) depends on, found by
     back-propagating through the trunk made linear (identity ReLUs, max-pools as average pools,
     same geometry), so that every pixel in the receptive field gets a non-zero gradient."""
-    for name, module in list(encoder.trunk.named_modules()):
+    for module in list(encoder.trunk.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.ReLU):
                 setattr(module, child_name, torch.nn.Identity())
