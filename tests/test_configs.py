@@ -12,12 +12,27 @@ from captioner.errors import CaptionerError
 ALL_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 DATES_CONFIG = Path(__file__).parents[1] / "configs" / "dates.yaml"  # another system: tested below
 CONFIGS = [config for config in ALL_CONFIGS if config != DATES_CONFIG]
+# Configs that are layered over another one (`--config BASE --config OVERLAY`).
+LAYERED_OVER = {"small_scratch_scst.yaml": "small_scratch.yaml"}
+
+
+def _merged(base: dict, overlay: dict) -> dict:
+    """What jsonargparse does with two --config files: mappings merge key by key, the rest is replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
     """The config's model, data module and trainer, on the tiny synthetic set: no weights to
     download, no training. The recipe's own settings are kept; only paths are redirected."""
-    written = yaml.safe_load(config.read_text())
+    configs = [config]
+    if config.name in LAYERED_OVER:
+        configs.insert(0, config.with_name(LAYERED_OVER[config.name]))
+    written: dict = {}
+    for path in configs:
+        written = _merged(written, yaml.safe_load(path.read_text()))
     data = written.get("data", {})
     overrides = ["--data.data_dir", str(synth_data), "--data.num_workers", "0", "--model.encoder.weights", "null"]
     if data.get("format") == "karpathy":
@@ -29,7 +44,8 @@ def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
         overrides += ["--data.vocab_path", str(tmp_path / "vocab.json")]
     overrides += ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
     overrides += ["--checkpoint.dirpath", str(tmp_path / "checkpoints")]
-    return written, cli_main(["--config", str(config), *overrides], run=False)
+    config_args = [arg for path in configs for arg in ("--config", str(path))]
+    return written, cli_main([*config_args, *overrides], run=False)
 
 
 def test_configs_are_shipped():
@@ -59,6 +75,8 @@ def test_config_builds_the_model_and_data_it_names(config, synth_data, tmp_path)
     assert model.decoder.vocab_size == len(data.vocab) > 4
     assert data.records("train")  # the data module reads its split
     assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
+    assert (model.scst is None) == ("scst" not in written["model"])
+    assert model.hparams.init_from == written["model"].get("init_from")
 
 
 def test_a_config_naming_a_missing_backbone_fails(synth_data, tmp_path):
