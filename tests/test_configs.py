@@ -20,7 +20,8 @@ def _merged(base: dict, overlay: dict) -> dict:
     """What jsonargparse does with two --config files: mappings merge key by key, the rest is replaced."""
     merged = dict(base)
     for key, value in overlay.items():
-        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        both_mappings = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if both_mappings else value
     return merged
 
 
