@@ -4,10 +4,12 @@
     python -m benchmarks.grounding_study --rows paper lambda0 --families glyphs        # some rows
 
 For each family it makes a data set once (`captioner data synth`, 2000/200/200 images, 64 px),
-then per row runs `captioner train fit` and `captioner train test` on best.ckpt, and prints one
-JSON line: the test BLEU-4, CIDEr, pointing game, attention in box, chance, grounded words,
-wall and CPU minutes of the two commands, the load average before and after (the machine may be
-shared), and the exact commands. Runs are niced (nice -n 5).
+then per row runs `captioner train fit` (for the rows in `WITH_SCST`, a second fit: self-critical
+training layered over the first, from its best.ckpt) and `captioner train test` on best.ckpt,
+and prints one JSON line: the test BLEU-4, CIDEr, pointing game, attention in box, chance,
+grounded words, mean caption length, share of dangling endings, wall and CPU minutes of all
+the commands, the load average before and after (the machine may be shared), and the exact
+commands. Runs are niced (nice -n 5).
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "hard_reinforce0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.reinforce_lambda", "0.1"]),
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
+    "lambda0_scst": ("configs/shapes.yaml", LAMBDA0),
+    "recipe_scst": ("configs/small_scratch.yaml", []),
 }
+# Rows trained in two stages: the row's config, then self-critical training layered over it.
+SCST_STAGE = "configs/small_scratch_scst.yaml"
+WITH_SCST = {"lambda0_scst", "recipe_scst"}
 FAMILIES = ("shapes", "glyphs")
 METRICS = (
     "BLEU-4",
@@ -67,25 +74,37 @@ METRICS = (
 )
 
 
-def row_commands(row: str, data_dir: Path, run_dir: Path) -> tuple[list[str], list[str]]:
-    """The `captioner train fit` and `test` argument lists of `row` on `data_dir`, writing under `run_dir`."""
+def row_commands(row: str, data_dir: Path, run_dir: Path) -> list[list[str]]:
+    """The `captioner train` argument lists of `row` on `data_dir`, writing under `run_dir`:
+    fit and test, or for a row in `WITH_SCST`, fit, fit the self-critical stage from that, and
+    test the second stage."""
     config, overrides = ROWS[row]
-    common = [
-        "--config",
-        config,
+    stages = [[config]] + ([[config, SCST_STAGE]] if row in WITH_SCST else [])
+    dirs = [run_dir / "cross_entropy", run_dir] if len(stages) == 2 else [run_dir]
+    commands = []
+    for configs, out in zip(stages, dirs):
+        commands.append(["fit", *_common(configs, data_dir, out, overrides)])
+        if out is not dirs[0]:
+            commands[-1] += ["--model.init_from", str(dirs[0] / "checkpoints" / "best.ckpt")]
+    test = _common(stages[-1], data_dir, run_dir, overrides)
+    return [*commands, ["test", *test, "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt")]]
+
+
+def _common(configs: list[str], data_dir: Path, out: Path, overrides: list[str]) -> list[str]:
+    return [
+        *(arg for config in configs for arg in ("--config", config)),
         "--data.data_dir",
         str(data_dir),
         "--trainer.enable_progress_bar",
         "false",
         "--trainer.default_root_dir",
-        str(run_dir),
+        str(out),
         "--trainer.logger",
         "false",
         "--checkpoint.dirpath",
-        str(run_dir / "checkpoints"),
+        str(out / "checkpoints"),
         *overrides,
     ]
-    return ["fit", *common], ["test", *common, "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt")]
 
 
 def _captioner(args: list[str], log: Path) -> None:
@@ -100,10 +119,11 @@ def _children_cpu_s() -> float:
 
 
 def run_row(row: str, family: str, data_dir: Path, run_dir: Path) -> dict:
-    fit, test = row_commands(row, data_dir, run_dir)
+    *fits, test = row_commands(row, data_dir, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     load_before, start, cpu_start = os.getloadavg(), time.perf_counter(), _children_cpu_s()
-    _captioner(["train", *fit], run_dir / "fit.log")
+    for fit in fits:
+        _captioner(["train", *fit], run_dir / "fit.log")
     fit_minutes = (time.perf_counter() - start) / 60
     _captioner(["train", *test], run_dir / "test.log")
     metrics = json.loads((run_dir / "checkpoints" / "metrics.json").read_text())
@@ -116,7 +136,7 @@ def run_row(row: str, family: str, data_dir: Path, run_dir: Path) -> dict:
         "cpu_minutes": round((_children_cpu_s() - cpu_start) / 60, 2),
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
-        "commands": [" ".join(["captioner", "train", *args]) for args in (fit, test)],
+        "commands": [" ".join(["captioner", "train", *args]) for args in (*fits, test)],
     }
 
 

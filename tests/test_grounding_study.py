@@ -5,14 +5,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.grounding_study import ROWS, row_commands
+from benchmarks.grounding_study import ROWS, SCST_STAGE, WITH_SCST, row_commands
 from captioner.commands.train import cli_main
 
 
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_each_row_parses_and_sets_its_overrides(row, tmp_path, capsys):
-    fit, test = row_commands(row, Path("data/study/glyphs"), tmp_path / "run")
+    *fits, test = row_commands(row, Path("data/study/glyphs"), tmp_path / "run")
     assert test[-2:] == ["--ckpt_path", str(tmp_path / "run" / "checkpoints" / "best.ckpt")]
+    assert len(fits) == (2 if row in WITH_SCST else 1)
+    if row in WITH_SCST:  # the second stage starts from the first's best checkpoint, and is what is tested
+        first_best = str(tmp_path / "run" / "cross_entropy" / "checkpoints" / "best.ckpt")
+        assert fits[1][-2:] == ["--model.init_from", first_best] and SCST_STAGE in fits[1] and SCST_STAGE in test
+    fit = fits[-1]
     with pytest.raises(SystemExit) as exit_info:
         cli_main([*fit, "--print_config"])
     assert exit_info.value.code == 0
