@@ -55,12 +55,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "hard_reinforce0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.reinforce_lambda", "0.1"]),
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
-    "lambda0_scst": ("configs/shapes.yaml", LAMBDA0),
     "recipe_scst": ("configs/small_scratch.yaml", []),
 }
 # Rows trained in two stages: the row's config, then self-critical training layered over it.
 SCST_STAGE = "configs/small_scratch_scst.yaml"
-WITH_SCST = {"lambda0_scst", "recipe_scst"}
+WITH_SCST = {"recipe_scst"}
 FAMILIES = ("shapes", "glyphs")
 METRICS = (
     "BLEU-4",
