@@ -13,6 +13,12 @@ from PIL import Image
 
 from captioner.commands.train import cli_main
 
+# No progress bar or model summary in test output.
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# Training without validation: no validation batches, no metric to monitor (best.ckpt is the
+# last one), no logger.
+NO_VALIDATION = ["--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", "--trainer.logger", "false"]
+
 # A model and data small enough to train for a few dozen steps in seconds on CPU.
 TINY_MODEL = [
     "--model.encoder.backbone",
@@ -37,10 +43,7 @@ TINY_MODEL = [
     "8",
     "--trainer.accelerator",
     "cpu",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *QUIET,
 ]
 
 TINY_TRAINING = [
@@ -57,12 +60,7 @@ TINY_TRAINING = [
     "3",
     "--trainer.limit_train_batches",
     "15",
-    "--trainer.limit_val_batches",
-    "0",
-    "--checkpoint.monitor",
-    "null",
-    "--trainer.logger",
-    "false",
+    *NO_VALIDATION,
 ]
 
 

@@ -13,7 +13,7 @@ from captioner.commands.train import cli_main
 from captioner.errors import CaptionerError
 from captioner.models import DecoderConfig, EncoderConfig, caption_loss
 from captioner.module import CaptioningModule
-from tests.fixtures import TINY_TRAINING, write_malicious_checkpoint
+from tests.fixtures import NO_VALIDATION, QUIET, TINY_TRAINING, write_malicious_checkpoint
 
 QUICK = [
     "--model.encoder.backbone",
@@ -42,16 +42,8 @@ QUICK = [
     "2",
     "--trainer.limit_train_batches",
     "2",
-    "--trainer.limit_val_batches",
-    "0",
-    "--checkpoint.monitor",
-    "null",
-    "--trainer.logger",
-    "false",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *NO_VALIDATION,
+    *QUIET,
 ]
 
 

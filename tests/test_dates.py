@@ -21,6 +21,7 @@ from captioner.dates.model import TARGET_VOCAB, Translation, load_dates_model
 from captioner.dates.plot import save_attention_matrix
 from captioner.decoding import DecodingConfig
 from captioner.errors import CaptionerError
+from tests.fixtures import NO_VALIDATION, QUIET
 
 GREEDY = DecodingConfig(beam_size=1)
 
@@ -31,16 +32,8 @@ FIXTURE_TRAINING = [
     "32000",
     "--trainer.max_time",
     "null",
-    "--trainer.limit_val_batches",
-    "0",
-    "--checkpoint.monitor",
-    "null",
-    "--trainer.logger",
-    "false",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *NO_VALIDATION,
+    *QUIET,
 ]
 CONFIG = Path(__file__).parents[1] / "configs" / "dates.yaml"
 

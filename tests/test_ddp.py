@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from captioner.commands.train import cli_main
 from captioner.data import synth
-from tests.fixtures import TINY_MODEL
+from tests.fixtures import NO_VALIDATION, QUIET, TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = [
@@ -42,10 +42,7 @@ MODEL = [
     "2",
     "--trainer.accelerator",
     "cpu",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *QUIET,
 ]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
 
@@ -185,12 +182,7 @@ def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):
         *DDP,
         "--trainer.max_epochs",
         "1",
-        "--trainer.limit_val_batches",
-        "0",
-        "--checkpoint.monitor",
-        "null",
-        "--trainer.logger",
-        "false",
+        *NO_VALIDATION,
     ]
     hard_run, scst_run = tmp_path / "hard", tmp_path / "scst"
     hard = _captioner_train(

@@ -17,6 +17,7 @@ import torch
 
 from captioner.checkpoint_io import AtomicCheckpointIO
 from captioner.commands.train import cli_main
+from tests.fixtures import QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dropout > 0 exercises the RNG; a cosine schedule exercises the scheduler state.
@@ -55,10 +56,7 @@ RUN = [
     "1",
     "--trainer.num_sanity_val_steps",
     "0",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *QUIET,
 ]
 
 
