@@ -30,12 +30,11 @@ import numpy as np
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from captioner.data.synth import Instance, describe, write_dataset
+from captioner.data.synth import MARGIN, Instance, describe, layout_ok, write_dataset
 from captioner.errors import CaptionerError
 
 CATEGORIES = ("two", "three", "four", "five", "seven", "eight")  # COCO category ids 1..6
 DIGITS = {"two": "2", "three": "3", "four": "4", "five": "5", "seven": "7", "eight": "8"}
-_MARGIN = 0.03  # of the image side: gap to the border and between glyphs
 _NOISE = 8  # background noise amplitude in grey levels
 _MAX_TILT = 12  # degrees either way
 _REFERENCE_PX = 160  # font size the glyphs are drawn at before scaling down
@@ -99,33 +98,10 @@ def _glyph_mask(category: str, height: int, tilt: float) -> Image.Image:
     return mask.crop(mask.getbbox())
 
 
-def _apart(a: Glyph, b: Glyph, gap: float) -> bool:
-    """True when the ink boxes of `a` and `b` are at least `gap` apart along x or y."""
-    return a.x + a.w + gap <= b.x or b.x + b.w + gap <= a.x or a.y + a.h + gap <= b.y or b.y + b.h + gap <= a.y
-
-
-def _layout_ok(glyphs: list[Glyph], size: int) -> bool:
-    """No overlaps, and the relation the captions will state is unambiguous (as for shapes)."""
-    gap = _MARGIN * size
-    if not all(_apart(a, b, gap) for i, a in enumerate(glyphs) for b in glyphs[i + 1 :]):
-        return False
-    if len(glyphs) == 2:
-        a, b = glyphs
-        dx, dy = abs(a.cx - b.cx), abs(a.cy - b.cy)
-        horizontal = dx >= dy
-        reach = (a.w + b.w) / 2 if horizontal else (a.h + b.h) / 2
-        major, minor = max(dx, dy), min(dx, dy)
-        return major >= reach + gap and minor <= 0.5 * major
-    if len(glyphs) == 3:
-        xs = sorted(g.cx for g in glyphs)
-        return min(xs[1] - xs[0], xs[2] - xs[1]) >= 0.18 * size
-    return True
-
-
 def _sample_glyphs(rng: np.random.Generator, size: int) -> list[Glyph]:
     count = int(rng.integers(1, 4))
     high = 0.42 if count < 3 else 0.32  # three glyphs need a little more room
-    margin = round(_MARGIN * size)
+    margin = round(MARGIN * size)
     while True:
         glyphs = []
         for _ in range(count):
@@ -142,7 +118,7 @@ def _sample_glyphs(rng: np.random.Generator, size: int) -> list[Glyph]:
             else:
                 x, y = int(rng.integers(margin, x_hi + 1)), int(rng.integers(margin, y_hi + 1))
             glyphs.append(Glyph(category, int(rng.integers(150, 256)), x, y, mask))
-        if _layout_ok(glyphs, size):
+        if layout_ok(glyphs, size):
             return glyphs
 
 

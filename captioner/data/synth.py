@@ -55,7 +55,7 @@ GRID_PHRASES = (
     ("in the bottom left corner", "at the bottom", "in the bottom right corner"),
 )
 CAPTIONS_PER_IMAGE = 5
-_MARGIN = 0.03  # of the image side: gap to the border and between shapes
+MARGIN = 0.03  # of the image side: gap to the border and between objects (glyphs too)
 _COLOUR_JITTER = 12
 _NOISE = 3  # background noise amplitude in grey levels; small, so PNGs stay small
 
@@ -98,34 +98,19 @@ class Shape:
     def phrase(self) -> str:
         return f"a {self.colour} {self.kind}"
 
+    @property
+    def w(self) -> float:
+        return self.side
 
-def _separated(a: Shape, b: Shape, gap: float) -> bool:
-    """True when the boxes of `a` and `b` are at least `gap` apart along x or y."""
-    reach = (a.side + b.side) / 2 + gap
-    return abs(a.cx - b.cx) >= reach or abs(a.cy - b.cy) >= reach
-
-
-def _layout_ok(shapes: list[Shape], size: int) -> bool:
-    """No overlaps, and the relation the captions will state is unambiguous."""
-    gap = _MARGIN * size
-    if not all(_separated(a, b, gap) for i, a in enumerate(shapes) for b in shapes[i + 1 :]):
-        return False
-    if len(shapes) == 2:
-        a, b = shapes
-        dx, dy = abs(a.cx - b.cx), abs(a.cy - b.cy)
-        major, minor = max(dx, dy), min(dx, dy)
-        # Clearly apart along the stated axis, and clearly more than along the other one.
-        return major >= (a.side + b.side) / 2 + gap and minor <= 0.5 * major
-    if len(shapes) == 3:
-        xs = sorted(s.cx for s in shapes)
-        return min(xs[1] - xs[0], xs[2] - xs[1]) >= 0.18 * size
-    return True
+    @property
+    def h(self) -> float:
+        return self.side
 
 
 def _sample_shapes(rng: np.random.Generator, size: int) -> list[Shape]:
     count = int(rng.integers(1, 4))
     high = 0.35 if count < 3 else 0.28  # three shapes need a little more room
-    margin = _MARGIN * size
+    margin = MARGIN * size
     while True:
         shapes = []
         for _ in range(count):
@@ -141,7 +126,7 @@ def _sample_shapes(rng: np.random.Generator, size: int) -> list[Shape]:
             kind = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
             colour = list(COLOUR_WORDS)[int(rng.integers(len(COLOUR_WORDS)))]
             shapes.append(Shape(kind, colour, cx, cy, side))
-        if _layout_ok(shapes, size):
+        if layout_ok(shapes, size):
             return shapes
 
 
@@ -152,13 +137,39 @@ def grid_phrase(item: Placed, size: int) -> str:
 
 
 class Placed(Protocol):
-    """What the caption templates need of an object: its centre and how to name it."""
+    """What the layout rule and the caption templates need of an object: its box's centre and
+    size (w, h) in pixels, and how to name it."""
 
     cx: float
     cy: float
+    w: float
+    h: float
 
     @property
     def phrase(self) -> str: ...
+
+
+def layout_ok(items: Sequence[Placed], size: int) -> bool:
+    """No two boxes closer than the margin, and the relation the captions will state is
+    unambiguous: two objects clearly apart along the stated axis and clearly more than along
+    the other; three (named in a row) clearly apart from left to right."""
+    gap = MARGIN * size
+    if not all(_apart(a, b, gap) for i, a in enumerate(items) for b in items[i + 1 :]):
+        return False
+    if len(items) == 2:
+        a, b = items
+        dx, dy = abs(a.cx - b.cx), abs(a.cy - b.cy)
+        reach = (a.w + b.w) / 2 if dx >= dy else (a.h + b.h) / 2
+        return max(dx, dy) >= reach + gap and min(dx, dy) <= 0.5 * max(dx, dy)
+    if len(items) == 3:
+        xs = sorted(item.cx for item in items)
+        return min(xs[1] - xs[0], xs[2] - xs[1]) >= 0.18 * size
+    return True
+
+
+def _apart(a: Placed, b: Placed, gap: float) -> bool:
+    """True when the boxes of `a` and `b` are at least `gap` apart along x or y."""
+    return abs(a.cx - b.cx) >= (a.w + b.w) / 2 + gap or abs(a.cy - b.cy) >= (a.h + b.h) / 2 + gap
 
 
 def describe(
