@@ -128,19 +128,6 @@ def test_category_words_are_unambiguous_caption_words(glyph_data):
     assert re.search(r"\ban eight\b", " ".join(s["raw"] for i in data["images"] for s in i["sentences"]))
 
 
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
-    kwargs = dict(train=6, val=2, test=2, size=48)
-    first = tree_bytes(glyphs.generate(tmp_path / "a", seed=3, **kwargs))
-    assert first == tree_bytes(glyphs.generate(tmp_path / "b", seed=3, **kwargs))
-    other = tree_bytes(glyphs.generate(tmp_path / "c", seed=4, **kwargs))
-    assert first.keys() == other.keys()
-    assert all(first[name] != other[name] for name in first if name.endswith(".png"))
-
-
 def test_generate_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="at least 48"):
         glyphs.generate(tmp_path, train=1, size=40)
