@@ -31,6 +31,16 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def machine(device: torch.device) -> dict:
+    """What every benchmark JSON records about where it ran."""
+    return {
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cpu": cpu_name(),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a seconds-long smoke run")
@@ -40,10 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         importlib.import_module(name)
     device = torch.device(args.device)
     results = {
-        "device": device.type,
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "cpu": cpu_name(),
+        **machine(device),
         "sizes": "tiny" if args.tiny else "coco",
         **run(Context(TINY if args.tiny else COCO, device)),
     }

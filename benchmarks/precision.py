@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.__main__ import cpu_name
+from benchmarks.__main__ import machine
 from benchmarks.suite import COCO, END, START, TINY
 from captioner.decoding import DecodingConfig, decode_captions
 from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
@@ -102,10 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     results = {
-        "device": device.type,
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "cpu": cpu_name(),
+        **machine(device),
         "load_average_1min": os.getloadavg()[0],
     }
     if args.ckpt is not None:
