@@ -41,5 +41,10 @@ def caption_loss(
     # The clamp keeps the gradient finite where a mask made α exactly 0 (0 · log 0 counts as 0).
     step_entropy = -(alphas * alphas.clamp_min(torch.finfo(alphas.dtype).tiny).log()).sum(dim=-1)  # (B, T)
     entropy = step_entropy.masked_select(real.squeeze(-1)).mean()
-    total = cross_entropy + attention_lambda * attention + entropy_weight * entropy
+    # A term with weight 0 stays out of the sum, so backward does no work for it (it is still logged).
+    total = cross_entropy
+    if attention_lambda:
+        total = total + attention_lambda * attention
+    if entropy_weight:
+        total = total + entropy_weight * entropy
     return LossParts(total, cross_entropy, attention, entropy)
