@@ -80,11 +80,9 @@ def row_commands(row: str, data_dir: Path, run_dir: Path) -> list[list[str]]:
     config, overrides = ROWS[row]
     stages = [[config]] + ([[config, SCST_STAGE]] if row in WITH_SCST else [])
     dirs = [run_dir / "cross_entropy", run_dir] if len(stages) == 2 else [run_dir]
-    commands = []
-    for configs, out in zip(stages, dirs):
-        commands.append(["fit", *_common(configs, data_dir, out, overrides)])
-        if out is not dirs[0]:
-            commands[-1] += ["--model.init_from", str(dirs[0] / "checkpoints" / "best.ckpt")]
+    commands = [["fit", *_common(configs, data_dir, out, overrides)] for configs, out in zip(stages, dirs)]
+    for later in commands[1:]:
+        later += ["--model.init_from", str(dirs[0] / "checkpoints" / "best.ckpt")]
     test = _common(stages[-1], data_dir, run_dir, overrides)
     return [*commands, ["test", *test, "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt")]]
 
