@@ -27,6 +27,7 @@ from pathlib import Path
 # doubly stochastic term (λ = 1), scalar gate, a two-stage ResNet-18 trunk, no coordinates.
 LAMBDA0 = ["--model.attention_lambda", "0"]
 HARD = ["--model.decoder.attention", "hard"]
+CURRENT = ["--model.decoder.attend_from", "current"]
 ROWS: dict[str, tuple[str, list[str]]] = {
     "paper": ("configs/shapes.yaml", []),
     "lambda0": ("configs/shapes.yaml", LAMBDA0),
@@ -47,6 +48,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     ),
     "lambda0_align": ("configs/shapes.yaml", [*LAMBDA0, "--model.encoder.align_grid", "true"]),
     "lambda0_zero_state": ("configs/shapes.yaml", [*LAMBDA0, "--model.decoder.initial_state", "zero"]),
+    "current": ("configs/shapes.yaml", CURRENT),
+    "lambda0_current": ("configs/shapes.yaml", [*LAMBDA0, *CURRENT]),
+    "lambda0_current_coords": ("configs/shapes.yaml", [*LAMBDA0, *CURRENT, "--model.encoder.coord_channels", "true"]),
+    "lambda0_current_zero_state": (
+        "configs/shapes.yaml",
+        [*LAMBDA0, *CURRENT, "--model.decoder.initial_state", "zero"],
+    ),
     "hard": ("configs/shapes.yaml", HARD),
     "hard_entropy0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.entropy_lambda", "0.1"]),
     "hard_lambda0": ("configs/shapes.yaml", [*HARD, *LAMBDA0]),

@@ -9,9 +9,10 @@ from captioner.models import Decoder, DecoderConfig, SoftAttention, attention, c
 V, D, P = 13, 10, 6
 
 
-def _decoder(gate="scalar", seed=0, dropout=0.0):
+def _decoder(gate="scalar", seed=0, dropout=0.0, **settings):
     torch.manual_seed(seed)
-    return Decoder(DecoderConfig(embed_dim=8, hidden_dim=9, attention_dim=7, dropout=dropout, gate=gate), V, D)
+    config = DecoderConfig(embed_dim=8, hidden_dim=9, attention_dim=7, dropout=dropout, gate=gate, **settings)
+    return Decoder(config, V, D)
 
 
 def test_attention_weights_sum_to_one_and_are_zero_where_masked():
@@ -90,9 +91,10 @@ def _naive_loss(decoder, features, inputs, targets, pad_id):
     return ce + attention
 
 
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
 @pytest.mark.parametrize("gate", ["scalar", "channel", "none"])
-def test_fast_forward_equals_step_by_step_reference(gate):
-    decoder = _decoder(gate=gate)
+def test_fast_forward_equals_step_by_step_reference(gate, attend_from):
+    decoder = _decoder(gate=gate, attend_from=attend_from)
     features = torch.randn(3, P, D)
     tokens = torch.randint(3, V, (3, 7))
     tokens[1, 5:] = 0
@@ -111,8 +113,9 @@ def test_fast_forward_equals_step_by_step_reference(gate):
             assert torch.allclose(g1, g2, atol=1e-5), name
 
 
-def test_step_with_beams_equals_step_per_beam():
-    decoder = _decoder().eval()
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+def test_step_with_beams_equals_step_per_beam(attend_from):
+    decoder = _decoder(attend_from=attend_from).eval()
     features = torch.randn(2, P, D)
     projected = decoder.prepare(features)
     h = torch.randn(2, 3, 9)
@@ -204,3 +207,43 @@ def test_zero_initial_state_starts_from_zero_whatever_the_features():
         assert torch.allclose(got, want, atol=1e-6)
     with pytest.raises(CaptionerError, match="initial_state='learned'"):
         Decoder(DecoderConfig(initial_state="learned"), V, D)
+
+
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+def test_attention_for_a_word_sees_the_word_before_it_only_when_attending_from_the_current_state(attend_from):
+    # α_t chooses where to look for y_t. From the current state it is computed after the LSTM has
+    # read y_{t-1} (input t), so changing that input moves α_t; from the previous state it cannot.
+    decoder = _decoder(attend_from=attend_from)
+    features = torch.randn(2, P, D)
+    tokens = torch.randint(3, V, (2, 5))
+    changed = tokens.clone()
+    changed[:, 3] = (tokens[:, 3] + 1 - 3) % (V - 3) + 3
+    _, alphas = decoder(features, tokens)
+    _, changed_alphas = decoder(features, changed)
+    assert torch.equal(alphas[:, :3], changed_alphas[:, :3])
+    moved = not torch.allclose(alphas[:, 3], changed_alphas[:, 3], atol=1e-6)
+    assert moved == (attend_from == "current")
+
+
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+def test_context_feeds_the_lstm_only_when_attending_from_the_previous_state(attend_from):
+    # With h_0 = 0, a decoder attending from the current state never lets the image into its
+    # LSTM: the hidden states depend on the words alone, and a word's context reaches only that
+    # word's output. From the previous state, z_t is an LSTM input and the states depend on it.
+    decoder = _decoder(attend_from=attend_from, initial_state="zero")
+    hiddens = []
+    decoder.out_hidden.register_forward_hook(lambda _module, args, _out: hiddens.append(args[0]))
+    tokens = torch.randint(3, V, (2, 5))
+    decoder(torch.randn(2, P, D), tokens)
+    decoder(5 * torch.randn(2, P, D), tokens)
+    same = torch.allclose(hiddens[0], hiddens[1], atol=1e-6)
+    assert same == (attend_from == "current")
+
+
+def test_attending_from_the_current_state_is_checked():
+    with pytest.raises(CaptionerError, match="attend_from='next'.*previous, current"):
+        Decoder(DecoderConfig(attend_from="next"), V, D)
+    with pytest.raises(CaptionerError, match="soft attention only"):
+        Decoder(DecoderConfig(attend_from="current", attention="hard"), V, D)
+    # The LSTM reads the word alone: its input is E wide, not E + D.
+    assert _decoder(attend_from="current").lstm.weight_ih.shape == (4 * 9, 8)

@@ -96,6 +96,12 @@ class DecoderConfig(PlainConfig):
         "expected" Σ_i α_i a_i, as the paper does at test time, or "argmax" a_{argmax α}.
     initial_state: "mean", h_0, c_0 = tanh(Linear(mean_i a_i)) as in the paper, or "zero",
         h_0 = c_0 = 0, so the decoder learns what is in the image only through attention.
+    attend_from: the state that chooses where to look for word y_t. "previous" as in the paper:
+        α_t comes from h_{t-1}, before the LSTM has read y_{t-1}, and z_t feeds the LSTM (so it
+        can serve later words too) and the deep output. "current" (the spatial attention of
+        Lu et al. 2017): the LSTM reads y_{t-1} first, α_t comes from h_t, and z_t feeds only
+        the deep output of y_t, so what a word's attention gathers can serve that word alone.
+        Soft attention only.
     """
 
     embed_dim: int = 512
@@ -106,6 +112,7 @@ class DecoderConfig(PlainConfig):
     attention: str = "soft"
     hard_decoding: str = "expected"
     initial_state: str = "mean"
+    attend_from: str = "previous"
 
 
 @dataclass(frozen=True)

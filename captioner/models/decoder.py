@@ -17,6 +17,7 @@ from captioner.models.hard_attention import HARD_DECODING, HardChoice, argmax_co
 GATES = ("scalar", "channel", "none")
 ATTENTIONS = ("soft", "hard")
 INITIAL_STATES = ("mean", "zero")
+ATTEND_FROM = ("previous", "current")
 
 State = tuple[Tensor, Tensor]
 StepWeights = tuple[Tensor, Tensor, Tensor]  # see Decoder._weights
@@ -54,6 +55,12 @@ class Decoder(nn.Module):
       logits_t = L_o(dropout(E y_{t-1} + L_h h_t + L_z z_t))                      (deep output, eq. 7)
     with h_0, c_0 = tanh(Linear(mean_i a_i)) (or 0, `config.initial_state == "zero"`).
 
+    With `config.attend_from == "current"` (Lu et al. 2017) the LSTM reads the word first:
+      h_t, c_t = LSTMCell(E y_{t-1}, (h_{t-1}, c_{t-1}));  α_t, z_t = attention(a, h_t);
+      z_t <- σ(f_β(h_t)) · z_t;  logits_t as above.
+    Nothing in the recurrence depends on the image after h_0, so teacher forcing runs the LSTM
+    over all steps in one call and attends for all steps at once (autograd throughout).
+
     Shapes: features (B, P, D), tokens (B, T), logits (B, T, V), alphas (B, T, P);
     E = embed_dim, H = hidden_dim, A = attention_dim, V = vocab_size.
 
@@ -84,6 +91,12 @@ class Decoder(nn.Module):
             raise CaptionerError(
                 f"initial_state={config.initial_state!r} is not supported; use one of {', '.join(INITIAL_STATES)}"
             )
+        if config.attend_from not in ATTEND_FROM:
+            raise CaptionerError(
+                f"attend_from={config.attend_from!r} is not supported; use one of {', '.join(ATTEND_FROM)}"
+            )
+        if config.attend_from == "current" and config.attention != "soft":
+            raise CaptionerError('attend_from="current" works with soft attention only; use attention="soft"')
         require_positive(embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, attention_dim=config.attention_dim)
         embed_dim, hidden_dim, attention_dim = config.embed_dim, config.hidden_dim, config.attention_dim
         gate = config.gate
@@ -98,8 +111,11 @@ class Decoder(nn.Module):
         gate_dim = {"scalar": 1, "channel": feature_dim, "none": 0}[gate]
         self.gate = nn.Linear(hidden_dim, gate_dim) if gate_dim else None  # f_β
         # The parameters of an LSTMCell (same state-dict layout), applied by `_advance` so that
-        # the embedding half of W_ih can run once over all steps.
-        self.lstm = nn.LSTMCell(embed_dim + feature_dim, hidden_dim)
+        # the embedding half of W_ih can run once over all steps. Attending from the current
+        # state, the LSTM reads the word alone.
+        self.attends_after_reading = config.attend_from == "current"
+        lstm_input = embed_dim if self.attends_after_reading else embed_dim + feature_dim
+        self.lstm = nn.LSTMCell(lstm_input, hidden_dim)
         self.out_hidden = nn.Linear(hidden_dim, embed_dim)  # L_h
         self.out_context = nn.Linear(feature_dim, embed_dim, bias=False)  # L_z
         self.dropout = nn.Dropout(config.dropout)
@@ -131,8 +147,11 @@ class Decoder(nn.Module):
         float32 outside autocast runs the hand-written backward (`_TimeLoop`); anything else
         (autocast, other dtypes, a "hard" decoder's argmax context) runs `forward_autograd`,
         which gives the same numbers. A "hard" decoder does not sample here: it uses its
-        `hard_decoding` context (training one samples with `forward_hard`).
+        `hard_decoding` context (training one samples with `forward_hard`). Attending from the
+        current state has no time loop of its own to hand-write (`_forward_current`).
         """
+        if self.attends_after_reading:
+            return self._forward_current(features, tokens, mask)
         if torch.is_autocast_enabled(features.device.type) or features.dtype != torch.float32 or self._argmax_context():
             return self.forward_autograd(features, tokens, mask)
         projected = self.prepare(features)
@@ -150,8 +169,41 @@ class Decoder(nn.Module):
     def forward_autograd(self, features: Tensor, tokens: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """`forward` as a plain loop over `_advance` that autograd differentiates: the path for
         mixed precision and for anything the hand-written backward does not know. Same shapes."""
+        if self.attends_after_reading:
+            return self._forward_current(features, tokens, mask)
         logits, alphas, _ = self._autograd_loop(features, tokens, mask, None)
         return logits, alphas
+
+    def _forward_current(self, features: Tensor, tokens: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Teacher forcing when attending from the current state: the LSTM over all T words in
+        one call (its input matmul runs once over all steps), then attention for all steps at
+        once, the T steps riding on the attention's beam axis. Shapes as in `forward`."""
+        h, c = self.init_state(features, mask)
+        embedded = self.embedding(tokens)  # (B, T, E)
+        lstm = self.lstm
+        hiddens, _, _ = torch.lstm(
+            embedded,
+            (h.unsqueeze(0), c.unsqueeze(0)),
+            [lstm.weight_ih, lstm.weight_hh, lstm.bias_ih, lstm.bias_hh],
+            True,  # has_biases
+            1,  # num_layers
+            0.0,  # dropout
+            self.training,
+            False,  # bidirectional
+            True,  # batch_first
+        )  # (B, T, H)
+        context, alphas = self._attend_current(features, self.prepare(features), hiddens, mask)
+        return self._deep_output(embedded, hiddens, context), alphas
+
+    def _attend_current(
+        self, features: Tensor, projected: Tensor, hidden: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Attention from the current state: hidden (B, [K,] H) -> gated context z (B, [K,] D),
+        alpha (B, [K,] P); K may be beams or, in teacher forcing, time steps."""
+        attended, alpha = self.attention(features, projected, hidden, mask)
+        if self.gate is None:
+            return attended, alpha
+        return torch.sigmoid(self.gate(hidden)) * attended, alpha
 
     def forward_hard(
         self, features: Tensor, tokens: Tensor, mask: Tensor | None = None, expected_prob: float = 0.5
@@ -202,10 +254,22 @@ class Decoder(nn.Module):
         not copied); without the beam axis the attention and every layer work on (B, ·) alike.
         """
         embedded = self.embedding(prev_tokens)  # (B, [K,] E)
+        if self.attends_after_reading:
+            h, c = self._read_word(embedded, state)
+            context, alpha = self._attend_current(features, projected, h, mask)
+            return self._deep_output(embedded, h, context).log_softmax(dim=-1), (h, c), alpha
         embed_weight, weights = self._weights()
         out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)
         log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1)
         return log_probs, (out.h, out.c), out.alpha
+
+    def _read_word(self, embedded: Tensor, state: State) -> State:
+        """One LSTM step on the word alone (attending from the current state): embedded
+        (B, [K,] E), state (h, c) each (B, [K,] H) -> new (h, c), same shapes."""
+        h, c = state
+        rows = h.shape[:-1]
+        h, c = self.lstm(embedded.reshape(-1, self.embed_dim), (h.reshape(-1, h.size(-1)), c.reshape(-1, c.size(-1))))
+        return h.view(*rows, -1), c.view(*rows, -1)
 
     def _argmax_context(self) -> bool:
         """True when this decoder attends to the single most attended location (not sampling)."""
