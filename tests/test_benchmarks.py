@@ -71,6 +71,6 @@ def test_jpeg_benchmark_reports_rates_and_the_draft_error():
     from benchmarks import jpeg
 
     results = jpeg.main(["--tiny"])
-    for name in ("full", "draft"):
+    for name in ("pillow_full", "full", "draft"):
         assert results[f"{name}_images_per_s_per_core"] > 0
     assert 0 < results["draft_vs_full_decode_mean_abs"] < results["jpeg_q90_vs_lossless_mean_abs"]

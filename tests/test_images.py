@@ -147,6 +147,23 @@ def test_image_transform_resizes_normalises_and_never_flips():
         image_transform(0)
 
 
+def _normalised(image):
+    """An RGB image as the model sees it, computed from scratch: (3, H, W), ImageNet-normalised."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255
+    return (pixels - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def test_image_transform_resizes_like_pillow_and_keeps_an_image_of_its_size_exact():
+    # The resize runs on torch's uint8 kernel: it must agree with Pillow's antialiased bilinear
+    # resize (a swapped axis, no antialiasing or a wrong scale would not), and an image already
+    # S x S must only be normalised.
+    photo = photo_like(120, 90, seed=0)
+    pillow = photo.resize((48, 48), Image.BILINEAR, reducing_gap=None)
+    assert (image_transform(48)(photo) - _normalised(pillow)).abs().mean() < 0.01
+    square = photo.crop((0, 0, 48, 48))
+    assert torch.allclose(image_transform(48)(square), _normalised(square), atol=1e-6)
+
+
 def test_list_image_files_walks_globs_and_reports_what_matched_nothing(tmp_path):
     for name in ("b/2.JPG", "b/sub/1.png", "a.png", "b/.hidden.png", "b/readme.txt", "c.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
