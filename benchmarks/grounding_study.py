@@ -50,12 +50,16 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lambda0_zero_state": ("configs/shapes.yaml", [*LAMBDA0, "--model.decoder.initial_state", "zero"]),
     "current": ("configs/shapes.yaml", CURRENT),
     "lambda0_current": ("configs/shapes.yaml", [*LAMBDA0, *CURRENT]),
-    "lambda0_current_coords": ("configs/shapes.yaml", [*LAMBDA0, *CURRENT, "--model.encoder.coord_channels", "true"]),
     "lambda0_current_zero_state": (
         "configs/shapes.yaml",
         [*LAMBDA0, *CURRENT, "--model.decoder.initial_state", "zero"],
     ),
     "hard": ("configs/shapes.yaml", HARD),
+    "hard_current": ("configs/shapes.yaml", [*HARD, *CURRENT]),
+    "hard_lambda0_current_zero_state": (
+        "configs/shapes.yaml",
+        [*HARD, *LAMBDA0, *CURRENT, "--model.decoder.initial_state", "zero"],
+    ),
     "hard_entropy0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.entropy_lambda", "0.1"]),
     "hard_lambda0": ("configs/shapes.yaml", [*HARD, *LAMBDA0]),
     "hard_lambda0_gate_none": ("configs/shapes.yaml", [*HARD, *LAMBDA0, "--model.decoder.gate", "none"]),

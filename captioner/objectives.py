@@ -40,10 +40,13 @@ def reinforce_loss(log_probs: Tensor, rewards: Tensor, baselines: Tensor, normal
     """Surrogate loss whose gradient is the REINFORCE estimate of −∇ Σ E[reward] / normalizer.
 
     log_probs (N, ...) of the drawn actions (differentiable; entries to ignore hold 0),
-    rewards (N,) and baselines (N,) or broadcastable (no gradient flows through either).
+    rewards (N,), one per sample for all its actions, or shaped like log_probs, one per action;
+    baselines broadcastable to rewards (no gradient flows through either).
     """
     advantage = (rewards - baselines).detach().to(log_probs.dtype)
-    return -(advantage * log_probs.reshape(len(log_probs), -1).sum(dim=1)).sum() / normalizer
+    if advantage.dim() == 1:
+        advantage = advantage.view(-1, *([1] * (log_probs.dim() - 1)))
+    return -(advantage * log_probs).sum() / normalizer
 
 
 def mean_across_ranks(values: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -108,7 +111,7 @@ class HardParts(NamedTuple):
     reinforce: Tensor  # the REINFORCE surrogate (its value means little; its gradient is the estimate)
     entropy: Tensor  # mean H(α) over the sampled real steps
     log_likelihood: Tensor  # mean log p(y | s̃, a) per caption, the reward
-    baseline: Tensor
+    baseline: Tensor  # per caption, or per word with per_step rewards
 
 
 def hard_attention_terms(
@@ -119,6 +122,7 @@ def hard_attention_terms(
     sampled: Tensor,
     baseline: MovingAverageBaseline,
     config: HardAttentionConfig,
+    per_step: bool = False,
 ) -> HardParts:
     """The terms hard attention adds to cross-entropy (which already gives ∂ log p(y | s̃, a)).
 
@@ -128,14 +132,25 @@ def hard_attention_terms(
     locations were sampled (the rest used the expected context). Normalised by the number of real
     tokens, like the cross-entropy, so λ_r = 1 follows the lower bound's gradient (eq. 12).
     total = λ_r · REINFORCE − λ_e · Σ H / tokens.
+
+    per_step: each location s̃_t affects only its own word y_t (a decoder attending from the
+    current state: z_t feeds no later step), so log p(y | s̃, a) = Σ_t log p(y_t | s̃_t, ...)
+    and the other steps' terms add nothing to the expected gradient of log α_t[s̃_t], only
+    variance. Each location is then rewarded with its own word's log-likelihood, against a
+    moving average of those: the same expected gradient, with less noise.
     """
     tokens = real.sum().clamp(min=1)
-    rewards = (token_log_probs * real).sum(dim=1).detach()  # log p(y | s̃, a) per caption
-    b = baseline(rewards, sampled)
+    caption_rewards = (token_log_probs * real).sum(dim=1).detach()  # log p(y | s̃, a) per caption
+    if per_step:
+        rewards = (token_log_probs * real).detach()  # (B, T): log p(y_t | s̃_t, ...)
+        b = baseline(rewards, real & sampled.unsqueeze(1))
+    else:
+        rewards = caption_rewards
+        b = baseline(rewards, sampled)
     reinforce = reinforce_loss(location_log_probs * real, rewards, b, tokens)  # 0 in the expected rows
     entropy = (entropies * real).sum() / tokens
     total = config.reinforce_lambda * reinforce - config.entropy_lambda * entropy
-    return HardParts(total, reinforce, entropy, rewards.mean(), b)
+    return HardParts(total, reinforce, entropy, caption_rewards.mean(), b)
 
 
 def hard_attention_loss(
@@ -155,7 +170,14 @@ def hard_attention_loss(
     token_log_probs = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     real = targets != pad_id
     hard = hard_attention_terms(
-        token_log_probs, forward.location_log_probs, forward.entropies, real, forward.sampled, baseline, config
+        token_log_probs,
+        forward.location_log_probs,
+        forward.entropies,
+        real,
+        forward.sampled,
+        baseline,
+        config,
+        per_step=forward.independent_steps,
     )
     return parts.total + hard.total, parts, hard
 

@@ -243,7 +243,5 @@ def test_context_feeds_the_lstm_only_when_attending_from_the_previous_state(atte
 def test_attending_from_the_current_state_is_checked():
     with pytest.raises(CaptionerError, match="attend_from='next'.*previous, current"):
         Decoder(DecoderConfig(attend_from="next"), V, D)
-    with pytest.raises(CaptionerError, match="soft attention only"):
-        Decoder(DecoderConfig(attend_from="current", attention="hard"), V, D)
     # The LSTM reads the word alone: its input is E wide, not E + D.
     assert _decoder(attend_from="current").lstm.weight_ih.shape == (4 * 9, 8)

@@ -22,10 +22,16 @@ V, D, P = 11, 6, 5
 VOCAB = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *"abcdefg"])
 
 
-def _decoder(attention="hard", hard_decoding="expected", seed=0):
+def _decoder(attention="hard", hard_decoding="expected", seed=0, attend_from="previous"):
     torch.manual_seed(seed)
     config = DecoderConfig(
-        embed_dim=8, hidden_dim=9, attention_dim=7, dropout=0.0, attention=attention, hard_decoding=hard_decoding
+        embed_dim=8,
+        hidden_dim=9,
+        attention_dim=7,
+        dropout=0.0,
+        attention=attention,
+        hard_decoding=hard_decoding,
+        attend_from=attend_from,
     )
     return Decoder(config, V, D)
 
@@ -39,14 +45,16 @@ def _batch(seed=0):
     return features, tokens
 
 
-def test_expected_rows_are_soft_attention_and_sampled_rows_attend_one_cell():
-    decoder, soft = _decoder(), _decoder(attention="soft")
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+def test_expected_rows_are_soft_attention_and_sampled_rows_attend_one_cell(attend_from):
+    decoder, soft = _decoder(attend_from=attend_from), _decoder(attention="soft", attend_from=attend_from)
     features, tokens = _batch()
     soft_logits, soft_alphas = soft(features, tokens)
     everywhere = decoder.forward_hard(features, tokens, expected_prob=1.0)
     torch.testing.assert_close(everywhere.logits, soft_logits)
     torch.testing.assert_close(everywhere.alphas, soft_alphas)
     assert not everywhere.sampled.any() and (everywhere.location_log_probs == 0).all()
+    assert everywhere.independent_steps == (attend_from == "current")
 
     torch.manual_seed(3)
     sampled = decoder.forward_hard(features, tokens, expected_prob=0.0)
@@ -78,21 +86,24 @@ def test_sampled_contexts_pass_no_gradient_to_attention_but_reinforce_does():
     assert attention_grad(0.0, 0.0)[1] > 0.0  # cross-entropy trains the rest as usual
 
 
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_expected_decoding_is_soft_decoding(beam_size):
+def test_expected_decoding_is_soft_decoding(beam_size, attend_from):
     """The paper's test-time rule: a hard decoder decodes with the expected context, exactly
     as the same weights with soft attention."""
     features, _ = _batch(2)
     settings = DecodingConfig(beam_size=beam_size, max_len=6)
-    hard = decode_captions(_decoder(seed=2).eval(), features, VOCAB, settings)
-    soft = decode_captions(_decoder(attention="soft", seed=2).eval(), features, VOCAB, settings)
+    hard = decode_captions(_decoder(seed=2, attend_from=attend_from).eval(), features, VOCAB, settings)
+    soft_decoder = _decoder(attention="soft", seed=2, attend_from=attend_from).eval()
+    soft = decode_captions(soft_decoder, features, VOCAB, settings)
     assert [c.tokens for c in hard] == [c.tokens for c in soft]
     for h, s in zip(hard, soft):
         torch.testing.assert_close(h.alphas, s.alphas)
 
 
-def test_argmax_decoding_attends_the_most_attended_cell():
-    decoder = _decoder(hard_decoding="argmax", seed=4).eval()
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+def test_argmax_decoding_attends_the_most_attended_cell(attend_from):
+    decoder = _decoder(hard_decoding="argmax", seed=4, attend_from=attend_from).eval()
     features, tokens = _batch(4)
     # Teacher forcing with argmax equals a step-by-step loop that feeds a_{argmax α}.
     logits, alphas = decoder(features, tokens)
@@ -103,7 +114,8 @@ def test_argmax_decoding_attends_the_most_attended_cell():
             torch.testing.assert_close(log_probs, logits[:, t].log_softmax(-1))
             torch.testing.assert_close(alpha, alphas[:, t])
     argmax = decode_captions(decoder, features, VOCAB, DecodingConfig(beam_size=2, max_len=6))
-    expected = decode_captions(_decoder(seed=4).eval(), features, VOCAB, DecodingConfig(beam_size=2, max_len=6))
+    expected_decoder = _decoder(seed=4, attend_from=attend_from).eval()
+    expected = decode_captions(expected_decoder, features, VOCAB, DecodingConfig(beam_size=2, max_len=6))
     assert [c.tokens for c in argmax] != [c.tokens for c in expected]
     assert all(torch.allclose(c.alphas.sum(-1), torch.ones(len(c.tokens))) for c in argmax)  # α for overlays
 
@@ -117,9 +129,18 @@ def test_bad_settings_are_clear_errors():
         _decoder(attention="soft").forward_hard(*_batch())
 
 
-@pytest.fixture(scope="module")
-def hard_checkpoint(synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_checkpoint(synth_data, tmp_path_factory.mktemp("hard_run"), "--model.decoder.attention", "hard")
+@pytest.fixture(scope="module", params=["previous", "current"])
+def hard_checkpoint(request, synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hard-attention checkpoint trained through the CLI, attending from each kind of state
+    (with "current", training rewards each location with its own word)."""
+    return train_tiny_checkpoint(
+        synth_data,
+        tmp_path_factory.mktemp("hard_run"),
+        "--model.decoder.attention",
+        "hard",
+        "--model.decoder.attend_from",
+        request.param,
+    )
 
 
 def test_a_hard_attention_checkpoint_captions_and_draws_overlays(hard_checkpoint, synth_data, tmp_path, capsys):

@@ -10,7 +10,14 @@ from captioner.decoding import greedy_decode, sample_captions
 from captioner.errors import CaptionerError
 from captioner.models import Decoder, DecoderConfig
 from captioner.models.hard_attention import argmax_context, sample_context
-from captioner.objectives import MovingAverageBaseline, ScstConfig, SelfCritical, reinforce_loss
+from captioner.objectives import (
+    HardAttentionConfig,
+    MovingAverageBaseline,
+    ScstConfig,
+    SelfCritical,
+    hard_attention_terms,
+    reinforce_loss,
+)
 from captioner.vocab import Vocabulary
 
 
@@ -93,6 +100,64 @@ def test_expected_rows_take_the_soft_context_and_sample_nothing():
     assert torch.isfinite(picks.entropy).all()
     torch.testing.assert_close(picks.entropy, torch.full((200,), 0.6931), atol=1e-4, rtol=0)
     assert all(any(torch.equal(a, features[0, p]) for p in (1, 3)) for a in picks.attended)
+
+
+def test_sampling_every_step_at_once_draws_each_steps_own_location():
+    # alpha (B, T, P): step t of image b must draw from α[b, t] and take features[b, s].
+    features = torch.arange(2 * 4 * 3, dtype=torch.float).view(2, 4, 3)
+    alpha = torch.zeros(2, 3, 4)
+    for b, t, p in [(0, 0, 1), (0, 1, 3), (0, 2, 0), (1, 0, 2), (1, 1, 2), (1, 2, 3)]:
+        alpha[b, t, p] = 1.0
+    soft = torch.bmm(alpha, features)
+    choice = sample_context(features, alpha, soft - 100, torch.tensor([False, True]))
+    torch.testing.assert_close(choice.attended[0], features[0, [1, 3, 0]])
+    torch.testing.assert_close(choice.attended[1], soft[1] - 100)  # the expected row keeps its context
+    assert choice.log_prob.shape == choice.entropy.shape == (2, 3)
+    assert (choice.log_prob == 0).all() and (choice.entropy == 0).all()  # one-hot: log 1 = 0, H = 0
+
+
+def test_per_step_rewards_pair_each_location_with_its_own_word():
+    """Two steps, three locations each, word log-likelihood r_t(s_t) depending on that step's
+    location alone (a decoder attending from the current state). Enumerating every (s_0, s_1),
+    the expected gradient with per-step rewards equals the exact gradient of E[r_0 + r_1], as the
+    whole caption's reward does; a reward paired with the wrong step would not."""
+    theta = torch.tensor([[0.2, -0.5, 0.9], [1.1, 0.0, -0.3]], requires_grad=True)
+    word_log_probs = torch.tensor([[-0.1, -2.0, -0.7], [-1.5, -0.2, -3.0]])  # r_t(s)
+    config = HardAttentionConfig(reinforce_lambda=1.0, entropy_lambda=0.0)
+    real, sampled = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, dtype=torch.bool)
+    exact = torch.stack([_exact_gradient(theta[t].detach(), word_log_probs[t]) for t in range(2)])
+    for per_step in (True, False):
+        expected = torch.zeros(2, 3)
+        for s0 in range(3):
+            for s1 in range(3):
+                baseline = MovingAverageBaseline()
+                baseline(torch.tensor([-1.0]))  # a value from history: an unbiased baseline
+                alpha = theta.softmax(-1)
+                log_alpha = torch.stack([alpha[0, s0].log(), alpha[1, s1].log()]).view(1, 2)
+                rewards = torch.stack([word_log_probs[0, s0], word_log_probs[1, s1]]).view(1, 2)
+                terms = hard_attention_terms(
+                    rewards, log_alpha, torch.zeros(1, 2), real, sampled, baseline, config, per_step=per_step
+                )
+                (grad,) = torch.autograd.grad(terms.total, theta)
+                expected += (alpha[0, s0] * alpha[1, s1]).detach() * grad
+        # total is normalised by the 2 real tokens, and is a loss: −∇ E[Σ_t r_t] / 2
+        torch.testing.assert_close(-2 * expected, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_per_step_advantages_are_each_words_own():
+    token_log_probs = torch.tensor([[-1.0, -3.0, 0.0], [-2.0, -0.5, -4.0]])
+    real = torch.tensor([[True, True, False], [True, True, True]])
+    location_log_probs = torch.zeros(2, 3, requires_grad=True)
+    baseline = MovingAverageBaseline()
+    baseline(torch.tensor([-1.5]))
+    config = HardAttentionConfig(reinforce_lambda=1.0, entropy_lambda=0.0)
+    terms = hard_attention_terms(
+        token_log_probs, location_log_probs * real, torch.zeros(2, 3), real, torch.ones(2, dtype=torch.bool),
+        baseline, config, per_step=True,
+    )  # fmt: skip
+    (grad,) = torch.autograd.grad(terms.total, location_log_probs)
+    torch.testing.assert_close(grad, -(token_log_probs + 1.5) * real / 5)
+    torch.testing.assert_close(terms.log_likelihood, torch.tensor(-5.25))  # still per caption
 
 
 def test_argmax_context_picks_the_most_attended_location_per_beam():

@@ -101,7 +101,8 @@ class DecoderConfig(PlainConfig):
         can serve later words too) and the deep output. "current" (the spatial attention of
         Lu et al. 2017): the LSTM reads y_{t-1} first, α_t comes from h_t, and z_t feeds only
         the deep output of y_t, so what a word's attention gathers can serve that word alone.
-        Soft attention only.
+        With hard attention each sampled location then affects only its own word, and is
+        rewarded with that word's log-likelihood alone (`hard_attention_terms`, per_step).
     """
 
     embed_dim: int = 512

@@ -44,6 +44,7 @@ class HardForward(NamedTuple):
     location_log_probs: Tensor  # (B, T): log α_t[s_t]; 0 in the expected rows
     entropies: Tensor  # (B, T): H(α_t); 0 in the expected rows
     sampled: Tensor  # (B,) bool: rows that sampled locations (the others used the expected context)
+    independent_steps: bool  # each step's location affects only its own word (attend_from="current")
 
 
 class Decoder(nn.Module):
@@ -95,8 +96,6 @@ class Decoder(nn.Module):
             raise CaptionerError(
                 f"attend_from={config.attend_from!r} is not supported; use one of {', '.join(ATTEND_FROM)}"
             )
-        if config.attend_from == "current" and config.attention != "soft":
-            raise CaptionerError('attend_from="current" works with soft attention only; use attention="soft"')
         require_positive(embed_dim=config.embed_dim, hidden_dim=config.hidden_dim, attention_dim=config.attention_dim)
         embed_dim, hidden_dim, attention_dim = config.embed_dim, config.hidden_dim, config.attention_dim
         gate = config.gate
@@ -151,7 +150,7 @@ class Decoder(nn.Module):
         current state has no time loop of its own to hand-write (`_forward_current`).
         """
         if self.attends_after_reading:
-            return self._forward_current(features, tokens, mask)
+            return self._forward_current(features, tokens, mask)[:2]
         if torch.is_autocast_enabled(features.device.type) or features.dtype != torch.float32 or self._argmax_context():
             return self.forward_autograd(features, tokens, mask)
         projected = self.prepare(features)
@@ -170,14 +169,17 @@ class Decoder(nn.Module):
         """`forward` as a plain loop over `_advance` that autograd differentiates: the path for
         mixed precision and for anything the hand-written backward does not know. Same shapes."""
         if self.attends_after_reading:
-            return self._forward_current(features, tokens, mask)
+            return self._forward_current(features, tokens, mask)[:2]
         logits, alphas, _ = self._autograd_loop(features, tokens, mask, None)
         return logits, alphas
 
-    def _forward_current(self, features: Tensor, tokens: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _forward_current(
+        self, features: Tensor, tokens: Tensor, mask: Tensor | None, expected: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, HardChoice | None]:
         """Teacher forcing when attending from the current state: the LSTM over all T words in
         one call (its input matmul runs once over all steps), then attention for all steps at
-        once, the T steps riding on the attention's beam axis. Shapes as in `forward`."""
+        once, the T steps riding on the attention's beam axis -> logits (B, T, V), alphas
+        (B, T, P) and, with `expected` (B,) bool (training hard attention), the sampled choices."""
         h, c = self.init_state(features, mask)
         embedded = self.embedding(tokens)  # (B, T, E)
         lstm = self.lstm
@@ -192,18 +194,25 @@ class Decoder(nn.Module):
             False,  # bidirectional
             True,  # batch_first
         )  # (B, T, H)
-        context, alphas = self._attend_current(features, self.prepare(features), hiddens, mask)
-        return self._deep_output(embedded, hiddens, context), alphas
+        context, alphas, choice = self._attend_current(features, self.prepare(features), hiddens, mask, expected)
+        return self._deep_output(embedded, hiddens, context), alphas, choice
 
     def _attend_current(
-        self, features: Tensor, projected: Tensor, hidden: Tensor, mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+        self, features: Tensor, projected: Tensor, hidden: Tensor, mask: Tensor | None, expected: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, HardChoice | None]:
         """Attention from the current state: hidden (B, [K,] H) -> gated context z (B, [K,] D),
-        alpha (B, [K,] P); K may be beams or, in teacher forcing, time steps."""
+        alpha (B, [K,] P), and with `expected` the sampled locations; K may be beams or, in
+        teacher forcing, time steps."""
         attended, alpha = self.attention(features, projected, hidden, mask)
-        if self.gate is None:
-            return attended, alpha
-        return torch.sigmoid(self.gate(hidden)) * attended, alpha
+        choice = None
+        if expected is not None:
+            choice = sample_context(features, alpha, attended, expected)
+            attended = choice.attended
+        elif self._argmax_context():
+            attended = argmax_context(features, alpha)
+        if self.gate is not None:
+            attended = torch.sigmoid(self.gate(hidden)) * attended
+        return attended, alpha, choice
 
     def forward_hard(
         self, features: Tensor, tokens: Tensor, mask: Tensor | None = None, expected_prob: float = 0.5
@@ -216,10 +225,13 @@ class Decoder(nn.Module):
         if self.config.attention != "hard":
             raise CaptionerError('forward_hard samples attention locations: it needs a decoder with attention="hard"')
         expected = torch.rand(features.size(0), device=features.device) < expected_prob
+        if self.attends_after_reading:
+            logits, alphas, choice = self._forward_current(features, tokens, mask, expected)
+            return HardForward(logits, alphas, choice.log_prob, choice.entropy, ~expected, True)
         logits, alphas, choices = self._autograd_loop(features, tokens, mask, expected)
         log_probs = torch.stack([choice.log_prob for choice in choices], 1)
         entropies = torch.stack([choice.entropy for choice in choices], 1)
-        return HardForward(logits, alphas, log_probs, entropies, ~expected)
+        return HardForward(logits, alphas, log_probs, entropies, ~expected, False)
 
     def _autograd_loop(
         self, features: Tensor, tokens: Tensor, mask: Tensor | None, expected: Tensor | None
@@ -256,7 +268,7 @@ class Decoder(nn.Module):
         embedded = self.embedding(prev_tokens)  # (B, [K,] E)
         if self.attends_after_reading:
             h, c = self._read_word(embedded, state)
-            context, alpha = self._attend_current(features, projected, h, mask)
+            context, alpha, _ = self._attend_current(features, projected, h, mask)
             return self._deep_output(embedded, h, context).log_softmax(dim=-1), (h, c), alpha
         embed_weight, weights = self._weights()
         out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)

@@ -24,26 +24,30 @@ HARD_DECODING = ("expected", "argmax")
 
 
 class HardChoice(NamedTuple):
-    """One training step of hard attention, shapes (B, ...)."""
+    """One training step of hard attention (or all T steps at once), shapes (B, [T,] ...)."""
 
-    attended: Tensor  # (B, D): a_{s_t}, or Σ_i α_i a_i in the expected rows
-    log_prob: Tensor  # (B,): log α[s_t]; 0 in the expected rows (nothing was sampled)
-    entropy: Tensor  # (B,): H(α) = −Σ_i α_i log α_i; 0 in the expected rows
+    attended: Tensor  # (B, [T,] D): a_{s_t}, or Σ_i α_i a_i in the expected rows
+    log_prob: Tensor  # (B, [T]): log α[s_t]; 0 in the expected rows (nothing was sampled)
+    entropy: Tensor  # (B, [T]): H(α) = −Σ_i α_i log α_i; 0 in the expected rows
 
 
 def sample_context(features: Tensor, alpha: Tensor, expected_context: Tensor, expected: Tensor) -> HardChoice:
-    """features (B, P, D), alpha (B, P) (differentiable), expected_context (B, D) = Σ_i α_i a_i,
-    expected (B,) bool -> `HardChoice`.
+    """features (B, P, D), alpha (B, [T,] P) (differentiable), expected_context (B, [T,] D) =
+    Σ_i α_i a_i, expected (B,) bool -> `HardChoice`, with a T axis when alpha has one (every
+    step of a teacher-forced caption at once).
 
     The sampled context carries no gradient to α (a sample is not differentiable); α learns
     through the REINFORCE term on `log_prob` and the entropy term. Positions with α = 0
     (masked out) are never sampled and add 0 to the entropy.
     """
-    location = torch.multinomial(alpha.detach().float(), 1)  # (B, 1); float: autocast may give bf16
-    picked = features.gather(1, location.unsqueeze(-1).expand(-1, -1, features.size(-1))).squeeze(1)
-    sampled = ~expected
+    batch, positions = alpha.size(0), alpha.size(-1)
+    # float: autocast may give bf16
+    location = torch.multinomial(alpha.detach().float().reshape(-1, positions), 1).view(*alpha.shape[:-1], 1)
+    index = location.reshape(batch, -1, 1).expand(-1, -1, features.size(-1))  # (B, T or 1, D)
+    picked = features.gather(1, index).view(expected_context.shape)
+    sampled = (~expected).view(batch, *([1] * (alpha.dim() - 2)))  # (B, [1])
     attended = torch.where(sampled.unsqueeze(-1), picked, expected_context)
-    log_prob = alpha.gather(1, location).squeeze(1).log() * sampled
+    log_prob = alpha.gather(-1, location).squeeze(-1).log() * sampled
     entropy = -torch.special.xlogy(alpha, alpha).sum(dim=-1) * sampled
     return HardChoice(attended, log_prob, entropy)
 
