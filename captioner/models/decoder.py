@@ -204,12 +204,7 @@ class Decoder(nn.Module):
         alpha (B, [K,] P), and with `expected` the sampled locations; K may be beams or, in
         teacher forcing, time steps."""
         attended, alpha = self.attention(features, projected, hidden, mask)
-        choice = None
-        if expected is not None:
-            choice = sample_context(features, alpha, attended, expected)
-            attended = choice.attended
-        elif self._argmax_context():
-            attended = argmax_context(features, alpha)
+        attended, choice = self._pick_context(features, alpha, attended, expected)
         if self.gate is not None:
             attended = torch.sigmoid(self.gate(hidden)) * attended
         return attended, alpha, choice
@@ -283,6 +278,19 @@ class Decoder(nn.Module):
         h, c = self.lstm(embedded.reshape(-1, self.embed_dim), (h.reshape(-1, h.size(-1)), c.reshape(-1, c.size(-1))))
         return h.view(*rows, -1), c.view(*rows, -1)
 
+    def _pick_context(
+        self, features: Tensor, alpha: Tensor, attended: Tensor, expected: Tensor | None
+    ) -> tuple[Tensor, HardChoice | None]:
+        """The context before the gate, from the soft one attended = Σ_i α_i a_i (B, [K,] D):
+        with `expected` (B,) bool (training hard attention), a sampled location's features in
+        its False rows, and the choice made; for an "argmax" decoder, a_{argmax α}; else as is."""
+        if expected is not None:
+            choice = sample_context(features, alpha, attended, expected)
+            return choice.attended, choice
+        if self._argmax_context():
+            return argmax_context(features, alpha), None
+        return attended, None
+
     def _argmax_context(self) -> bool:
         """True when this decoder attends to the single most attended location (not sampling)."""
         return self.config.attention == "hard" and self.config.hard_decoding == "argmax"
@@ -325,12 +333,7 @@ class Decoder(nn.Module):
             dim=-1,
         )
         attended, alpha = self.attention.attend(features, projected, hidden_att, mask)
-        hard = None
-        if expected is not None:
-            hard = sample_context(features, alpha, attended, expected)
-            attended = hard.attended
-        elif self._argmax_context():
-            attended = argmax_context(features, alpha)
+        attended, hard = self._pick_context(features, alpha, attended, expected)
         context = torch.sigmoid(hidden_gate) * attended if self.gate is not None else attended
         gates = F.linear(context, context_weight) + hidden_gates + input_gates
         i, f, g, o = gates.chunk(4, dim=-1)  # LSTMCell's gate order
