@@ -126,6 +126,13 @@ class CaptioningModule(pl.LightningModule):
         decoding = DecodingConfig.from_dict(decoding)
         hard_attention = HardAttentionConfig.from_dict(hard_attention)
         scst = None if scst is None else ScstConfig.from_dict(scst)
+        hard = decoder.attention == "hard"
+        if hard and hard_attention.baseline == "expected_context" and decoder.attend_from != "current":
+            raise CaptionerError(
+                'hard_attention.baseline "expected_context" needs model.decoder.attend_from "current" '
+                "(with the paper's order a location affects every later word); "
+                'use baseline "moving_average"'
+            )
         self.save_hyperparameters()
         self.hparams.update(
             encoder=encoder.to_dict(),
@@ -140,9 +147,7 @@ class CaptioningModule(pl.LightningModule):
         self.encoder = Encoder(encoder)
         self.decoder = Decoder(decoder, len(self.vocab), self.encoder.out_channels)
         _warn_if_grid_repeats(self.encoder, image_size)
-        self.hard_baseline = (
-            MovingAverageBaseline(hard_attention.baseline_decay) if decoder.attention == "hard" else None
-        )
+        self.hard_baseline = MovingAverageBaseline(hard_attention.baseline_decay) if hard else None
         self._self_critical: SelfCritical | None = None
         self._eval_images: list[DecodedImage] = []
         self._boxes_by_stage: dict[str, dict[int, list[Box]]] = {}

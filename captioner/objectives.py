@@ -96,6 +96,9 @@ class MovingAverageBaseline(nn.Module):
 # ---------------------------------------------------------------------------- hard attention
 
 
+HARD_BASELINES = ("moving_average", "expected_context")
+
+
 @dataclass(frozen=True)
 class HardAttentionConfig(PlainConfig):
     """The training objective of hard attention (used when `DecoderConfig.attention` is "hard")."""
@@ -104,6 +107,13 @@ class HardAttentionConfig(PlainConfig):
     entropy_lambda: float = 0.01  # λ_e: weight of the entropy bonus on α, per sampled step
     expected_prob: float = 0.5  # per image, the chance of the expected context instead of a sample
     baseline_decay: float = 0.9
+    # "moving_average" of the rewards (the paper's), or "expected_context": each word's
+    # log-likelihood had its step attended to Σ_i α_i a_i (attend_from "current" only)
+    baseline: str = "moving_average"
+
+    def __post_init__(self) -> None:
+        if self.baseline not in HARD_BASELINES:
+            raise CaptionerError(f"hard_attention.baseline {self.baseline!r} is not one of {', '.join(HARD_BASELINES)}")
 
 
 class HardParts(NamedTuple):
@@ -111,7 +121,7 @@ class HardParts(NamedTuple):
     reinforce: Tensor  # the REINFORCE surrogate (its value means little; its gradient is the estimate)
     entropy: Tensor  # mean H(α) over the sampled real steps
     log_likelihood: Tensor  # mean log p(y | s̃, a) per caption, the reward
-    baseline: Tensor  # per caption, or per word with per_step rewards
+    baseline: Tensor  # the mean baseline: per caption, or per word with per_step rewards
 
 
 def hard_attention_terms(
@@ -123,6 +133,7 @@ def hard_attention_terms(
     baseline: MovingAverageBaseline,
     config: HardAttentionConfig,
     per_step: bool = False,
+    expected_log_probs: Tensor | None = None,
 ) -> HardParts:
     """The terms hard attention adds to cross-entropy (which already gives ∂ log p(y | s̃, a)).
 
@@ -138,10 +149,24 @@ def hard_attention_terms(
     and the other steps' terms add nothing to the expected gradient of log α_t[s̃_t], only
     variance. Each location is then rewarded with its own word's log-likelihood, against a
     moving average of those: the same expected gradient, with less noise.
+
+    expected_log_probs (B, T), with per_step and `config.baseline` "expected_context": log p(y_t)
+    had step t attended to the expected context Σ_i α_ti a_i. It depends on α_t but not on the
+    location drawn from it, so it is a valid baseline, and it follows each word: a moving average
+    over all words rewards locations for the word being easy ("a") and punishes them for it
+    being hard (a digit), which pushes α off the very regions that name the hard words.
     """
     tokens = real.sum().clamp(min=1)
     caption_rewards = (token_log_probs * real).sum(dim=1).detach()  # log p(y | s̃, a) per caption
-    if per_step:
+    if config.baseline == "expected_context":
+        if not per_step or expected_log_probs is None:
+            raise CaptionerError(
+                'hard_attention.baseline "expected_context" needs a decoder with attend_from "current"; '
+                'use baseline "moving_average" with attend_from "previous"'
+            )
+        rewards = (token_log_probs * real).detach()
+        b = expected_log_probs.detach() * real
+    elif per_step:
         rewards = (token_log_probs * real).detach()  # (B, T): log p(y_t | s̃_t, ...)
         b = baseline(rewards, real & sampled.unsqueeze(1))
     else:
@@ -150,7 +175,8 @@ def hard_attention_terms(
     reinforce = reinforce_loss(location_log_probs * real, rewards, b, tokens)  # 0 in the expected rows
     entropy = (entropies * real).sum() / tokens
     total = config.reinforce_lambda * reinforce - config.entropy_lambda * entropy
-    return HardParts(total, reinforce, entropy, caption_rewards.mean(), b)
+    mean_baseline = (b * real).sum() / tokens if b.dim() == 2 else b  # per word, or one value
+    return HardParts(total, reinforce, entropy, caption_rewards.mean(), mean_baseline)
 
 
 def hard_attention_loss(
@@ -167,7 +193,9 @@ def hard_attention_loss(
     `hard_attention_terms` -> (total, the caption loss's parts, the hard terms)."""
     logits = forward.logits.float()
     parts = caption_loss(logits, targets, forward.alphas.float(), pad_id, attention_lambda, entropy_weight)
-    token_log_probs = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_log_probs = _target_log_probs(logits, targets)
+    expected = forward.expected_logits
+    expected_log_probs = None if expected is None else _target_log_probs(expected, targets)
     real = targets != pad_id
     hard = hard_attention_terms(
         token_log_probs,
@@ -178,8 +206,14 @@ def hard_attention_loss(
         baseline,
         config,
         per_step=forward.independent_steps,
+        expected_log_probs=expected_log_probs,
     )
     return parts.total + hard.total, parts, hard
+
+
+def _target_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
+    """logits (B, T, V), targets (B, T) -> log p(y_t) of each target word (B, T), float32."""
+    return logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------- self-critical

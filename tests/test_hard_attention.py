@@ -14,6 +14,7 @@ from captioner.cli import main
 from captioner.decoding import DecodingConfig, decode_captions
 from captioner.errors import CaptionerError
 from captioner.models import Decoder, DecoderConfig
+from captioner.module import CaptioningModule
 from captioner.objectives import HardAttentionConfig, MovingAverageBaseline, hard_attention_loss
 from captioner.vocab import Vocabulary
 from tests.fixtures import train_tiny_checkpoint
@@ -63,6 +64,27 @@ def test_expected_rows_are_soft_attention_and_sampled_rows_attend_one_cell(atten
     entropy = -(sampled.alphas * sampled.alphas.log()).sum(-1)
     torch.testing.assert_close(sampled.entropies, entropy)
     assert not torch.allclose(sampled.logits, soft_logits)  # other contexts than the soft ones
+
+
+def test_expected_logits_share_hidden_states_and_dropout_and_differ_by_the_context_alone():
+    """The per-word baseline of a decoder attending from the current state: the logits had every
+    step used the expected context. With every row expected they are the logits themselves, even
+    under dropout (a second dropout mask would add noise to every advantage); with every row
+    sampled they are soft attention's logits."""
+    torch.manual_seed(0)
+    config = DecoderConfig(8, 9, 7, dropout=0.5, attention="hard", attend_from="current")
+    decoder = Decoder(config, V, D).train()
+    features, tokens = _batch(5)
+    everywhere = decoder.forward_hard(features, tokens, expected_prob=1.0)
+    torch.testing.assert_close(everywhere.expected_logits, everywhere.logits)
+    assert not everywhere.expected_logits.requires_grad
+
+    decoder.eval()
+    sampled = decoder.forward_hard(features, tokens, expected_prob=0.0)
+    soft_logits, _ = decoder(features, tokens)
+    torch.testing.assert_close(sampled.expected_logits, soft_logits)
+    assert not torch.allclose(sampled.logits, soft_logits)
+    assert _decoder().forward_hard(features, tokens).expected_logits is None  # the paper's order has none
 
 
 def test_sampled_contexts_pass_no_gradient_to_attention_but_reinforce_does():
@@ -127,6 +149,11 @@ def test_bad_settings_are_clear_errors():
         _decoder(hard_decoding="mode")
     with pytest.raises(CaptionerError, match='attention="hard"'):
         _decoder(attention="soft").forward_hard(*_batch())
+    with pytest.raises(CaptionerError, match="hard_attention.baseline 'mean' is not one of"):
+        HardAttentionConfig(baseline="mean")
+    hard_previous = {"attention": "hard", "attend_from": "previous"}
+    with pytest.raises(CaptionerError, match='needs model.decoder.attend_from "current"'):
+        CaptioningModule(VOCAB.words, 64, decoder=hard_previous, hard_attention={"baseline": "expected_context"})
 
 
 @pytest.fixture(scope="module", params=["previous", "current"])

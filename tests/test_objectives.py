@@ -160,6 +160,23 @@ def test_per_step_advantages_are_each_words_own():
     torch.testing.assert_close(terms.log_likelihood, torch.tensor(-5.25))  # still per caption
 
 
+def test_expected_context_baseline_is_each_words_own_expected_context_likelihood():
+    token_log_probs = torch.tensor([[-1.0, -3.0, 0.0], [-2.0, -0.5, -4.0]])
+    expected_log_probs = torch.tensor([[-0.5, -3.5, -9.0], [-1.0, -1.5, -2.0]])
+    real = torch.tensor([[True, True, False], [True, True, True]])
+    location_log_probs = torch.zeros(2, 3, requires_grad=True)
+    baseline = MovingAverageBaseline()
+    config = HardAttentionConfig(reinforce_lambda=1.0, entropy_lambda=0.0, baseline="expected_context")
+    args = (token_log_probs, location_log_probs * real, torch.zeros(2, 3), real, torch.ones(2, dtype=torch.bool))
+    terms = hard_attention_terms(*args, baseline, config, per_step=True, expected_log_probs=expected_log_probs)
+    (grad,) = torch.autograd.grad(terms.total, location_log_probs)
+    torch.testing.assert_close(grad, -(token_log_probs - expected_log_probs) * real / 5)
+    torch.testing.assert_close(terms.baseline, torch.tensor(-8.5 / 5))  # mean over the real words
+    assert baseline.updates == 0  # the moving average is not used
+    with pytest.raises(CaptionerError, match='needs a decoder with attend_from "current"'):
+        hard_attention_terms(*args, baseline, config, per_step=False)
+
+
 def test_argmax_context_picks_the_most_attended_location_per_beam():
     features = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)
     alpha = torch.tensor([[[0.1, 0.7, 0.2], [0.6, 0.2, 0.2]], [[0.1, 0.1, 0.8], [0.3, 0.4, 0.3]]])

@@ -45,6 +45,9 @@ class HardForward(NamedTuple):
     entropies: Tensor  # (B, T): H(α_t); 0 in the expected rows
     sampled: Tensor  # (B,) bool: rows that sampled locations (the others used the expected context)
     independent_steps: bool  # each step's location affects only its own word (attend_from="current")
+    # (B, T, V), independent steps only: the logits had every step used the expected context, with
+    # the same hidden states and dropout mask (no gradient); a per-word baseline for REINFORCE
+    expected_logits: Tensor | None = None
 
 
 class Decoder(nn.Module):
@@ -175,11 +178,12 @@ class Decoder(nn.Module):
 
     def _forward_current(
         self, features: Tensor, tokens: Tensor, mask: Tensor | None, expected: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, HardChoice | None]:
+    ) -> tuple[Tensor, Tensor, HardChoice | None, Tensor | None]:
         """Teacher forcing when attending from the current state: the LSTM over all T words in
         one call (its input matmul runs once over all steps), then attention for all steps at
         once, the T steps riding on the attention's beam axis -> logits (B, T, V), alphas
-        (B, T, P) and, with `expected` (B,) bool (training hard attention), the sampled choices."""
+        (B, T, P) and, with `expected` (B,) bool (training hard attention), the sampled choices
+        and the logits (B, T, V) with the expected context at every step (no gradient)."""
         h, c = self.init_state(features, mask)
         embedded = self.embedding(tokens)  # (B, T, E)
         lstm = self.lstm
@@ -195,7 +199,13 @@ class Decoder(nn.Module):
             True,  # batch_first
         )  # (B, T, H)
         context, alphas, choice = self._attend_current(features, self.prepare(features), hiddens, mask, expected)
-        return self._deep_output(embedded, hiddens, context), alphas, choice
+        if choice is None:
+            return self._deep_output(embedded, hiddens, context), alphas, None
+        expected_context = choice.expected_context.detach()
+        if self.gate is not None:
+            expected_context = torch.sigmoid(self.gate(hiddens.detach())) * expected_context
+        logits, expected_logits = self._deep_output_pair(embedded, hiddens, context, expected_context)
+        return logits, alphas, choice, expected_logits
 
     def _attend_current(
         self, features: Tensor, projected: Tensor, hidden: Tensor, mask: Tensor | None, expected: Tensor | None = None
@@ -221,8 +231,8 @@ class Decoder(nn.Module):
             raise CaptionerError('forward_hard samples attention locations: it needs a decoder with attention="hard"')
         expected = torch.rand(features.size(0), device=features.device) < expected_prob
         if self.attends_after_reading:
-            logits, alphas, choice = self._forward_current(features, tokens, mask, expected)
-            return HardForward(logits, alphas, choice.log_prob, choice.entropy, ~expected, True)
+            logits, alphas, choice, expected_logits = self._forward_current(features, tokens, mask, expected)
+            return HardForward(logits, alphas, choice.log_prob, choice.entropy, ~expected, True, expected_logits)
         logits, alphas, choices = self._autograd_loop(features, tokens, mask, expected)
         log_probs = torch.stack([choice.log_prob for choice in choices], 1)
         entropies = torch.stack([choice.entropy for choice in choices], 1)
@@ -346,6 +356,18 @@ class Decoder(nn.Module):
     def _deep_output(self, embedded: Tensor, hidden: Tensor, context: Tensor) -> Tensor:
         """L_o(dropout(E y_{t-1} + L_h h_t + L_z z_t)) for any leading shape (..., E/H/D) -> (..., V)."""
         return self.out_vocab(self.dropout(embedded + self.out_hidden(hidden) + self.out_context(context)))
+
+    def _deep_output_pair(
+        self, embedded: Tensor, hidden: Tensor, context: Tensor, other: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """`_deep_output` of `context` and, without gradient, of an `other` context, under one
+        dropout mask, so the two differ by the context alone -> logits (..., V) twice."""
+        shared = embedded + self.out_hidden(hidden)
+        keep = self.dropout(torch.ones_like(shared))
+        logits = self.out_vocab((shared + self.out_context(context)) * keep)
+        with torch.no_grad():
+            other_logits = self.out_vocab((shared + self.out_context(other)) * keep)
+        return logits, other_logits
 
 
 class _TimeLoop(torch.autograd.Function):
