@@ -2,7 +2,8 @@
 
 - cross-entropy: `train_step`, the teacher-forced step every training measurement times.
 - hard attention: `Decoder.forward_hard` (sampled locations, autograd time loop) and
-  `hard_attention_loss`, then Adam.
+  `hard_attention_loss`, then Adam; and, as the small-data recipe trains it, attending from the
+  current state with the expected-context baseline, next to cross-entropy on that decoder.
 - SCST: `SelfCritical.loss` — n sampled captions per image (n = 5, the mean of the other
   samples as baseline; and n = 1 with the greedy caption as baseline) scored with CIDEr-D
   against 5 random references per image, then Adam.
@@ -29,8 +30,8 @@ from captioner.vocab import SPECIALS, Vocabulary
 REFERENCES_PER_IMAGE = 5
 
 
-def _hard_step(decoder: Decoder, captions: torch.Tensor):
-    optimizer, baseline, config = _adam(decoder), MovingAverageBaseline(), HardAttentionConfig()
+def _hard_step(decoder: Decoder, captions: torch.Tensor, config: HardAttentionConfig = HardAttentionConfig()):  # noqa: B008
+    optimizer, baseline = _adam(decoder), MovingAverageBaseline()
 
     def step(features: torch.Tensor) -> None:
         out = decoder.forward_hard(features, captions[:, :-1], expected_prob=config.expected_prob)
@@ -72,12 +73,19 @@ def objectives_train(ctx: Context) -> dict[str, float]:
     """Images per second of a training step with each objective."""
     batch = ctx.sizes.train_batch
     features, captions = ctx.features(batch), ctx.captions(batch)
-    hard = Decoder(
-        dataclasses.replace(ctx.sizes.decoder_config, attention="hard"), ctx.sizes.vocab, ctx.sizes.feature_dim
-    )
+
+    def decoder(**settings) -> Decoder:
+        config = dataclasses.replace(ctx.sizes.decoder_config, **settings)
+        return Decoder(config, ctx.sizes.vocab, ctx.sizes.feature_dim).to(ctx.device).train()
+
+    expected_baseline = HardAttentionConfig(baseline="expected_context")
     steps = {
         "xe_train_images_per_s": train_step(ctx.decoder().train(), captions),
-        "hard_attention_train_images_per_s": _hard_step(hard.to(ctx.device).train(), captions),
+        "hard_attention_train_images_per_s": _hard_step(decoder(attention="hard"), captions),
+        "xe_current_train_images_per_s": train_step(decoder(attend_from="current"), captions),
+        "hard_current_train_images_per_s": _hard_step(
+            decoder(attention="hard", attend_from="current"), captions, expected_baseline
+        ),
         "scst_5_samples_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), ScstConfig(5, "mean")),
         "scst_greedy_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), ScstConfig(1, "greedy")),
     }
@@ -86,6 +94,7 @@ def objectives_train(ctx: Context) -> dict[str, float]:
 
 RATIOS += [
     ("hard_attention_over_xe_train", "hard_attention_train_images_per_s", "xe_train_images_per_s"),
+    ("hard_current_over_xe_current_train", "hard_current_train_images_per_s", "xe_current_train_images_per_s"),
     ("scst_5_samples_over_xe_train", "scst_5_samples_train_images_per_s", "xe_train_images_per_s"),
     ("scst_greedy_over_xe_train", "scst_greedy_train_images_per_s", "xe_train_images_per_s"),
 ]

@@ -6,7 +6,9 @@ losses here are surrogates whose gradient is that estimate (negated, for minimis
 
 - Hard attention (Xu et al. 2015, section 4.1): the action is the sequence of attended
   locations s̃, the reward log p(y | s̃, a); b is a moving average of it
-  (`MovingAverageBaseline`); an entropy bonus λ_e H(α) keeps α from collapsing early; with
+  (`MovingAverageBaseline`), or, for a decoder attending from the current state, each word's
+  log-likelihood under the expected context (`HardAttentionConfig.baseline`); an entropy bonus
+  λ_e H(α) keeps α from collapsing early; with
   probability 0.5 per image the expected context replaces the sample (decided in
   `Decoder.forward_hard`; those images train by plain backpropagation).
 - Self-critical sequence training (Rennie et al. 2017): the action is a sampled caption, the

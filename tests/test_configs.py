@@ -13,7 +13,7 @@ ALL_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 DATES_CONFIG = Path(__file__).parents[1] / "configs" / "dates.yaml"  # another system: tested below
 CONFIGS = [config for config in ALL_CONFIGS if config != DATES_CONFIG]
 # Configs that are layered over another one (`--config BASE --config OVERLAY`).
-LAYERED_OVER = {"small_scratch_scst.yaml": "small_scratch.yaml"}
+LAYERED_OVER = {"small_scratch_scst.yaml": "small_scratch.yaml", "small_scratch_hard.yaml": "small_scratch.yaml"}
 
 
 def _merged(base: dict, overlay: dict) -> dict:
@@ -69,6 +69,8 @@ def test_config_builds_the_model_and_data_it_names(config, synth_data, tmp_path)
                 assert getattr(built, key) == value, f"{config.name}: model.{section}.{key} not taken"
     for key, value in written["model"].get("decoding", {}).items():
         assert getattr(model.decoding, key) == value
+    for key, value in written["model"].get("hard_attention", {}).items():
+        assert getattr(model.hard_attention, key) == value, f"{config.name}: model.hard_attention.{key} not taken"
     for key in ("attention_lambda", "decoder_lr", "lr_schedule"):
         if key in written["model"]:
             assert model.hparams[key] == written["model"][key]

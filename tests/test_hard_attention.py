@@ -156,17 +156,21 @@ def test_bad_settings_are_clear_errors():
         CaptioningModule(VOCAB.words, 64, decoder=hard_previous, hard_attention={"baseline": "expected_context"})
 
 
-@pytest.fixture(scope="module", params=["previous", "current"])
+@pytest.fixture(scope="module", params=[("previous", "moving_average"), ("current", "expected_context")])
 def hard_checkpoint(request, synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hard-attention checkpoint trained through the CLI, attending from each kind of state
-    (with "current", training rewards each location with its own word)."""
+    (with "current", training rewards each location with its own word, against the word's
+    log-likelihood under the expected context)."""
+    attend_from, baseline = request.param
     return train_tiny_checkpoint(
         synth_data,
         tmp_path_factory.mktemp("hard_run"),
         "--model.decoder.attention",
         "hard",
         "--model.decoder.attend_from",
-        request.param,
+        attend_from,
+        "--model.hard_attention.baseline",
+        baseline,
     )
 
 
