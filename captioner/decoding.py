@@ -124,11 +124,14 @@ def beam_search(
     batch, k, vocab, device = features.size(0), beam_size, decoder.vocab_size, features.device
     rows = torch.arange(batch, device=device)
     projected = decoder.prepare(features)
+    # Every beam starts from the same <start>: the first step runs one beam per image, and its
+    # best K words become the K beams (gathering from beam 0). Unless the vocabulary has fewer
+    # than K words: then K copies, all but one dead, so that K candidates exist.
+    first = 1 if vocab >= k else k
     h, c = decoder.init_state(features, mask)
-    state = (h.unsqueeze(1).repeat(1, k, 1), c.unsqueeze(1).repeat(1, k, 1))  # (B, K, H)
-    prev = torch.full((batch, k), start_id, dtype=torch.long, device=device)
-    # Only beam 0 is live at first: the K identical copies would otherwise fill the beam.
-    scores = torch.full((batch, k), NEG_INF, device=device)
+    state = (h.unsqueeze(1).repeat(1, first, 1), c.unsqueeze(1).repeat(1, first, 1))  # (B, 1 or K, H)
+    prev = torch.full((batch, first), start_id, dtype=torch.long, device=device)
+    scores = torch.full((batch, first), NEG_INF, device=device)
     scores[:, 0] = 0.0
     banned = _banned_mask(vocab, banned_ids, device)
     ranks = torch.arange(k, device=device)
@@ -147,7 +150,7 @@ def beam_search(
 
         # An image's best 2K candidates hold both its top K and its best K that do not end (at
         # most K candidates end, one per beam): one topk over (B, K·V) per step, not two.
-        best = candidates.view(batch, -1).topk(min(2 * k, k * vocab), dim=1)
+        best = candidates.view(batch, -1).topk(min(2 * k, candidates.size(1) * vocab), dim=1)
         ends = best.indices % vocab == end_id
 
         # Finished: <end> candidates ranking in an image's top K over all its candidates.
@@ -163,8 +166,8 @@ def beam_search(
         scores, live = best.values.masked_fill(ends, NEG_INF).topk(k, dim=1)
         top = best.indices.gather(1, live)
         parent, prev = top // vocab, top % vocab
-        state = tuple(s.gather(1, parent.unsqueeze(-1).expand_as(s)) for s in state)
-        history.append((parent, prev, alpha.gather(1, parent.unsqueeze(-1).expand_as(alpha))))
+        state = tuple(s.gather(1, parent.unsqueeze(-1).expand(-1, -1, s.size(-1))) for s in state)  # (B, K, H)
+        history.append((parent, prev, alpha.gather(1, parent.unsqueeze(-1).expand(-1, -1, alpha.size(-1)))))
 
         done |= pool_scores[:, -1].isfinite()  # K finished hypotheses
         if done.all():

@@ -69,8 +69,9 @@ def _sequence_score(decoder, features, tokens):
     return total
 
 
+@pytest.mark.parametrize("beam_size", [5, 7])  # as wide as the vocabulary, and wider
 @pytest.mark.parametrize("seed", range(6))
-def test_beam_as_wide_as_the_vocabulary_finds_the_best_sequence(seed):
+def test_beam_as_wide_as_the_vocabulary_finds_the_best_sequence(seed, beam_size):
     # Vocabulary 0=<pad> 1=<start> 2=<end> 3, 4 with <pad>/<start> banned: every sequence of at
     # most 3 tokens that is finished (ends in <end>) or reaches max_len is a candidate.
     max_len, emitted = 3, [END, 3, 4]
@@ -89,7 +90,7 @@ def test_beam_as_wide_as_the_vocabulary_finds_the_best_sequence(seed):
         features,
         start_id=START,
         end_id=END,
-        beam_size=5,
+        beam_size=beam_size,
         max_len=max_len,
         length_normalize=False,
         banned_ids=(0, 1),
