@@ -68,7 +68,7 @@ def greedy_decode(
     after max_len words stops."""
     require_positive(max_len=max_len)
     batch = features.size(0)
-    projected = decoder.prepare(features)
+    projected, weights = decoder.prepare(features), decoder.step_weights()
     h, c = decoder.init_state(features, mask)
     state = (h.unsqueeze(1), c.unsqueeze(1))  # a beam axis of 1, as beam_search with beam_size=1
     prev = torch.full((batch, 1), start_id, dtype=torch.long, device=features.device)
@@ -78,7 +78,7 @@ def greedy_decode(
     lengths = torch.full((batch,), max_len, dtype=torch.long)
     tokens, alphas = [], []
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask, weights)
         best, prev = log_probs.masked_fill(banned, NEG_INF).max(dim=-1)  # (B, 1)
         scores = torch.where(finished.unsqueeze(1), scores, scores + best)
         ended = (prev.squeeze(1) == end_id) & ~finished
@@ -123,7 +123,7 @@ def beam_search(
     require_positive(beam_size=beam_size, max_len=max_len)
     batch, k, vocab, device = features.size(0), beam_size, decoder.vocab_size, features.device
     rows = torch.arange(batch, device=device)
-    projected = decoder.prepare(features)
+    projected, weights = decoder.prepare(features), decoder.step_weights()
     # Every beam starts from the same <start>: the first step runs one beam per image, and its
     # best K words become the K beams (gathering from beam 0). Unless the vocabulary has fewer
     # than K words: then K copies, all but one dead, so that K candidates exist.
@@ -143,7 +143,7 @@ def beam_search(
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     history: list[tuple[Tensor, Tensor, Tensor]] = []  # per step: parent, token (B, K), alpha (B, K, P)
     for t in range(max_len):
-        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask)
+        log_probs, state, alpha = decoder.step(prev, state, features, projected, mask, weights)
         # In place: (B, K, V) is the largest tensor here after the attention's.
         scores.masked_fill_(done.unsqueeze(1), NEG_INF)
         candidates = log_probs.masked_fill_(banned, NEG_INF).add_(scores.unsqueeze(-1))  # (B, K, V)
@@ -265,7 +265,7 @@ def sample_captions(
     """
     require_positive(samples=samples, max_len=max_len)
     batch, device = features.size(0), features.device
-    projected = decoder.prepare(features)
+    projected, weights = decoder.prepare(features), decoder.step_weights()
     h, c = decoder.init_state(features, mask)
     state = (h.unsqueeze(1).expand(-1, samples, -1), c.unsqueeze(1).expand(-1, samples, -1))  # (B, n, H)
     prev = torch.full((batch, samples), start_id, dtype=torch.long, device=device)
@@ -273,7 +273,7 @@ def sample_captions(
     finished = torch.zeros(batch, samples, dtype=torch.bool, device=device)
     tokens, log_probs, masks = [], [], []
     for _ in range(max_len):
-        step_log_probs, state, _ = decoder.step(prev, state, features, projected, mask)
+        step_log_probs, state, _ = decoder.step(prev, state, features, projected, mask, weights)
         policy = step_log_probs.masked_fill(banned, NEG_INF).log_softmax(dim=-1)  # (B, n, V)
         drawn = torch.multinomial(policy.detach().exp().view(batch * samples, -1), 1).view(batch, samples)
         live = ~finished

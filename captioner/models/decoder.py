@@ -20,7 +20,7 @@ INITIAL_STATES = ("mean", "zero")
 ATTEND_FROM = ("previous", "current")
 
 State = tuple[Tensor, Tensor]
-StepWeights = tuple[Tensor, Tensor, Tensor]  # see Decoder._weights
+StepWeights = tuple[Tensor, Tensor, Tensor]  # see Decoder.step_weights
 
 
 class _Step(NamedTuple):
@@ -159,7 +159,7 @@ class Decoder(nn.Module):
         projected = self.prepare(features)
         h, c = self.init_state(features, mask)
         embedded = self.embedding(tokens)  # (B, T, E)
-        embed_weight, weights = self._weights()
+        embed_weight, weights = self.step_weights()
         # One matmul for all steps, time-major so that each step reads a contiguous slice.
         input_gates = F.linear(embedded.transpose(0, 1), embed_weight)  # (T, B, 4H)
         hiddens, contexts, alphas = _TimeLoop.apply(
@@ -246,7 +246,7 @@ class Decoder(nn.Module):
         projected = self.prepare(features)
         state = self.init_state(features, mask)
         embedded = self.embedding(tokens)  # (B, T, E)
-        embed_weight, weights = self._weights()
+        embed_weight, weights = self.step_weights()
         input_gates = F.linear(embedded, embed_weight)  # (B, T, 4H)
         hiddens, contexts, alphas, choices = [], [], [], []
         for t in range(tokens.size(1)):
@@ -261,7 +261,13 @@ class Decoder(nn.Module):
         return logits, torch.stack(alphas, 1), choices
 
     def step(
-        self, prev_tokens: Tensor, state: State, features: Tensor, projected: Tensor, mask: Tensor | None = None
+        self,
+        prev_tokens: Tensor,
+        state: State,
+        features: Tensor,
+        projected: Tensor,
+        mask: Tensor | None = None,
+        weights: tuple[Tensor, StepWeights] | None = None,
     ) -> tuple[Tensor, State, Tensor]:
         """One decoding step for K hypotheses (beams) per image.
 
@@ -269,13 +275,15 @@ class Decoder(nn.Module):
         mask (B, P) bool or None -> log_probs (B, [K,] V), new state (h, c) each (B, [K,] H),
         alpha (B, [K,] P). The K beams of an image share its features and projection (broadcast,
         not copied); without the beam axis the attention and every layer work on (B, ·) alike.
+        weights: `step_weights()`, which decoding loops compute once rather than every step (each
+        call copies W_hh and W_h into one matrix: ~5% of a beam-3 step at COCO sizes).
         """
         embedded = self.embedding(prev_tokens)  # (B, [K,] E)
         if self.attends_after_reading:
             h, c = self._read_word(embedded, state)
             context, alpha, _ = self._attend_current(features, projected, h, mask)
             return self._deep_output(embedded, h, context).log_softmax(dim=-1), (h, c), alpha
-        embed_weight, weights = self._weights()
+        embed_weight, weights = self.step_weights() if weights is None else weights
         out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)
         log_probs = self._deep_output(embedded, out.h, out.context).log_softmax(dim=-1)
         return log_probs, (out.h, out.c), out.alpha
@@ -305,13 +313,16 @@ class Decoder(nn.Module):
         """True when this decoder attends to the single most attended location (not sampling)."""
         return self.config.attention == "hard" and self.config.hard_decoding == "argmax"
 
-    def _weights(self) -> tuple[Tensor, StepWeights]:
-        """Rearranged once per forward/step (not per time step, which would also make the
-        backward materialise a full-size gradient per time step):
+    def step_weights(self) -> tuple[Tensor, StepWeights] | None:
+        """Rearranged once per forward or decoding loop (not per time step, which would copy them
+        every step and, in training, make the backward materialise a full-size gradient per step):
         W_ih's embedding half (4H, E), and for `_advance` W_ih's context half (4H, D) plus
         [W_hh; W_h; f_β] stacked (4H + A + G, H) with its bias, for one matmul on h_{t-1}.
         The LSTM's two biases ride on W_hh; the attention's bias b lives in W_a a + b.
+        None when attending from the current state: that step reads the word with nn.LSTMCell.
         """
+        if self.attends_after_reading:
+            return None
         embed_weight, context_weight = self.lstm.weight_ih.split([self.embed_dim, self.feature_dim], dim=1)
         weights = [self.lstm.weight_hh, self.attention.hidden_proj.weight]
         biases = [self.lstm.bias_ih + self.lstm.bias_hh, self.lstm.bias_hh.new_zeros(self.attention_dim)]
