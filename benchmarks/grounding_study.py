@@ -23,12 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-# Row name -> (config, CLI overrides). "paper" is the shapes demo as it ships: the paper's
+# Row name -> (config, or configs layered, and CLI overrides). "paper" is the shapes demo as it ships: the paper's
 # doubly stochastic term (λ = 1), scalar gate, a two-stage ResNet-18 trunk, no coordinates.
 LAMBDA0 = ["--model.attention_lambda", "0"]
 HARD = ["--model.decoder.attention", "hard"]
 CURRENT = ["--model.decoder.attend_from", "current"]
-ROWS: dict[str, tuple[str, list[str]]] = {
+# The small-data recipe with hard attention: its config, layered.
+HARD_RECIPE = ("configs/small_scratch.yaml", "configs/small_scratch_hard.yaml")
+ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
     "paper": ("configs/shapes.yaml", []),
     "lambda0": ("configs/shapes.yaml", LAMBDA0),
     "stages1": ("configs/shapes.yaml", ["--model.encoder.stages", "1"]),
@@ -81,14 +83,15 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "hard_lambda0_gate_none": ("configs/shapes.yaml", [*HARD, *LAMBDA0, "--model.decoder.gate", "none"]),
     "hard_gate_none": ("configs/shapes.yaml", [*HARD, "--model.decoder.gate", "none"]),
     "hard_reinforce0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.reinforce_lambda", "0.1"]),
-    "hard_recipe": ("configs/small_scratch.yaml", [*HARD, "--model.hard_attention.baseline", "expected_context"]),
+    "hard_recipe": (HARD_RECIPE, []),
+    "hard_recipe_scst": (HARD_RECIPE, []),
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
     "recipe_scst": ("configs/small_scratch.yaml", []),
 }
 # Rows trained in two stages: the row's config, then self-critical training layered over it.
 SCST_STAGE = "configs/small_scratch_scst.yaml"
-WITH_SCST = {"recipe_scst"}
+WITH_SCST = {"recipe_scst", "hard_recipe_scst"}
 FAMILIES = ("shapes", "glyphs")
 METRICS = (
     "BLEU-4",
@@ -107,7 +110,8 @@ def row_commands(row: str, data_dir: Path, run_dir: Path) -> list[list[str]]:
     fit and test, or for a row in `WITH_SCST`, fit, fit the self-critical stage from that, and
     test the second stage."""
     config, overrides = ROWS[row]
-    stages = [[config]] + ([[config, SCST_STAGE]] if row in WITH_SCST else [])
+    first = [config] if isinstance(config, str) else list(config)
+    stages = [first] + ([[*first, SCST_STAGE]] if row in WITH_SCST else [])
     dirs = [run_dir / "cross_entropy", run_dir] if len(stages) == 2 else [run_dir]
     commands = [["fit", *_common(configs, data_dir, out, overrides)] for configs, out in zip(stages, dirs)]
     for later in commands[1:]:

@@ -10,6 +10,7 @@ ratio to `RATIOS`.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -177,10 +178,15 @@ def _beam(ctx: Context, decoder: Decoder, features: torch.Tensor, beam_size: int
 
 @measurement
 def beam5(ctx: Context) -> dict[str, float]:
-    """Batched beam search (decode_batch images × beam 5), max_len = caption_len."""
-    decoder, features = ctx.decoder().eval(), ctx.features(ctx.sizes.decode_batch)
-    seconds = ctx.seconds(lambda: _beam(ctx, decoder, features, ctx.sizes.beam))
-    return {"beam5_images_per_s": features.size(0) / seconds}
+    """Batched beam search (decode_batch images × beam 5), max_len = caption_len; the paper's
+    decoder, and one attending from the current state (whose LSTM does not read the context)."""
+    features, s = ctx.features(ctx.sizes.decode_batch), ctx.sizes
+    current = Decoder(dataclasses.replace(s.decoder_config, attend_from="current"), s.vocab, s.feature_dim)
+    results = {}
+    for key, decoder in (("beam5_images_per_s", ctx.decoder()), ("beam5_current_images_per_s", current)):
+        decoder = decoder.to(ctx.device).eval()
+        results[key] = features.size(0) / ctx.seconds(lambda decoder=decoder: _beam(ctx, decoder, features, s.beam))
+    return results
 
 
 @measurement
