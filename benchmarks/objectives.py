@@ -34,7 +34,10 @@ def _hard_step(decoder: Decoder, captions: torch.Tensor, config: HardAttentionCo
     optimizer, baseline = _adam(decoder), MovingAverageBaseline()
 
     def step(features: torch.Tensor) -> None:
-        out = decoder.forward_hard(features, captions[:, :-1], expected_prob=config.expected_prob)
+        expected_logits = config.baseline == "expected_context"
+        out = decoder.forward_hard(
+            features, captions[:, :-1], expected_prob=config.expected_prob, with_expected_logits=expected_logits
+        )
         loss = hard_attention_loss(out, captions[:, 1:], PAD, 1.0, baseline, config)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

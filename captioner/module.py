@@ -256,7 +256,12 @@ class CaptioningModule(pl.LightningModule):
             total = parts.loss
             logs = {"reward": parts.reward, "baseline_reward": parts.baseline, "sample_length": parts.sample_length}
         elif self.hard_baseline is not None:
-            out = self.decoder.forward_hard(features, tokens[:, :-1], expected_prob=self.hard_attention.expected_prob)
+            out = self.decoder.forward_hard(
+                features,
+                tokens[:, :-1],
+                expected_prob=self.hard_attention.expected_prob,
+                with_expected_logits=self.hard_attention.baseline == "expected_context",
+            )
             total, loss, hard = hard_attention_loss(
                 out,
                 tokens[:, 1:],

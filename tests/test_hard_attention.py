@@ -75,14 +75,15 @@ def test_expected_logits_share_hidden_states_and_dropout_and_differ_by_the_conte
     config = DecoderConfig(8, 9, 7, dropout=0.5, attention="hard", attend_from="current")
     decoder = Decoder(config, V, D).train()
     features, tokens = _batch(5)
-    everywhere = decoder.forward_hard(features, tokens, expected_prob=1.0)
+    everywhere = decoder.forward_hard(features, tokens, expected_prob=1.0, with_expected_logits=True)
     torch.testing.assert_close(everywhere.expected_logits, everywhere.logits)
     assert not everywhere.expected_logits.requires_grad
 
     decoder.eval()
-    sampled = decoder.forward_hard(features, tokens, expected_prob=0.0)
+    sampled = decoder.forward_hard(features, tokens, expected_prob=0.0, with_expected_logits=True)
     soft_logits, _ = decoder(features, tokens)
     torch.testing.assert_close(sampled.expected_logits, soft_logits)
+    assert decoder.forward_hard(features, tokens).expected_logits is None  # not asked for
     assert not torch.allclose(sampled.logits, soft_logits)
     assert _decoder().forward_hard(features, tokens).expected_logits is None  # the paper's order has none
 

@@ -45,7 +45,7 @@ class HardForward(NamedTuple):
     entropies: Tensor  # (B, T): H(α_t); 0 in the expected rows
     sampled: Tensor  # (B,) bool: rows that sampled locations (the others used the expected context)
     independent_steps: bool  # each step's location affects only its own word (attend_from="current")
-    # (B, T, V), independent steps only: the logits had every step used the expected context, with
+    # (B, T, V), independent steps only, when asked: the logits had every step used the expected context, with
     # the same hidden states and dropout mask (no gradient); a per-word baseline for REINFORCE
     expected_logits: Tensor | None = None
 
@@ -177,13 +177,18 @@ class Decoder(nn.Module):
         return logits, alphas
 
     def _forward_current(
-        self, features: Tensor, tokens: Tensor, mask: Tensor | None, expected: Tensor | None = None
+        self,
+        features: Tensor,
+        tokens: Tensor,
+        mask: Tensor | None,
+        expected: Tensor | None = None,
+        with_expected_logits: bool = False,
     ) -> tuple[Tensor, Tensor, HardChoice | None, Tensor | None]:
         """Teacher forcing when attending from the current state: the LSTM over all T words in
         one call (its input matmul runs once over all steps), then attention for all steps at
         once, the T steps riding on the attention's beam axis -> logits (B, T, V), alphas
         (B, T, P) and, with `expected` (B,) bool (training hard attention), the sampled choices
-        and the logits (B, T, V) with the expected context at every step (no gradient)."""
+        and, if asked, the logits (B, T, V) with the expected context at every step (no gradient)."""
         h, c = self.init_state(features, mask)
         embedded = self.embedding(tokens)  # (B, T, E)
         lstm = self.lstm
@@ -199,8 +204,8 @@ class Decoder(nn.Module):
             True,  # batch_first
         )  # (B, T, H)
         context, alphas, choice = self._attend_current(features, self.prepare(features), hiddens, mask, expected)
-        if choice is None:
-            return self._deep_output(embedded, hiddens, context), alphas, None
+        if not with_expected_logits:
+            return self._deep_output(embedded, hiddens, context), alphas, choice, None
         expected_context = choice.expected_context.detach()
         if self.gate is not None:
             expected_context = torch.sigmoid(self.gate(hiddens.detach())) * expected_context
@@ -220,18 +225,27 @@ class Decoder(nn.Module):
         return attended, alpha, choice
 
     def forward_hard(
-        self, features: Tensor, tokens: Tensor, mask: Tensor | None = None, expected_prob: float = 0.5
+        self,
+        features: Tensor,
+        tokens: Tensor,
+        mask: Tensor | None = None,
+        expected_prob: float = 0.5,
+        with_expected_logits: bool = False,
     ) -> HardForward:
         """Teacher forcing for training a "hard" decoder (Xu et al. 2015, section 4.1): every
         step samples a location s_t ~ Multinoulli(α_t) and attends to a_{s_t}, except in the
         rows (images) that, with probability `expected_prob` each, use the expected context
         Σ_i α_ti a_i throughout. features (B, P, D), tokens (B, T), mask (B, P) -> `HardForward`.
+        with_expected_logits (attending from the current state): also the logits with the
+        expected context at every step, for the expected-context baseline.
         """
         if self.config.attention != "hard":
             raise CaptionerError('forward_hard samples attention locations: it needs a decoder with attention="hard"')
         expected = torch.rand(features.size(0), device=features.device) < expected_prob
         if self.attends_after_reading:
-            logits, alphas, choice, expected_logits = self._forward_current(features, tokens, mask, expected)
+            logits, alphas, choice, expected_logits = self._forward_current(
+                features, tokens, mask, expected, with_expected_logits
+            )
             return HardForward(logits, alphas, choice.log_prob, choice.entropy, ~expected, True, expected_logits)
         logits, alphas, choices = self._autograd_loop(features, tokens, mask, expected)
         log_probs = torch.stack([choice.log_prob for choice in choices], 1)
