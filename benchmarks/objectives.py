@@ -12,8 +12,6 @@ All on `train_batch` images; the ratios are to cross-entropy, measured in the sa
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from benchmarks.suite import PAD, RATIOS, Context, _adam, measurement, train_step
@@ -34,9 +32,11 @@ def _hard_step(decoder: Decoder, captions: torch.Tensor, config: HardAttentionCo
     optimizer, baseline = _adam(decoder), MovingAverageBaseline()
 
     def step(features: torch.Tensor) -> None:
-        expected_logits = config.baseline == "expected_context"
         out = decoder.forward_hard(
-            features, captions[:, :-1], expected_prob=config.expected_prob, with_expected_logits=expected_logits
+            features,
+            captions[:, :-1],
+            expected_prob=config.expected_prob,
+            with_expected_logits=config.expected_context_baseline,
         )
         loss = hard_attention_loss(out, captions[:, 1:], PAD, 1.0, baseline, config)[0]
         optimizer.zero_grad(set_to_none=True)
@@ -76,18 +76,13 @@ def objectives_train(ctx: Context) -> dict[str, float]:
     """Images per second of a training step with each objective."""
     batch = ctx.sizes.train_batch
     features, captions = ctx.features(batch), ctx.captions(batch)
-
-    def decoder(**settings) -> Decoder:
-        config = dataclasses.replace(ctx.sizes.decoder_config, **settings)
-        return Decoder(config, ctx.sizes.vocab, ctx.sizes.feature_dim).to(ctx.device).train()
-
     expected_baseline = HardAttentionConfig(baseline="expected_context")
     steps = {
         "xe_train_images_per_s": train_step(ctx.decoder().train(), captions),
-        "hard_attention_train_images_per_s": _hard_step(decoder(attention="hard"), captions),
-        "xe_current_train_images_per_s": train_step(decoder(attend_from="current"), captions),
+        "hard_attention_train_images_per_s": _hard_step(ctx.decoder(attention="hard").train(), captions),
+        "xe_current_train_images_per_s": train_step(ctx.decoder(attend_from="current").train(), captions),
         "hard_current_train_images_per_s": _hard_step(
-            decoder(attention="hard", attend_from="current"), captions, expected_baseline
+            ctx.decoder(attention="hard", attend_from="current").train(), captions, expected_baseline
         ),
         "scst_5_samples_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), ScstConfig(5, "mean")),
         "scst_greedy_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), ScstConfig(1, "greedy")),

@@ -98,9 +98,10 @@ class Context:
         words[:, 0], words[:, -1] = START, END
         return words
 
-    def decoder(self) -> Decoder:
+    def decoder(self, **settings) -> Decoder:
+        """A Decoder at these sizes; `settings` replace fields of its DecoderConfig."""
         s = self.sizes
-        return Decoder(s.decoder_config, s.vocab, s.feature_dim).to(self.device)
+        return Decoder(dataclasses.replace(s.decoder_config, **settings), s.vocab, s.feature_dim).to(self.device)
 
     def seconds(self, fn: Callable[[], object], repeats: int | None = None) -> float:
         """Median wall time of fn over `repeats` runs (default: the sizes') after `warmup` runs."""
@@ -180,12 +181,11 @@ def _beam(ctx: Context, decoder: Decoder, features: torch.Tensor, beam_size: int
 def beam5(ctx: Context) -> dict[str, float]:
     """Batched beam search (decode_batch images × beam 5), max_len = caption_len; the paper's
     decoder, and one attending from the current state (whose LSTM does not read the context)."""
-    features, s = ctx.features(ctx.sizes.decode_batch), ctx.sizes
-    current = Decoder(dataclasses.replace(s.decoder_config, attend_from="current"), s.vocab, s.feature_dim)
+    features, beam = ctx.features(ctx.sizes.decode_batch), ctx.sizes.beam
     results = {}
-    for key, decoder in (("beam5_images_per_s", ctx.decoder()), ("beam5_current_images_per_s", current)):
-        decoder = decoder.to(ctx.device).eval()
-        results[key] = features.size(0) / ctx.seconds(lambda decoder=decoder: _beam(ctx, decoder, features, s.beam))
+    for key, attend_from in (("beam5_images_per_s", "previous"), ("beam5_current_images_per_s", "current")):
+        decoder = ctx.decoder(attend_from=attend_from).eval()
+        results[key] = features.size(0) / ctx.seconds(lambda decoder=decoder: _beam(ctx, decoder, features, beam))
     return results
 
 

@@ -127,7 +127,7 @@ class CaptioningModule(pl.LightningModule):
         hard_attention = HardAttentionConfig.from_dict(hard_attention)
         scst = None if scst is None else ScstConfig.from_dict(scst)
         hard = decoder.attention == "hard"
-        if hard and hard_attention.baseline == "expected_context" and decoder.attend_from != "current":
+        if hard and hard_attention.expected_context_baseline and decoder.attend_from != "current":
             raise CaptionerError(
                 'hard_attention.baseline "expected_context" needs model.decoder.attend_from "current" '
                 "(with the paper's order a location affects every later word); "
@@ -260,7 +260,7 @@ class CaptioningModule(pl.LightningModule):
                 features,
                 tokens[:, :-1],
                 expected_prob=self.hard_attention.expected_prob,
-                with_expected_logits=self.hard_attention.baseline == "expected_context",
+                with_expected_logits=self.hard_attention.expected_context_baseline,
             )
             total, loss, hard = hard_attention_loss(
                 out,

@@ -113,6 +113,12 @@ class HardAttentionConfig(PlainConfig):
     # log-likelihood had its step attended to Σ_i α_i a_i (attend_from "current" only)
     baseline: str = "moving_average"
 
+    @property
+    def expected_context_baseline(self) -> bool:
+        """Whether the baseline needs the logits under the expected context (`forward_hard`'s
+        with_expected_logits)."""
+        return self.baseline == "expected_context"
+
     def __post_init__(self) -> None:
         if self.baseline not in HARD_BASELINES:
             raise CaptionerError(f"hard_attention.baseline {self.baseline!r} is not one of {', '.join(HARD_BASELINES)}")
@@ -160,17 +166,17 @@ def hard_attention_terms(
     """
     tokens = real.sum().clamp(min=1)
     caption_rewards = (token_log_probs * real).sum(dim=1).detach()  # log p(y | s̃, a) per caption
-    if config.baseline == "expected_context":
-        if not per_step or expected_log_probs is None:
-            raise CaptionerError(
-                'hard_attention.baseline "expected_context" needs a decoder with attend_from "current"; '
-                'use baseline "moving_average" with attend_from "previous"'
-            )
-        rewards = (token_log_probs * real).detach()
-        b = expected_log_probs.detach() * real
-    elif per_step:
+    if config.expected_context_baseline and (not per_step or expected_log_probs is None):
+        raise CaptionerError(
+            'hard_attention.baseline "expected_context" needs a decoder with attend_from "current"; '
+            'use baseline "moving_average" with attend_from "previous"'
+        )
+    if per_step:
         rewards = (token_log_probs * real).detach()  # (B, T): log p(y_t | s̃_t, ...)
-        b = baseline(rewards, real & sampled.unsqueeze(1))
+        if config.expected_context_baseline:
+            b = expected_log_probs.detach() * real
+        else:
+            b = baseline(rewards, real & sampled.unsqueeze(1))
     else:
         rewards = caption_rewards
         b = baseline(rewards, sampled)

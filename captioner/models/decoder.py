@@ -203,26 +203,27 @@ class Decoder(nn.Module):
             False,  # bidirectional
             True,  # batch_first
         )  # (B, T, H)
-        context, alphas, choice = self._attend_current(features, self.prepare(features), hiddens, mask, expected)
+        projected = self.prepare(features)
+        context, alphas, choice, expected_context = self._attend_current(features, projected, hiddens, mask, expected)
         if not with_expected_logits:
             return self._deep_output(embedded, hiddens, context), alphas, choice, None
-        expected_context = choice.expected_context.detach()
-        if self.gate is not None:
-            expected_context = torch.sigmoid(self.gate(hiddens.detach())) * expected_context
         logits, expected_logits = self._deep_output_pair(embedded, hiddens, context, expected_context)
         return logits, alphas, choice, expected_logits
 
     def _attend_current(
         self, features: Tensor, projected: Tensor, hidden: Tensor, mask: Tensor | None, expected: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, HardChoice | None]:
+    ) -> tuple[Tensor, Tensor, HardChoice | None, Tensor | None]:
         """Attention from the current state: hidden (B, [K,] H) -> gated context z (B, [K,] D),
-        alpha (B, [K,] P), and with `expected` the sampled locations; K may be beams or, in
-        teacher forcing, time steps."""
-        attended, alpha = self.attention(features, projected, hidden, mask)
-        attended, choice = self._pick_context(features, alpha, attended, expected)
-        if self.gate is not None:
-            attended = torch.sigmoid(self.gate(hidden)) * attended
-        return attended, alpha, choice
+        alpha (B, [K,] P), and with `expected` the sampled locations and the gated expected
+        context σ(f_β h) Σ_i α_i a_i (B, [K,] D, no gradient), which a baseline compares them
+        with; K may be beams or, in teacher forcing, time steps."""
+        soft, alpha = self.attention(features, projected, hidden, mask)
+        attended, choice = self._pick_context(features, alpha, soft, expected)
+        gate = None if self.gate is None else torch.sigmoid(self.gate(hidden))
+        context = attended if gate is None else gate * attended
+        if choice is None:
+            return context, alpha, None, None
+        return context, alpha, choice, (soft if gate is None else gate * soft).detach()
 
     def forward_hard(
         self,
@@ -295,7 +296,7 @@ class Decoder(nn.Module):
         embedded = self.embedding(prev_tokens)  # (B, [K,] E)
         if self.attends_after_reading:
             h, c = self._read_word(embedded, state)
-            context, alpha, _ = self._attend_current(features, projected, h, mask)
+            context, alpha, _, _ = self._attend_current(features, projected, h, mask)
             return self._deep_output(embedded, h, context).log_softmax(dim=-1), (h, c), alpha
         embed_weight, weights = self.step_weights() if weights is None else weights
         out = self._advance(F.linear(embedded, embed_weight), state, features, projected, weights, mask)

@@ -29,7 +29,6 @@ class HardChoice(NamedTuple):
     attended: Tensor  # (B, [T,] D): a_{s_t}, or Σ_i α_i a_i in the expected rows
     log_prob: Tensor  # (B, [T]): log α[s_t]; 0 in the expected rows (nothing was sampled)
     entropy: Tensor  # (B, [T]): H(α) = −Σ_i α_i log α_i; 0 in the expected rows
-    expected_context: Tensor  # (B, [T,] D): Σ_i α_i a_i in every row, for a baseline
 
 
 def sample_context(features: Tensor, alpha: Tensor, expected_context: Tensor, expected: Tensor) -> HardChoice:
@@ -50,7 +49,7 @@ def sample_context(features: Tensor, alpha: Tensor, expected_context: Tensor, ex
     attended = torch.where(sampled.unsqueeze(-1), picked, expected_context)
     log_prob = alpha.gather(-1, location).squeeze(-1).log() * sampled
     entropy = -torch.special.xlogy(alpha, alpha).sum(dim=-1) * sampled
-    return HardChoice(attended, log_prob, entropy, expected_context)
+    return HardChoice(attended, log_prob, entropy)
 
 
 def argmax_context(features: Tensor, alpha: Tensor) -> Tensor:
