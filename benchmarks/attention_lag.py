@@ -87,9 +87,9 @@ def summarise(records: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from captioner.api import Captioner
     from captioner.data.records import coco_layout, read_boxes, read_split
-    from captioner.metrics import coco_category_words
+    from captioner.evaluation.grounding import coco_category_words
+    from captioner.inference.api import Captioner
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.attention_lag", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from captioner import decoding
 from captioner.models import Decoder, DecoderConfig
+from captioner.models import search as decoding
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.suite import PAD, RATIOS, Context, _adam, measurement, train_step
 from captioner.models import Decoder
-from captioner.objectives import (
+from captioner.training.objectives import (
     HardAttentionConfig,
     MovingAverageBaseline,
     ScstConfig,

@@ -5,7 +5,7 @@ python -m benchmarks.precision --ckpt runs/demo/checkpoints/best.ckpt --data dat
 python -m benchmarks.precision --tiny             # toy sizes, seconds (used by the tests)
 
 Speed: end-to-end captioning of a batch of images (encoder, then beam search with beam 3)
-through `captioner.precision.inference_models`, as `Captioner` runs it; the precisions take
+through `captioner.inference.precision.inference_models`, as `Captioner` runs it; the precisions take
 turns, twice, and each keeps its best time, so all see the same (shared) machine. int8's
 one-off calibration is timed apart. With --ckpt: captions of the data's test split in each
 precision, the share of images whose caption equals fp32's, and BLEU-4 / CIDEr of each.
@@ -23,9 +23,9 @@ import torch
 
 from benchmarks.__main__ import machine
 from benchmarks.suite import COCO, END, START, TINY
-from captioner.decoding import DecodingConfig, decode_captions
+from captioner.inference.precision import PRECISIONS, bf16_supported, inference_models, int8_supported
 from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
-from captioner.precision import PRECISIONS, bf16_supported, inference_models, int8_supported
+from captioner.models.search import DecodingConfig, decode_captions
 from captioner.vocab import Vocabulary
 
 BEAM = 3
@@ -70,9 +70,9 @@ def speed(tiny: bool, device: torch.device, batch: int | None) -> dict[str, floa
 
 
 def agreement(ckpt: Path, data_dir: Path, device: torch.device) -> dict[str, float]:
-    from captioner.api import Captioner
     from captioner.data import CaptionDataModule
-    from captioner.metrics import caption_scores
+    from captioner.evaluation.captions import caption_scores
+    from captioner.inference.api import Captioner
 
     records = CaptionDataModule(str(data_dir)).records("test")
     paths = [record.path for record in records]

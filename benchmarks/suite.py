@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.naive import NaiveDecoder, naive_loss
-from captioner.decoding import beam_search
-from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, caption_loss
+from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
+from captioner.models.search import beam_search
+from captioner.training.loss import caption_loss
 
 START, END, PAD = 1, 2, 0
 

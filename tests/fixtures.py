@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from captioner.commands.train import cli_main
+from captioner.training.cli import cli_main
 
 # No progress bar or model summary in test output.
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

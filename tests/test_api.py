@@ -1,4 +1,4 @@
-"""Captioning from Python (`captioner.api`) and safe checkpoint loading (`captioner.checkpoint`)."""
+"""Captioning from Python (`captioner.inference.api`) and safe checkpoint loading (`captioner.inference.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.api import Captioner, resolve_device
-from captioner.checkpoint import load_checkpoint, load_model
 from captioner.data.images import ImageLoadError, image_transform, load_image
-from captioner.decoding import beam_search
 from captioner.errors import CaptionerError
+from captioner.inference.api import Captioner, resolve_device
+from captioner.inference.checkpoint import load_checkpoint, load_model
+from captioner.models.search import beam_search
 from tests.fixtures import write_malicious_checkpoint
 
 

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 import captioner.commands.attend as attend_command
-from captioner.api import Captioner
 from captioner.cli import main
-from captioner.overlay import save_attention
+from captioner.inference.api import Captioner
+from captioner.viz.overlay import save_attention
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captioner.decoding import beam_search, greedy_decode
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, DecoderConfig, SoftAttention, attention, caption_loss
+from captioner.models import Decoder, DecoderConfig, SoftAttention, attention
+from captioner.models.search import beam_search, greedy_decode
+from captioner.training.loss import caption_loss
 
 V, D, P = 13, 10, 6
 

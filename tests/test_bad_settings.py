@@ -7,12 +7,13 @@ import itertools
 import pytest
 import torch
 
-import captioner.module
+import captioner.training.system
 from captioner.cli import main
-from captioner.commands.train import cli_main
 from captioner.errors import CaptionerError
-from captioner.models import DecoderConfig, EncoderConfig, caption_loss
-from captioner.module import CaptioningModule
+from captioner.models import DecoderConfig, EncoderConfig
+from captioner.training.cli import cli_main
+from captioner.training.loss import caption_loss
+from captioner.training.system import CaptioningModule
 from tests.fixtures import NO_VALIDATION, QUIET, TINY_TRAINING, write_malicious_checkpoint
 
 QUICK = [
@@ -156,7 +157,7 @@ def _nan_loss_on(monkeypatch, calls: set[int]) -> None:
         parts = caption_loss(*args, **kwargs)
         return parts._replace(total=parts.total * float("nan")) if next(count) in calls else parts
 
-    monkeypatch.setattr(captioner.module, "caption_loss", loss)
+    monkeypatch.setattr(captioner.training.system, "caption_loss", loss)
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -58,7 +58,7 @@ def test_module_prints_one_json_object():
 
 def test_precision_benchmark_times_every_available_precision():
     from benchmarks import precision as bench
-    from captioner.precision import bf16_supported, int8_supported
+    from captioner.inference.precision import bf16_supported, int8_supported
 
     results = bench.main(["--tiny"])
     names = ["fp32"] + ["bf16"] * bf16_supported(torch.device("cpu")) + ["int8"] * int8_supported(torch.device("cpu"))

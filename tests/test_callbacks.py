@@ -9,8 +9,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.callbacks import AttentionOverlayCallback
-from captioner.decoding import Caption, DecodingConfig
+from captioner.models.search import Caption, DecodingConfig
+from captioner.training.callbacks import AttentionOverlayCallback
 from captioner.vocab import Vocabulary
 
 GRID = (2, 3)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner.api import Captioner
 from captioner.cli import main
+from captioner.inference.api import Captioner
 from tests.fixtures import write_bad_images, write_malicious_checkpoint, write_odd_images
 
 

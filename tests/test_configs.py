@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from captioner.commands.train import cli_main
 from captioner.errors import CaptionerError
+from captioner.training.cli import cli_main
 
 ALL_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 DATES_CONFIG = Path(__file__).parents[1] / "configs" / "dates.yaml"  # another system: tested below
@@ -103,7 +103,7 @@ def test_small_scratch_stops_early_on_a_validation_metric_with_the_grounding_set
 
 
 def test_dates_config_builds_its_model_and_data(tmp_path):
-    from captioner.dates.train import cli_main as dates_cli_main
+    from captioner.dates.system import cli_main as dates_cli_main
 
     written = yaml.safe_load(DATES_CONFIG.read_text())
     # Small splits: building the data module generates them.

@@ -19,8 +19,8 @@ from captioner.dates.data import DatesDataModule
 from captioner.dates.generate import FORMATS, HELD_OUT, TRAINING_FORMATS, examples, split_dates
 from captioner.dates.model import TARGET_VOCAB, Translation, load_dates_model
 from captioner.dates.plot import save_attention_matrix
-from captioner.decoding import DecodingConfig
 from captioner.errors import CaptionerError
+from captioner.models.search import DecodingConfig
 from tests.fixtures import NO_VALIDATION, QUIET
 
 GREEDY = DecodingConfig(beam_size=1)

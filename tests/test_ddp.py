@@ -12,8 +12,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from captioner.commands.train import cli_main
 from captioner.data import synth
+from captioner.training.cli import cli_main
 from tests.fixtures import NO_VALIDATION, QUIET, TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def _finish(process: subprocess.Popen, log: Path) -> None:
 def test_ddp_fit_and_validate_score_every_image_once_and_write_once(odd_data, tmp_path):
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "last.ckpt"
-    overlays = [{"class_path": "captioner.callbacks.AttentionOverlayCallback", "init_args": {"num_images": 2}}]
+    overlays = [{"class_path": "captioner.training.callbacks.AttentionOverlayCallback", "init_args": {"num_images": 2}}]
     fit = _captioner_train(
         "fit",
         "--data.data_dir",

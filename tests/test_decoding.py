@@ -3,9 +3,9 @@ import itertools
 import pytest
 import torch
 
-from captioner.decoding import Caption, DecodingConfig, beam_search, greedy_decode
 from captioner.errors import CaptionerError
 from captioner.models import Decoder, DecoderConfig
+from captioner.models.search import Caption, DecodingConfig, beam_search, greedy_decode
 
 START, END = 1, 2
 

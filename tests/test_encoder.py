@@ -5,7 +5,7 @@ import torch
 
 from captioner.errors import CaptionerError
 from captioner.models import Encoder, EncoderConfig
-from captioner.module import CaptioningModule
+from captioner.training.system import CaptioningModule
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from captioner import evaluation
 from captioner.data.records import Box
-from captioner.evaluation import DecodedImage, score_images
+from captioner.evaluation import scores as evaluation
+from captioner.evaluation.scores import DecodedImage, score_images
 
 
 def _image(image_id: int, caption: str) -> DecodedImage:

@@ -16,11 +16,11 @@ import yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from captioner.callbacks import AttentionOverlayCallback
 from captioner.cli import main
-from captioner.commands.train import cli_main
 from captioner.data.features import SplitFeatures
 from captioner.errors import CaptionerError
+from captioner.training.callbacks import AttentionOverlayCallback
+from captioner.training.cli import cli_main
 
 TINY_CONFIG = {
     "seed_everything": 0,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from captioner.errors import CaptionerError
-from captioner.gallery import GalleryItem, write_gallery
+from captioner.viz.gallery import GalleryItem, write_gallery
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 needs_chromium = pytest.mark.skipif(

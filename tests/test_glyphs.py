@@ -11,7 +11,7 @@ from PIL import Image
 
 from captioner.cli import main
 from captioner.data import glyphs, read_boxes, read_coco, read_karpathy, synth
-from captioner.metrics import coco_category_words
+from captioner.evaluation.grounding import coco_category_words
 from captioner.vocab import tokenize
 
 SPLITS = ("train", "val", "test")

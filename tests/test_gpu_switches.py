@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from captioner.cli import main
-from captioner.commands.train import cli_main
 from captioner.models import DecoderConfig, Encoder, EncoderConfig
-from captioner.module import CaptioningModule, use_tf32
+from captioner.training.cli import cli_main
+from captioner.training.system import CaptioningModule, use_tf32
 from tests.fixtures import TINY_MODEL
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]

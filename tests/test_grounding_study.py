@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from benchmarks.grounding_study import ROWS, SCST_STAGE, WITH_SCST, row_commands
-from captioner.commands.train import cli_main
+from captioner.training.cli import cli_main
 
 
 @pytest.mark.parametrize("row", sorted(ROWS))

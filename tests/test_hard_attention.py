@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.checkpoint import load_model
 from captioner.cli import main
-from captioner.decoding import DecodingConfig, decode_captions
 from captioner.errors import CaptionerError
+from captioner.inference.checkpoint import load_model
 from captioner.models import Decoder, DecoderConfig
-from captioner.module import CaptioningModule
-from captioner.objectives import HardAttentionConfig, MovingAverageBaseline, hard_attention_loss
+from captioner.models.search import DecodingConfig, decode_captions
+from captioner.training.objectives import HardAttentionConfig, MovingAverageBaseline, hard_attention_loss
+from captioner.training.system import CaptioningModule
 from captioner.vocab import Vocabulary
 from tests.fixtures import train_tiny_checkpoint
 

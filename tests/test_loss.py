@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captioner.models import caption_loss
+from captioner.training.loss import caption_loss
 
 PAD = 0
 

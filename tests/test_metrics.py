@@ -10,13 +10,8 @@ import torch
 
 from captioner.data import Box
 from captioner.errors import CaptionerError
-from captioner.metrics import (
-    GroundingSample,
-    caption_scores,
-    coco_category_words,
-    grounding_scores,
-    per_image_cider,
-)
+from captioner.evaluation.captions import caption_scores, per_image_cider
+from captioner.evaluation.grounding import GroundingSample, coco_category_words, grounding_scores
 
 REFERENCES = {
     1: ["A dog runs on the grass.", "a brown dog running across a field"],
@@ -83,7 +78,7 @@ def test_mismatched_ids_raise():
 
 
 def test_missing_java_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("captioner.metrics.shutil.which", lambda name: None)
+    monkeypatch.setattr("captioner.evaluation.captions.shutil.which", lambda name: None)
     with pytest.raises(CaptionerError, match="Java is needed for METEOR"):
         caption_scores(REFERENCES, {i: "a dog" for i in REFERENCES})
 
@@ -147,7 +142,7 @@ def test_no_category_words_gives_nan():
 
 def test_grounding_rejects_alphas_that_do_not_match_the_grid():
     sample = GroundingSample(["circle"], np.ones((1, 5)), (2, 2), (10, 10), [])
-    with pytest.raises(ValueError, match="grid"):
+    with pytest.raises(CaptionerError, match="grid"):
         grounding_scores([sample], WORDS)
 
 

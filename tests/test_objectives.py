@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captioner.decoding import greedy_decode, sample_captions
 from captioner.errors import CaptionerError
 from captioner.models import Decoder, DecoderConfig
 from captioner.models.hard_attention import argmax_context, sample_context
-from captioner.objectives import (
+from captioner.models.search import greedy_decode, sample_captions
+from captioner.training.objectives import (
     HardAttentionConfig,
     MovingAverageBaseline,
     ScstConfig,

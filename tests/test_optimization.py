@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from captioner import decoding
-from captioner.decoding import DecodingConfig, decode_captions
 from captioner.models import Decoder, DecoderConfig, EncoderConfig
-from captioner.module import CaptioningModule
+from captioner.models import search as decoding
+from captioner.models.search import DecodingConfig, decode_captions
+from captioner.training.system import CaptioningModule
 from captioner.vocab import Vocabulary
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.overlay import HEATMAP, attention_map, draw_attention, save_attention
+from captioner.viz.overlay import HEATMAP, attention_map, draw_attention, save_attention
 
 
 def _one_hot(index: int, cells: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Inference precision (`captioner.precision`): bf16 and int8 against fp32, and clear refusals."""
+"""Inference precision (`captioner.inference.precision`): bf16 and int8 against fp32, and clear refusals."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner import precision
-from captioner.api import Captioner
-from captioner.checkpoint import load_model
 from captioner.cli import main
 from captioner.errors import CaptionerError
+from captioner.inference import precision
+from captioner.inference.api import Captioner
+from captioner.inference.checkpoint import load_model
 from captioner.models import Encoder, EncoderConfig
 
 CPU = torch.device("cpu")
@@ -51,7 +51,7 @@ def test_bf16_encodes_with_a_bfloat16_copy_and_keeps_the_decoder_float32(tiny_ch
     encode, decoder = precision.inference_models(model.encoder, model.decoder, "bf16", CPU)
     images = torch.randn(2, 3, model.image_size, model.image_size)
     features = encode(images)
-    # The decoder stays float32 (a bfloat16 one changes captions; see captioner.precision).
+    # The decoder stays float32 (a bfloat16 one changes captions; see captioner.inference.precision).
     assert features.dtype == torch.float32 and decoder is model.decoder
     assert all(p.dtype == torch.float32 for p in [*model.encoder.parameters(), *decoder.parameters()])
     with torch.no_grad():

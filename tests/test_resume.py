@@ -15,8 +15,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from captioner.checkpoint_io import AtomicCheckpointIO
-from captioner.commands.train import cli_main
+from captioner.training.checkpoint_io import AtomicCheckpointIO
+from captioner.training.cli import cli_main
 from tests.fixtures import QUIET
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from pycocoevalcap.cider.cider import Cider
 
 from captioner.errors import CaptionerError
-from captioner.rewards import CiderD, ngram_counts
+from captioner.evaluation.cider import CiderD, ngram_counts
 from captioner.vocab import tokenize
 
 WORDS = [

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.checkpoint import load_checkpoint, load_model, load_weights
-from captioner.commands.train import cli_main
 from captioner.errors import CaptionerError
+from captioner.inference.checkpoint import load_checkpoint, load_model, load_weights
+from captioner.training.cli import cli_main
 from captioner.vocab import Vocabulary
 from tests.fixtures import TINY_TRAINING
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captioner.decoding import DecodingConfig, beam_search, decode_captions, greedy_decode
 from captioner.errors import CaptionerError
 from captioner.models import Decoder, DecoderConfig, SequenceEncoder, SequenceEncoderConfig, attention
+from captioner.models.search import DecodingConfig, beam_search, decode_captions, greedy_decode
 from captioner.vocab import Vocabulary
 
 V, D, P = 13, 10, 6

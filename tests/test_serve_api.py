@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from captioner.api import Captioner
 from captioner.cli import main
-from captioner.overlay import HEATMAP
+from captioner.inference.api import Captioner
 from captioner.serve import CaptionModel, Limits, create_app
 from captioner.serve.batching import Batcher, BatchSettings, Busy
+from captioner.viz.overlay import HEATMAP
 from tests.fixtures import write_bad_images
 
 # Small enough that tests can cross every bound with tiny uploads.
@@ -91,7 +91,10 @@ def test_options_change_the_decoding(client, captioner, test_images):
     want = captioner.caption(test_images[2], beam_size=1, max_len=3)[0]
     assert greedy["tokens"] == want.words and len(greedy["tokens"]) <= 3
     default = _post(client, [("a.png", _png(test_images[2]))]).json()
-    assert default["options"] == {"beam_size": captioner.decoding.beam_size, "max_len": captioner.decoding.max_len}
+    assert default["options"] == {
+        "beam_size": captioner.decoding.beam_size,
+        "max_len": captioner.decoding.max_len,
+    }
 
 
 def test_health_model_and_overlay(client, captioner):

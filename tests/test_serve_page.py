@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.api import Captioner
-from captioner.overlay import HEATMAP, attention_map
+from captioner.inference.api import Captioner
 from captioner.serve import CaptionModel, create_app
+from captioner.viz.overlay import HEATMAP, attention_map
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -96,7 +96,7 @@ def _heat_pixels(driver) -> np.ndarray:
 
 
 def _expected_heat(grid: list, size: tuple[int, int]) -> np.ndarray:
-    """What captioner.overlay draws for this word's grid at this size: the same rules."""
+    """What captioner.viz.overlay draws for this word's grid at this size: the same rules."""
     rows, cols = len(grid), len(grid[0])
     return HEATMAP.colorize(attention_map(np.array(grid).ravel(), (rows, cols), size, smooth=True))
 

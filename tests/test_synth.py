@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 
 from captioner.cli import main
 from captioner.data import glyphs, synth
-from captioner.metrics import coco_category_words
+from captioner.evaluation.grounding import coco_category_words
 from captioner.vocab import tokenize
 
 from .conftest import SYNTH_COUNTS, SYNTH_SIZE

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from captioner.commands.train import cli_main
-from captioner.module import CaptioningModule
+from captioner.training.cli import cli_main
+from captioner.training.system import CaptioningModule
 from tests.fixtures import TINY_MODEL
 
 # The shared tiny model, fine-tuning its encoder, with a wider LSTM so that 4 epochs learn.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.errors import CaptionerError
-from captioner.overlay import save_attention
+from captioner.viz.overlay import save_attention
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from captioner.api import Captioner, FileCaption
 from captioner.data.images import list_image_files
 from captioner.errors import CaptionerError, require_positive
-from captioner.precision import MAX_CALIBRATION_IMAGES, PRECISIONS
+from captioner.inference.api import Captioner, FileCaption
+from captioner.inference.precision import MAX_CALIBRATION_IMAGES, PRECISIONS
 
 # Fewer images than this finish before a progress bar would be worth drawing.
 PROGRESS_MIN_IMAGES = 32

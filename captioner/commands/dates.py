@@ -45,8 +45,8 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from captioner.commands.train import run_cli
-    from captioner.dates.train import cli_main
+    from captioner.dates.system import cli_main
+    from captioner.training.cli import run_cli
 
     return run_cli(lambda: cli_main(argv))
 

@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from captioner.commands.train import cli_main
-    from captioner.extract import extract_features
+    from captioner.training.cli import cli_main
+    from captioner.training.extract import extract_features
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

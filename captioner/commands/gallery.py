@@ -18,9 +18,9 @@ from pathlib import Path
 from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.data.records import read_split
 from captioner.errors import CaptionerError
-from captioner.gallery import GalleryItem, write_gallery
-from captioner.metrics import per_image_cider
-from captioner.overlay import save_attention
+from captioner.evaluation.captions import per_image_cider
+from captioner.viz.gallery import GalleryItem, write_gallery
+from captioner.viz.overlay import save_attention
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

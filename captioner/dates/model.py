@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from captioner.checkpoint import load_checkpoint
-from captioner.decoding import DecodingConfig, decode_captions
 from captioner.errors import CaptionerError, require_positive
+from captioner.inference.checkpoint import load_checkpoint
 from captioner.models import Decoder, DecoderConfig, SequenceEncoder, SequenceEncoderConfig
+from captioner.models.search import DecodingConfig, decode_captions
 from captioner.vocab import SPECIALS, Vocabulary
 
 OUTPUT_CHARS = "0123456789-"

@@ -1,6 +1,6 @@
 """The attention matrix of one translation: output characters (rows) × input characters (columns).
 
-Drawn on matplotlib's `Figure` with an Agg canvas (never pyplot), as `captioner.overlay` does.
+Drawn on matplotlib's `Figure` with an Agg canvas (never pyplot), as `captioner.viz.overlay` does.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
     captioner dates fit --config configs/dates.yaml
 
+`DatesCLI` is the Lightning CLI over it and `DatesDataModule` (`captioner dates fit|validate|test`).
+
 It shares the captioning system's parts — the loss (`caption_loss`), the decoder and the
 decoding entry point (`decode_captions`, through `DatesModel.decode`) — and differs where
 dates differ: the encoder is a `SequenceEncoder`, and the metric is exact match of the ISO
@@ -15,11 +17,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.cli import LightningArgumentParser
 
+from captioner.dates.data import DatesDataModule
 from captioner.dates.generate import HELD_OUT
 from captioner.dates.model import DatesModel
-from captioner.decoding import DecodingConfig
-from captioner.models import DecoderConfig, SequenceEncoderConfig, caption_loss
+from captioner.models import DecoderConfig, SequenceEncoderConfig
+from captioner.models.search import DecodingConfig
+from captioner.training.cli import CaptionerCLI, start_cli
+from captioner.training.loss import caption_loss
 
 
 class DatesModule(pl.LightningModule):
@@ -111,3 +117,19 @@ class DatesModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class DatesCLI(CaptionerCLI):
+    """CaptionerCLI's atomic best/last checkpoints and metric files, with the date system's
+    link (the input alphabet, from data to model) and monitor (val/exact_match)."""
+
+    monitor = "val/exact_match"
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.input_chars", "model.input_chars", apply_on="instantiate")
+        self.add_checkpoints(parser)
+
+
+def cli_main(args: list[str] | None = None, *, run: bool = True) -> DatesCLI:
+    """The date CLI (`start_cli` over `DatesModule` and `DatesDataModule`)."""
+    return start_cli(DatesCLI, DatesModule, DatesDataModule, args, run)

@@ -5,7 +5,6 @@ from captioner.models.attention import SoftAttention
 from captioner.models.config import DecoderConfig, EncoderConfig, PlainConfig, SequenceEncoderConfig
 from captioner.models.decoder import GATES, Decoder
 from captioner.models.encoder import Encoder, supported_backbones
-from captioner.models.loss import LossParts, caption_loss
 from captioner.models.sequence import SequenceEncoder
 
 __all__ = [
@@ -14,11 +13,9 @@ __all__ = [
     "DecoderConfig",
     "Encoder",
     "EncoderConfig",
-    "LossParts",
     "PlainConfig",
     "SequenceEncoder",
     "SequenceEncoderConfig",
     "SoftAttention",
-    "caption_loss",
     "supported_backbones",
 ]

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from captioner.api import Captioner, CaptionResult
 from captioner.data.images import ImageLoadError, decode_image
-from captioner.decoding import DecodingConfig
+from captioner.inference.api import Captioner, CaptionResult
+from captioner.models.search import DecodingConfig
 from captioner.serve.batching import Batcher, BatchSettings
 
 # Attention weights are sent rounded: 6 decimals keep every row's sum within 1e-4 of 1 and

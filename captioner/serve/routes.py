@@ -10,9 +10,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from captioner.overlay import HEATMAP
 from captioner.serve.limits import OPTION_BOUNDS, Limits, RequestRejected, parse_options
 from captioner.serve.model import CaptionModel, Upload
+from captioner.viz.overlay import HEATMAP
 
 router = APIRouter()
 STATIC_DIR = Path(__file__).parent / "static"  # the page: plain files, no build step
@@ -53,7 +53,7 @@ async def model_info(request: Request) -> dict[str, Any]:
 
 @router.get("/v1/overlay")
 async def overlay_style() -> dict[str, Any]:
-    """How the page draws attention: the same rules as `captioner attend`/`gallery` (captioner.overlay)."""
+    """How the page draws attention: the same rules as `captioner attend`/`gallery` (captioner.viz.overlay)."""
     return HEATMAP.as_json()
 
 

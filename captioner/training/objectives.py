@@ -12,11 +12,11 @@ losses here are surrogates whose gradient is that estimate (negated, for minimis
   probability 0.5 per image the expected context replaces the sample (decided in
   `Decoder.forward_hard`; those images train by plain backpropagation).
 - Self-critical sequence training (Rennie et al. 2017): the action is a sampled caption, the
-  reward its CIDEr-D against the image's references (`captioner.rewards.CiderD`, document
+  reward its CIDEr-D against the image's references (`captioner.evaluation.cider.CiderD`, document
   frequencies from the training references), the baseline the reward of the greedy caption,
   or, with several samples per image, the mean reward of the image's other samples.
 
-Nothing here knows Lightning; `captioner.module.CaptioningModule` calls these.
+Nothing here knows Lightning; `captioner.training.system.CaptioningModule` calls these.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from captioner.decoding import greedy_decode, sample_captions
 from captioner.errors import CaptionerError
+from captioner.evaluation.cider import CiderD
 from captioner.models.config import PlainConfig
 from captioner.models.decoder import Decoder, HardForward
-from captioner.models.loss import LossParts, caption_loss
-from captioner.rewards import CiderD
+from captioner.models.search import greedy_decode, sample_captions
+from captioner.training.loss import LossParts, caption_loss
 from captioner.vocab import END, Vocabulary, tokenize
 
 

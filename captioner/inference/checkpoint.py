@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from captioner.decoding import DecodingConfig
 from captioner.errors import CaptionerError
 from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, PlainConfig
+from captioner.models.search import DecodingConfig
 from captioner.vocab import Vocabulary
 
 # Written by the training module; needed to caption.

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from captioner.data.records import Box
-from captioner.metrics import GroundingSample, caption_scores, coco_category_words, grounding_scores
+from captioner.evaluation.captions import caption_scores
+from captioner.evaluation.grounding import GroundingSample, coco_category_words, grounding_scores
 
 DANGLING_WORDS = frozenset({"a", "an", "the", "and", ","})
 

@@ -4,12 +4,12 @@
 
 Training minimises cross-entropy over real tokens plus the doubly stochastic attention
 term; a hard-attention decoder adds the REINFORCE terms of its lower bound, and with `scst`
-the model is fine-tuned on the CIDEr-D of sampled captions instead (`captioner.objectives`):
+the model is fine-tuned on the CIDEr-D of sampled captions instead (`captioner.training.objectives`):
 
     captioner train fit --config configs/shapes_scst.yaml --model.init_from runs/demo/checkpoints/best.ckpt
 
 Validation and test decode without teacher forcing (`model.decoding`) and hand the
-captions to `captioner.evaluation`, which gathers every rank's captions and scores each
+captions to `captioner.evaluation.scores`, which gathers every rank's captions and scores each
 image exactly once.
 """
 
@@ -25,13 +25,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from captioner.checkpoint import load_weights
 from captioner.data.records import Box, ImageRecord
-from captioner.decoding import Caption, DecodingConfig, decode_captions
 from captioner.errors import CaptionerError
-from captioner.evaluation import DecodedImage, gather_across_ranks, score_images
-from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, caption_loss
-from captioner.objectives import (
+from captioner.evaluation.scores import DecodedImage, gather_across_ranks, score_images
+from captioner.inference.checkpoint import load_weights
+from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
+from captioner.models.search import Caption, DecodingConfig, decode_captions
+from captioner.training.loss import caption_loss
+from captioner.training.objectives import (
     HardAttentionConfig,
     MovingAverageBaseline,
     ScstConfig,

@@ -1,6 +1,6 @@
 """Captioning from Python with a trained checkpoint.
 
-    from captioner.api import Captioner
+    from captioner.inference.api import Captioner
 
     captioner = Captioner.from_checkpoint("runs/demo/checkpoints/best.ckpt")
     for result in captioner.caption(["cat.jpg", "dog.png"]):   # the checkpoint's decoding settings
@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from captioner.checkpoint import LoadedModel, load_model
 from captioner.data import ImageLoadError, image_transform, load_image
 from captioner.data.images import load_image_for, to_upright_rgb
-from captioner.decoding import Caption, DecodingConfig, decode_captions
 from captioner.errors import CaptionerError, require_positive
+from captioner.inference.checkpoint import LoadedModel, load_model
+from captioner.inference.precision import Encode, check_precision, inference_models
 from captioner.models import Decoder
-from captioner.precision import Encode, check_precision, inference_models
+from captioner.models.search import Caption, DecodingConfig, decode_captions
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -51,7 +51,7 @@ class CaptionResult:
         alphas: (L, P) float CPU tensor, L = len(words): row t is the attention over the
             P grid cells while word t was emitted; each row sums to 1.
         grid: (rows, cols) of the attention grid, P = rows·cols, cells row-major over the
-            whole image (see `captioner.overlay.attention_map`).
+            whole image (see `captioner.viz.overlay.attention_map`).
     """
 
     tokens: list[int]
@@ -78,7 +78,7 @@ class FileCaption:
 class Captioner:
     """A trained encoder + decoder ready to caption images (inference only, no Lightning).
 
-    `precision` is "fp32" (default), "bf16" or "int8" (see `captioner.precision`). int8
+    `precision` is "fp32" (default), "bf16" or "int8" (see `captioner.inference.precision`). int8
     calibrates the encoder on `calibration` (images as `caption` takes them; a handful is
     enough), or, without it, on the first batch it captions.
     """
@@ -118,7 +118,7 @@ class Captioner:
         precision: str = "fp32",
         calibration: ImageInput | Iterable[ImageInput] | None = None,
     ) -> Captioner:
-        """Load `path` safely (see `captioner.checkpoint`); `device="auto"` means cuda if available."""
+        """Load `path` safely (see `captioner.inference.checkpoint`); `device="auto"` means cuda if available."""
         return cls(load_model(path), resolve_device(device), precision=precision, calibration=calibration)
 
     def _prepare(self, calibration: torch.Tensor | None) -> None:
