@@ -63,19 +63,24 @@ def test_configs_are_shipped():
 def test_config_builds_the_model_and_data_it_names(config, synth_data, tmp_path):
     written, cli = _instantiate(config, synth_data, tmp_path)
     model, data = cli.model, cli.datamodule
-    for section, built in (("encoder", model.encoder.config), ("decoder", model.decoder.config)):
+    built_sections = {
+        "encoder": model.model.encoder.config,
+        "decoder": model.model.decoder.config,
+        "optimizer": model.optimizer_config,
+    }
+    for section, built in built_sections.items():
         for key, value in written["model"].get(section, {}).items():
             if key != "weights":  # redirected: no downloads here
                 assert getattr(built, key) == value, f"{config.name}: model.{section}.{key} not taken"
     for key, value in written["model"].get("decoding", {}).items():
         assert getattr(model.decoding, key) == value
     for key, value in written["model"].get("hard_attention", {}).items():
-        assert getattr(model.hard_attention, key) == value, f"{config.name}: model.hard_attention.{key} not taken"
-    for key in ("attention_lambda", "decoder_lr", "lr_schedule"):
+        assert model.hparams.hard_attention[key] == value, f"{config.name}: model.hard_attention.{key} not taken"
+    for key in ("attention_lambda", "attention_entropy"):
         if key in written["model"]:
             assert model.hparams[key] == written["model"][key]
     assert model.hparams.image_size == data.image_size == written["data"]["image_size"]
-    assert model.decoder.vocab_size == len(data.vocab) > 4
+    assert model.model.decoder.vocab_size == len(data.vocab) > 4
     assert data.records("train")  # the data module reads its split
     assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
     assert (model.scst is None) == ("scst" not in written["model"])
@@ -96,7 +101,7 @@ def test_small_scratch_stops_early_on_a_validation_metric_with_the_grounding_set
     _, cli = _instantiate(Path(__file__).parents[1] / "configs" / "small_scratch.yaml", synth_data, tmp_path)
     (stopper,) = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
     assert stopper.monitor.startswith("val/") and stopper.monitor == cli.trainer.checkpoint_callback.monitor
-    encoder = cli.model.encoder.config
+    encoder = cli.model.model.encoder.config
     assert (encoder.weights, encoder.fine_tune, encoder.stages, encoder.coord_channels) == (None, "all", 2, False)
     assert cli.model.hparams.attention_lambda == 0
     assert cli.trainer.max_epochs > 3  # the demo's budget would stop short of converging

@@ -44,13 +44,13 @@ def _scst_run(synth_data: Path, out: Path, init_from: Path, *extra: str) -> Path
 
 
 def _decoder_state(path: Path) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in load_checkpoint(path)["state_dict"].items() if k.startswith("decoder.")}
+    return {k: v for k, v in load_checkpoint(path)["state_dict"].items() if k.startswith("model.decoder.")}
 
 
 def test_scst_fine_tunes_the_checkpoint_it_starts_from(tiny_checkpoint, synth_data, tmp_path):
     # With a zero learning rate the weights must come out exactly as they went in: the run
     # started from init_from's weights, not from a fresh initialisation.
-    frozen = _scst_run(synth_data, tmp_path / "lr0", tiny_checkpoint, "--model.decoder_lr", "0")
+    frozen = _scst_run(synth_data, tmp_path / "lr0", tiny_checkpoint, "--model.optimizer.decoder_lr", "0")
     start = _decoder_state(tiny_checkpoint)
     for name, tensor in _decoder_state(frozen).items():
         assert torch.equal(tensor, start[name]), name
@@ -58,11 +58,11 @@ def test_scst_fine_tunes_the_checkpoint_it_starts_from(tiny_checkpoint, synth_da
     assert any(not torch.equal(tensor, start[name]) for name, tensor in _decoder_state(tuned).items())
     hparams = load_checkpoint(tuned)["hyper_parameters"]
     assert hparams["scst"] == {"samples": 2, "baseline": "mean"}
-    assert load_model(tuned).decoder.config.attention == "soft"  # still a plain captioning checkpoint
+    assert load_model(tuned).model.decoder.config.attention == "soft"  # still a plain captioning checkpoint
 
 
 def test_init_from_refuses_another_vocabulary(tiny_checkpoint):
     model = load_model(tiny_checkpoint)
     other = Vocabulary([*model.vocab.words[:-1], "zebra"])
-    with pytest.raises(CaptionerError, match="another vocabulary"):
-        load_weights(tiny_checkpoint, model.encoder, model.decoder, other)
+    with pytest.raises(CaptionerError, match="same size, other words"):
+        load_weights(tiny_checkpoint, model.model, other)
