@@ -25,6 +25,22 @@ def _merged(base: dict, overlay: dict) -> dict:
     return merged
 
 
+def _under_split_names(data: dict, synth_data: Path, root: Path) -> Path:
+    """The synthetic set's splits linked into `root` under the split names the config's data
+    section gives its roles (COCO layout), so the config is read with its own names. A name two
+    roles share holds the first role's split."""
+    (root / "annotations").mkdir(parents=True)
+    for role in ("train", "val", "test"):
+        name = data.get(role, {}).get("name", role)
+        if not (root / name).exists():
+            (root / name).symlink_to(synth_data / role, target_is_directory=True)
+            for kind in ("captions", "instances"):
+                (root / "annotations" / f"{kind}_{name}.json").symlink_to(
+                    synth_data / "annotations" / f"{kind}_{role}.json"
+                )
+    return root
+
+
 def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
     """The config's model, data module and trainer, on the tiny synthetic set: no weights to
     download, no training. The recipe's own settings are kept; only paths are redirected."""
@@ -35,12 +51,12 @@ def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
     for path in configs:
         written = _merged(written, yaml.safe_load(path.read_text()))
     data = written.get("data", {})
-    overrides = ["--data.data_dir", str(synth_data), "--data.num_workers", "0", "--model.encoder.weights", "null"]
+    data_dir = (
+        _under_split_names(data, synth_data, tmp_path / "data") if data.get("format", "coco") == "coco" else synth_data
+    )
+    overrides = ["--data.data_dir", str(data_dir), "--data.num_workers", "0", "--model.encoder.weights", "null"]
     if data.get("format") == "karpathy":
         overrides += ["--data.karpathy_json", str(synth_data / "dataset_shapes.json")]
-    for role in ("train", "val", "test"):
-        if f"{role}_split" in data:
-            overrides += [f"--data.{role}_split", role]
     if "vocab_path" in data:
         overrides += ["--data.vocab_path", str(tmp_path / "vocab.json")]
     overrides += ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
@@ -81,7 +97,9 @@ def test_config_builds_the_model_and_data_it_names(config, synth_data, tmp_path)
             assert model.hparams[key] == written["model"][key]
     assert model.hparams.image_size == data.image_size == written["data"]["image_size"]
     assert model.model.decoder.vocab_size == len(data.vocab) > 4
-    assert data.records("train")  # the data module reads its split
+    for role in ("train", "val", "test"):
+        assert data.split(role).name == written["data"].get(role, {}).get("name", role)
+        assert data.records(role)  # the data module reads the split under the config's name
     assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
     assert (model.scst is None) == ("scst" not in written["model"])
     assert model.hparams.init_from == written["model"].get("init_from")

@@ -86,11 +86,11 @@ def extract_features(
     # `CaptionWriter`) must not see them.
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, BasePredictionWriter)]
     counts: dict[str, int] = {}
-    for split in ROLES:
-        name = datamodule.split_names[split]
+    for role in ROLES:
+        name = datamodule.split(role).name
         if name in counts:
             continue
-        loader = datamodule.image_dataloader(split)
+        loader = datamodule.image_dataloader(role)
         writer = FeatureWriter(out_dir / name, len(loader.dataset))
         trainer.callbacks.append(writer)
         try:
