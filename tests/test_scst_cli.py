@@ -66,3 +66,47 @@ def test_init_from_refuses_another_vocabulary(tiny_checkpoint):
     other = Vocabulary([*model.vocab.words[:-1], "zebra"])
     with pytest.raises(CaptionerError, match="same size, other words"):
         load_weights(tiny_checkpoint, model.model, other)
+
+
+def _guarded_run(synth_data: Path, out: Path, init_from: Path, tolerance: str):
+    """A one-epoch SCST stage validated on boxes, keeping checkpoints on val/grounded_CIDEr."""
+    return cli_main(
+        [
+            "fit",
+            "--data.data_dir",
+            str(synth_data),
+            *TINY_TRAINING,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--checkpoint.monitor",
+            "val/grounded_CIDEr",
+            "--trainer.default_root_dir",
+            str(out),
+            "--checkpoint.dirpath",
+            str(out / "checkpoints"),
+            "--model.init_from",
+            str(init_from),
+            "--model.scst.samples",
+            "2",
+            "--model.scst.baseline",
+            "mean",
+            "--model.decoding.max_len",
+            "8",
+            "--model.keep_if_grounded",
+            tolerance,
+        ]
+    )
+
+
+def test_keep_if_grounded_scores_cider_only_where_the_pointing_game_holds(tiny_checkpoint, synth_data, tmp_path):
+    # A tolerance of 1 allows any drop: the guarded score is the CIDEr itself.
+    held = _guarded_run(synth_data, tmp_path / "held", tiny_checkpoint, "1.0").trainer.callback_metrics
+    assert float(held["val/grounded_CIDEr"]) == float(held["val/CIDEr"]) > 0
+    # A tolerance of -1 asks for a pointing game above 1 + the start: no epoch can hold it.
+    with pytest.warns(UserWarning, match="keep the model it started from"):
+        lost = _guarded_run(synth_data, tmp_path / "lost", tiny_checkpoint, "-1.0").trainer.callback_metrics
+    assert float(lost["val/grounded_CIDEr"]) == 0.0 and float(lost["val/CIDEr"]) > 0
