@@ -16,7 +16,6 @@ from captioner.data import synth
 from captioner.training.cli import cli_main
 from tests.fixtures import NO_VALIDATION, QUIET, TINY_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = [
     "--model.encoder.backbone",
     "resnet18",
@@ -57,7 +56,7 @@ def _captioner_train(*args: str, log: Path) -> subprocess.Popen:
     """Start `captioner train *args` in a subprocess (DDP launches its other rank from it)."""
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "captioner.cli", "train", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "captioner.cli", "train", *args], stdout=out, stderr=subprocess.STDOUT
         )
 
 
