@@ -16,7 +16,6 @@ from captioner.data import synth
 from captioner.training.cli import cli_main
 from tests.fixtures import NO_VALIDATION, TINY_MODEL, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = tiny_model(
     model__encoder__stages=1,
     model__decoder__embed_dim=16,
@@ -39,7 +38,7 @@ def _captioner_train(*args: str, log: Path) -> subprocess.Popen:
     """Start `captioner train *args` in a subprocess (DDP launches its other rank from it)."""
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "captioner.cli", "train", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "captioner.cli", "train", *args], stdout=out, stderr=subprocess.STDOUT
         )
 
 

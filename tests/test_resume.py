@@ -19,7 +19,6 @@ from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.cli import cli_main
 from tests.fixtures import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
 # Dropout > 0 exercises the RNG; a cosine schedule exercises the scheduler state.
 RUN = [
     *tiny_model(
@@ -75,7 +74,7 @@ def _fit(log: Path, *args: str) -> subprocess.Popen:
     """`captioner train fit *args` in a subprocess, its output in the file `log` (a pipe could fill up)."""
     command = [sys.executable, "-m", "captioner.cli", "train", "fit", *args]
     with log.open("w") as out:
-        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
