@@ -22,6 +22,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
+from captioner.inference.checkpoint import load_checkpoint
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.predictions import CaptionWriter
 from captioner.training.system import CaptioningModule
@@ -77,6 +78,41 @@ class CaptionerCLI(LightningCLI):
                 "last_checkpoint.enable_version_counter": False,
             }
         )
+
+    def before_fit(self) -> None:
+        self._check_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._check_ckpt_path()
+
+    def before_test(self) -> None:
+        self._check_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._check_ckpt_path()
+
+    def _check_ckpt_path(self) -> None:
+        """Refuse a --ckpt_path that cannot be used, with the inference commands' words, before
+        Lightning tries it: a path must be a readable checkpoint (`load_checkpoint`), and `last`
+        must find a last.ckpt, where Lightning would warn and start from scratch."""
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path == "last":
+            found = set().union(
+                *(callback._find_last_checkpoints(self.trainer) for callback in self.trainer.checkpoint_callbacks)
+            )
+            if not found:
+                folders = sorted({str(callback.dirpath) for callback in self.trainer.checkpoint_callbacks})
+                raise CaptionerError(
+                    f"--ckpt_path last: there is nothing to resume, no last.ckpt in {', '.join(folders) or 'the run'}; "
+                    "drop --ckpt_path to train from scratch, or pass the checkpoints folder of the run to resume "
+                    "(--checkpoint.dirpath)"
+                )
+        elif (
+            ckpt_path not in (None, "best", "hpc")
+            and not str(ckpt_path).startswith("registry")
+            and "://" not in str(ckpt_path)
+        ):
+            load_checkpoint(ckpt_path)
 
     def after_predict(self) -> None:
         writer = next(c for c in self.trainer.callbacks if isinstance(c, CaptionWriter))
