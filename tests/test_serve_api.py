@@ -309,7 +309,9 @@ def test_load_benchmark_runs_a_short_bounded_load_without_errors(tiny_checkpoint
     from benchmarks.serve_load import main as serve_load
 
     argv = ["--ckpt", str(tiny_checkpoint), "--images", str(synth_data / "test"), "--clients", "4"]
-    results = serve_load([*argv, "--requests", "24", "--single-requests", "6", "--warmup", "4", "--time-limit", "60"])
+    argv += ["--requests", "24", "--single-requests", "6", "--warmup", "4", "--time-limit", "60"]
+    large = ["--large-clients", "2", "--large-requests", "2", "--large-images", "2", "--large-side", "1500"]
+    results = serve_load([*argv, *large, "--settle", "0.5"])
 
     assert json.loads(capsys.readouterr().out) == results
     assert results["one_client"]["requests"] == 6 and results["concurrent"]["requests"] == 24
@@ -318,3 +320,7 @@ def test_load_benchmark_runs_a_short_bounded_load_without_errors(tiny_checkpoint
         assert 0 < results[phase]["p50_ms"] <= results[phase]["p99_ms"]
     assert results["batching_speedup"] > 0 and results["server_rss_mib_before"] > 0
     assert results["model"]["grid"] == {"rows": 4, "cols": 4}
+    burst = results["large_images"]
+    assert burst["requests"] == 4 and burst["captioned_requests"] + burst["refused_503_or_4xx"] == 4
+    assert burst["errors"] == 0 and burst["server_rss_mib_peak"] >= burst["server_rss_mib_base"] > 0
+    assert "server_rss_mib_after_0.5s" in burst
