@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -132,3 +133,23 @@ def test_checkpoint_hyperparameters_are_plain_data(trained):
     assert hparams["encoder"]["backbone"] == "resnet18" and hparams["decoder"]["embed_dim"] == 32
     assert hparams["decoding"] == {"beam_size": 3, "max_len": 30, "length_normalize": True, "allow_unk": False}
     assert {".".join(k.split(".")[:2]) for k in ckpt["state_dict"]} == {"model.encoder", "model.decoder"}
+
+
+def test_a_checkpoint_from_before_the_model_object_still_tests(trained, synth_data, tmp_path):
+    _cli, run = trained
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    # As captioner wrote it before: encoder.*/decoder.* at the top, the optimiser's settings
+    # flat among the hyper-parameters, the runtime switches beside them.
+    checkpoint["state_dict"] = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    hparams = checkpoint["hyper_parameters"]
+    hparams.update(hparams.pop("optimizer"), compile=False, tf32=True)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    torch.save(checkpoint, tmp_path / "old" / "best.ckpt")
+    shutil.copy(run / "checkpoints" / "best.ckpt", tmp_path / "new" / "best.ckpt")
+    args = ["--data.data_dir", str(synth_data), *TINY, "--trainer.logger", "false"]
+    for layout in ("old", "new"):
+        ckpt = tmp_path / layout / "best.ckpt"
+        cli_main(["test", *args, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)])
+    then, now = (json.loads((tmp_path / layout / "metrics.json").read_text()) for layout in ("old", "new"))
+    assert then == now  # the same weights, settings and scores

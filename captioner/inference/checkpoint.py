@@ -166,6 +166,24 @@ def model_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return {prefix + key[len("model.") :]: value for key, value in renamed.items() if key.startswith("model.")}
 
 
+# Settings that moved into a group of their own since checkpoints first carried them: the
+# optimiser's into `optimizer`; the runtime switches (compile, tf32) left the model for the
+# CLI's `runtime` section, and are not the checkpoint's to decide.
+_GROUPED = {"optimizer": ("decoder_lr", "encoder_lr", "weight_decay", "lr_schedule", "lr_decay", "lr_patience")}
+_DROPPED = ("compile", "tf32")
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A captioning checkpoint's hyper-parameters in today's layout (older checkpoints kept the
+    optimiser's settings flat and the runtime switches among them)."""
+    hparams = {key: value for key, value in hparams.items() if key not in _DROPPED}
+    for group, names in _GROUPED.items():
+        moved = {name: hparams.pop(name) for name in names if name in hparams}
+        if moved:
+            hparams[group] = {**moved, **(hparams.get(group) or {})}
+    return hparams
+
+
 def _load_model(path: Path, state: dict[str, Any], model: ShowAttendTell) -> None:
     """Load the model's entries of a Lightning state dict, strictly."""
     try:

@@ -22,7 +22,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
-from captioner.inference.checkpoint import load_checkpoint
+from captioner.inference.checkpoint import load_checkpoint, upgrade_hparams
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.predictions import CaptionWriter
 from captioner.training.runtime import Runtime
@@ -91,6 +91,19 @@ class CaptionerCLI(LightningCLI):
         named = ckpt_path in (None, "last", "best", "hpc") or str(ckpt_path).startswith("registry")
         if not named and "://" not in str(ckpt_path):  # remote paths are Lightning's to fetch
             load_checkpoint(ckpt_path)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's: the checkpoint's hyper-parameters become the model's settings; here read
+        through `load_checkpoint` and brought to today's layout (`upgrade_hparams`), so that
+        checkpoints written by earlier versions still test, validate and predict."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = load_checkpoint(ckpt_path)["hyper_parameters"]
+        hparams.pop("_instantiator", None)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": upgrade_hparams(hparams)}}, self.config)
 
     def before_fit(self) -> None:
         self._check_resume()
