@@ -287,7 +287,8 @@ class Decoder(nn.Module):
         """One decoding step for K hypotheses (beams) per image.
 
         prev_tokens (B, [K]), state (h, c) each (B, [K,] H), features (B, P, D), projected (B, P, A),
-        mask (B, P) bool or None -> log_probs (B, [K,] V), new state (h, c) each (B, [K,] H),
+        mask (B, P) bool (or (B, K, P): one per hypothesis) or None -> log_probs (B, [K,] V), new state (h, c) each
+        (B, [K,] H),
         alpha (B, [K,] P). The K beams of an image share its features and projection (broadcast,
         not copied); without the beam axis the attention and every layer work on (B, ·) alike.
         weights: `step_weights()`, which decoding loops compute once rather than every step (each
