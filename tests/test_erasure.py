@@ -53,9 +53,8 @@ def _features(batch: int = 2) -> torch.Tensor:
 @pytest.mark.parametrize("attention", ["soft", "hard"])
 def test_a_word_that_reads_its_looked_cell_is_faithful_and_one_that_ignores_the_image_is_chance(attend_from, attention):
     captions = [[WORD, WORD, WORD], [WORD, WORD]]
-    generator = torch.Generator().manual_seed(0)
     decoder = _hand_built(attend_from, attention)
-    results = erase_words(decoder, _features(), captions, START, draws=8, generator=generator)
+    results = erase_words(decoder, _features(), captions, START, draws=8)
 
     assert [len(r.log_p) for r in results] == [3, 2]
     for result in results:

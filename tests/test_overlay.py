@@ -141,7 +141,7 @@ def test_legend_labels_alpha_from_uniform_to_one():
     ticks = HEATMAP.legend(196)
     positions = [at for at, _ in ticks]
     assert positions == sorted(positions) and positions[0] == 0.0 and positions[-1] == 1.0
-    assert ticks[0][1].endswith("(uniform)") and ticks[-1][1] == "1"
+    assert ticks[0][1].endswith("\n(uniform)") and ticks[-1][1] == "1"
     assert "0.02" in ticks[1][1]  # 4/196
     style = HEATMAP.as_json()
     assert style["scale"] == "relative" and style["opacity"] == HEATMAP.opacity and style["lut"] == HEATMAP.lut.tolist()
@@ -155,11 +155,11 @@ def test_panels_carry_the_spread_notes_and_one_colour_bar():
     figure = draw_attention(image, words, uniform, (3, 3), notes=["n1", "n2", "n3"])
     texts = [t.get_text() for ax in figure.axes for t in ax.texts]
     assert texts == [
-        "half its attention on 56% of the image\nn1",
-        "half its attention on 56% of the image\nn2",
-        "half its attention on 56% of the image\nn3",
+        "half of α on 56% of the image\nn1",
+        "half of α on 56% of the image\nn2",
+        "half of α on 56% of the image\nn3",
     ]  # 5 of 9 cells
     bar = figure.axes[-1]
     assert bar.get_title() == "α" and [t.get_text() for t in bar.get_yticklabels()][-1] == "1"
     sharp = draw_attention(image, words, alphas, (3, 3))
-    assert "half its attention on 11% of the image" in [t.get_text() for t in sharp.axes[1].texts]
+    assert "half of α on 11% of the image" in [t.get_text() for t in sharp.axes[1].texts]

@@ -1,24 +1,29 @@
-"""`captioner attend`: draw where each word of the caption looked.
+"""`captioner attend`: draw where each word of the caption looked, and test whether it mattered.
 
     captioner attend --ckpt runs/demo/checkpoints/best.ckpt photo.jpg photos/ --out overlays/
-    captioner attend --ckpt best.ckpt photo.jpg --out overlays/ --smooth --per-word
+    captioner attend --ckpt best.ckpt photo.jpg --out overlays/ --smooth --per-word --json
 
 Writes `OUT/<image name>.png` per image: the image, then one panel per emitted word with
-its attention as a heat map over the image, the word as the panel's title. With
---per-word, also `OUT/<image name>/<t>_<word>.png`, one file per word. Overlays are drawn
-over the original image (upright, at its own size): the attention grid covers the whole
-image, whatever size the model saw. Prints each path written. Unreadable images are
-reported on stderr and skipped, exit status 1, as in `captioner caption`.
+its attention as a heat map over the image (one scale for all words, with a colour bar of
+α; see docs/attention.md), the word as the panel's title, and under it the share of the
+image holding half its attention and its erasure test: p(word) as decoded → after erasing
+the cells where it looked, and after erasing as many random cells. With --per-word, also
+`OUT/<image name>/<t>_<word>.png`, one file per word. Overlays are drawn over the original
+image (upright, at its own size): the attention grid covers the whole image, whatever size
+the model saw. Prints each path written, or with --json one JSON line per image (its
+caption, files and per-word erasure results). Unreadable images are reported on stderr and
+skipped, exit status 1, as in `captioner caption`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
 from captioner.errors import CaptionerError
-from captioner.viz.overlay import save_attention
+from captioner.viz.overlay import SCALES, HeatmapStyle, save_attention
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smooth", action="store_true", help="blur the attention grid instead of showing cells")
     parser.add_argument("--cols", type=int, default=5, help="panels per row of the figure (default 5)")
     parser.add_argument("--per-word", action="store_true", help="also write one PNG per word")
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="relative",
+        help="relative (default): one scale for all words, α relative to uniform; "
+        "word: each word stretched to its own range (overstates diffuse attention)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON line per image instead of the paths")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cols < 1:
         raise CaptionerError(f"--cols must be at least 1, got {args.cols}")
     captioner = open_captioner(args)
-    images = CaptionRun(captioner, args.images, args, "drawing attention")
+    style = HeatmapStyle(scale=args.scale)
+    images = CaptionRun(captioner, args.images, args, "drawing attention", erasure=True)
     names: set[str] = set()
     for item in images:
         name = unique_name(item.path.stem, names)
@@ -49,9 +63,16 @@ def run(args: argparse.Namespace) -> int:
             cols=args.cols,
             smooth=args.smooth,
             per_word_dir=args.out / name if args.per_word else None,
+            notes=result.erasure.notes(),
+            style=style,
         )
-        for path in written:
-            print(path, flush=True)
+        if args.json:
+            words = [{"word": w, **e} for w, e in zip(result.words, result.erasure.as_json())]
+            line = {"image": str(item.path), "caption": result.caption, "files": [str(p) for p in written]}
+            print(json.dumps({**line, "words": words}), flush=True)
+        else:
+            for path in written:
+                print(path, flush=True)
     return 1 if images.failed else 0
 
 

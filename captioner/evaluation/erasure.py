@@ -127,6 +127,19 @@ class WordErasure:
             for t in range(len(p))
         ]
 
+    def notes(self) -> list[str]:
+        """Per word, two lines for a person: p(word) as decoded → after erasing where it looked,
+        and → after erasing as many random cells."""
+        return [
+            f"erase where it looked: {w['p']:.2f} → {_text(w['p_looked_erased'])}\n"
+            f"erase random cells: {w['p']:.2f} → {_text(w['p_random_erased'])}"
+            for w in self.as_json()
+        ]
+
+
+def _text(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.2f}"
+
 
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
@@ -141,13 +154,13 @@ def erase_words(
     *,
     mask: Tensor | None = None,
     draws: int = DEFAULT_DRAWS,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> list[WordErasure]:
     """Erasure results for B captions (word ids without <start>/<end>) of B images.
 
     features (B, P, D), mask (B, P) bool or None (e.g. padding of the dates model's inputs).
-    The decoder runs in eval mode (dropout off) and is put back as it was. Random cells come
-    from `generator` (on the features' device), so a seeded generator repeats them.
+    The decoder runs in eval mode (dropout off) and is put back as it was. The random cells
+    are drawn from a generator seeded with `seed`: the same call gives the same answer.
     """
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
@@ -177,6 +190,7 @@ def erase_words(
         h_in = torch.cat([s[0] for s in states], dim=1)  # (B, T, H)
         c_in = torch.cat([s[1] for s in states], dim=1)
         log_p, alpha = torch.stack(log_ps, dim=1), torch.stack(alphas, dim=1)  # (B, T), (B, T, P)
+        generator = torch.Generator(device).manual_seed(seed)
         erased, cells, measurable = _erasures(alpha, allowed, draws, generator)  # (B, T, 1 + R, P)
         rescored = _score_erased(
             decoder, features, projected, weights, inputs, targets, (h_in, c_in), allowed, erased
@@ -192,9 +206,7 @@ def erase_words(
     ]
 
 
-def _erasures(
-    alpha: Tensor, allowed: Tensor, draws: int, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor, Tensor]:
+def _erasures(alpha: Tensor, allowed: Tensor, draws: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """alpha (B, T, P), allowed (B, P) -> erased (B, T, 1 + R, P) bool (row 0: where the word
     looked, rows 1..R: as many cells drawn uniformly from the allowed ones), the count erased
     (B, T), and (B, T) bool: whether any allowed cell is left after erasing."""

@@ -98,7 +98,7 @@ class HeatmapStyle:
         ticks, ratio = [], 1
         while ratio < cells:
             ticks.append(
-                (math.log(ratio) / math.log(cells), _alpha_label(ratio / cells) + (" (uniform)" if ratio == 1 else ""))
+                (math.log(ratio) / math.log(cells), _alpha_label(ratio / cells) + ("\n(uniform)" if ratio == 1 else ""))
             )
             ratio *= 4
         if len(ticks) > 1 and ticks[-1][0] > 0.88:
@@ -157,7 +157,7 @@ def spread_label(alpha: Any) -> str:
     """How spread out one word's attention (P,) is, in words: the share of the image that
     holds half of it (`captioner.evaluation.erasure.attention_spread`)."""
     share = float(attention_spread(torch.as_tensor(to_numpy(alpha))))
-    return f"half its attention on {share:.0%} of the image"
+    return f"half of α on {share:.0%} of the image"
 
 
 def draw_attention(
