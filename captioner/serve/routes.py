@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from captioner.serve.limits import OPTION_BOUNDS, Limits, RequestRejected, parse_options
+from captioner.serve.limits import FLAGS, OPTION_BOUNDS, Limits, RequestRejected, parse_options
 from captioner.serve.model import CaptionModel, Upload
 from captioner.viz.overlay import HEATMAP
 
@@ -28,6 +28,7 @@ _UPLOAD_SCHEMA = {
                     "properties": {
                         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         **{name: {"type": "integer", "minimum": 1} for name in OPTION_BOUNDS},
+                        **{name: {"type": "integer", "enum": [0, 1]} for name in FLAGS},
                     },
                 }
             }
@@ -59,7 +60,8 @@ async def overlay_style() -> dict[str, Any]:
 
 @router.post("/v1/captions", openapi_extra=_UPLOAD_SCHEMA)
 async def captions(request: Request) -> JSONResponse:
-    """Caption every file of the multipart field `images`; options beam_size and max_len.
+    """Caption every file of the multipart field `images`; options beam_size and max_len, and
+    erasure=1 for each word's erasure test.
 
     200 when at least one image was captioned (unreadable ones carry `error`), 422 when none was.
     """
@@ -78,7 +80,9 @@ async def _read_form(request: Request, limits: Limits) -> tuple[list[Upload], di
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestRejected(415, "send multipart/form-data with the image files in the field `images`")
     try:
-        form = await request.form(max_files=limits.max_images, max_fields=len(OPTION_BOUNDS) + 2, max_part_size=1024)
+        form = await request.form(
+            max_files=limits.max_images, max_fields=len(OPTION_BOUNDS) + len(FLAGS) + 2, max_part_size=1024
+        )
     except HTTPException as error:
         if str(error.detail).startswith("Too many files"):
             raise RequestRejected(413, f"too many images: at most {limits.max_images} per request") from None
