@@ -27,6 +27,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from captioner.data.records import Box, ImageRecord
 from captioner.errors import CaptionerError
+from captioner.evaluation.erasure import erase_words
 from captioner.evaluation.scores import DecodedImage, gather_across_ranks, score_images
 from captioner.inference.checkpoint import load_weights
 from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
@@ -87,6 +88,9 @@ class CaptioningModule(pl.LightningModule):
         lr_schedule: "plateau" (× `lr_decay` when val/CIDEr stops improving for `lr_patience`
             epochs, as in common SAT recipes), "cosine" (to 0 over the run) or "constant".
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
+        validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
+            validation too and log `val/erasure_*`; the test stage always does. Off by default: it
+            adds about a third to validation time (docs/attention.md).
         compile: `torch.compile` the encoder and the decoder's per-step core when the trainer
             sets the model up (the first step then pays for compiling).
         tf32: on CUDA, float32 matmuls and cuDNN convolutions use TensorFloat-32 (GPUs from
@@ -117,6 +121,7 @@ class CaptioningModule(pl.LightningModule):
         lr_decay: float = 0.8,
         lr_patience: int = 8,
         spice: bool = False,
+        validation_erasure: bool = False,
         compile: bool = False,
         tf32: bool = True,
         skip_nonfinite_loss: bool = False,
@@ -374,8 +379,12 @@ class CaptioningModule(pl.LightningModule):
         """Caption encoder features (B,P,D), e.g. cached ones; one `Caption` per image, α per word."""
         return decode_captions(self.decoder, features, self.vocab, settings or self.decoding)
 
-    def _decode_batch(self, batch: dict[str, Any]) -> list[DecodedImage]:
-        captions = self.caption_features(self._features(batch))
+    def _decode_batch(self, batch: dict[str, Any], erasure: bool) -> list[DecodedImage]:
+        features = self._features(batch)
+        captions = self.caption_features(features)
+        # Each word's erasure test (captioner.evaluation.erasure), scored with the captions.
+        tokens = [c.tokens for c in captions]
+        erasures = erase_words(self.decoder, features, tokens, self.vocab.start_id) if erasure else [None] * len(tokens)
         return [
             DecodedImage(
                 image_id=int(batch["image_ids"][i]),
@@ -384,16 +393,17 @@ class CaptioningModule(pl.LightningModule):
                 words=tuple(self.vocab.decode_tokens(caption.tokens)),
                 alphas=caption.alphas.float().cpu(),
                 size=tuple(batch["sizes"][i].tolist()),
+                erasure=erasures[i],
             )
             for i, caption in enumerate(captions)
         ]
 
     # ------------------------------------------------------ validation and test
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch))
+        self._eval_images.extend(self._decode_batch(batch, self.hparams.validation_erasure))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch))
+        self._eval_images.extend(self._decode_batch(batch, erasure=True))
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
