@@ -134,3 +134,42 @@ def test_dates_model_erases_input_characters_and_never_the_padding():
         assert ((result.cells >= 1) & (result.cells < allowed)).all()
         assert torch.allclose(result.spread, result.cells / allowed)
     assert (results[0].looked != results[0].log_p).any()  # erasing input characters changes the output
+
+
+def test_sanity_check_randomised_attention_weights_change_maps_and_erasure_the_same_weights_do_not(
+    tiny_checkpoint, synth_data
+):
+    """Adebayo et al. (2018): an explanation that survives randomising the model's weights explains nothing."""
+    import copy
+
+    from captioner.data import image_transform, load_image
+    from captioner.inference.checkpoint import load_model
+    from captioner.models.search import decode_captions
+
+    loaded = load_model(tiny_checkpoint)
+    transform = image_transform(loaded.image_size)
+    images = torch.stack([transform(load_image(p)) for p in sorted((synth_data / "test").glob("*.png"))[:6]])
+    with torch.inference_mode():
+        features = loaded.encoder(images)
+        captions = [c.tokens for c in decode_captions(loaded.decoder, features, loaded.vocab, loaded.decoding)]
+    steps = max(map(len, captions))
+    inputs = torch.tensor([[loaded.vocab.start_id, *c, *[0] * steps][:steps] for c in captions])
+
+    def measure(decoder: Decoder) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            _, alphas = decoder.eval()(features, inputs)
+        results = erase_words(decoder, features, captions, loaded.vocab.start_id)
+        return alphas, torch.cat([r.looked_drop - r.random_drop for r in results])
+
+    maps, effects = measure(loaded.decoder)
+    same_maps, same_effects = measure(load_model(tiny_checkpoint).decoder)
+    assert torch.equal(maps, same_maps) and torch.equal(effects, same_effects)
+
+    randomised = copy.deepcopy(loaded.decoder)
+    torch.manual_seed(1)
+    for layer in (randomised.attention.feature_proj, randomised.attention.hidden_proj, randomised.attention.score):
+        layer.reset_parameters()
+    new_maps, new_effects = measure(randomised)
+    # Changed by as much as the maps stand out from uniform (a tiny model's maps stay near 1/P).
+    assert (new_maps - maps).abs().max() > 0.5 * (maps - 1 / maps.size(-1)).abs().max()
+    assert (new_effects - effects).abs().max() > 1e-3
