@@ -73,7 +73,7 @@ function drawLegend(lut, ticks) {
 function describeMetrics(metrics) {
   if (!metrics) return "";
   const shown = Object.entries(metrics)
-    .filter(([name]) => /bleu.?4|cider|pointing/i.test(name))
+    .filter(([name]) => /bleu.?4|cider|pointing|object_erasure_faithfulness/i.test(name))
     .map(([name, value]) => `${name.replace(/^test\//, "")} ${value.toFixed(3)}`);
   return shown.length ? ` · ${shown.join(", ")}` : "";
 }
