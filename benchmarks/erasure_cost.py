@@ -1,11 +1,16 @@
-"""What the erasure test adds to a caption request: latency with and without it; one JSON line.
+"""What the erasure test costs: in a caption request, and in validation; one JSON line.
 
-    python -m benchmarks.erasure_cost --ckpt runs/demo/checkpoints/best.ckpt --images data/shapes/test
+    python -m benchmarks.erasure_cost --ckpt runs/demo/checkpoints/best.ckpt --data data/shapes
 
-Times `Captioner.caption` (what the service's worker runs per batch) on the same images, beam
-3, one thread, batches of 1 and of 8 images: the median of `--repeats` runs after two warm-up
-runs, without and with `erasure=True`, and the ratio. Run it on a quiet machine (the load
-average is printed with the numbers).
+Request: times `Captioner.caption` (what the service's worker runs per batch) on the first test
+images, beam 3, one thread, batches of 1 and of 8 images: the median of `--repeats` runs after
+two warm-up runs, without and with `erasure=True`, and the ratio.
+
+Validation: over the val split (batches of 50, the checkpoint's decoding settings), the seconds
+spent decoding (encoder included), computing the caption metrics (what validation does besides)
+and running the erasure test, and the erasure's share of the first two.
+
+Run it on a quiet machine (the load average is printed with the numbers).
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from pathlib import Path
 
 import torch
 
+from captioner.evaluation.captions import caption_scores
+from captioner.evaluation.erasure import erase_words
 from captioner.inference.api import Captioner
+from captioner.models.search import decode_captions
 
 
 def median_seconds(captioner: Captioner, images: torch.Tensor, repeats: int, erasure: bool) -> float:
@@ -31,15 +39,47 @@ def median_seconds(captioner: Captioner, images: torch.Tensor, repeats: int, era
     return statistics.median(times[2:])
 
 
+def validation_seconds(captioner: Captioner, data_dir: Path) -> dict[str, float]:
+    """Seconds spent decoding, scoring and erasing over the val split of `data_dir`."""
+    records = json.loads(next(data_dir.glob("dataset_*.json")).read_text())["images"]
+    val = [record for record in records if record["split"] == "val"]
+    decode_s = erase_s = 0.0
+    candidates, references = {}, {}
+    for start in range(0, len(val), 50):
+        chunk = val[start : start + 50]
+        images = torch.stack([captioner.to_tensor(data_dir / "val" / record["filename"]) for record in chunk])
+        began = time.perf_counter()
+        with torch.inference_mode():
+            features = captioner.encoder(images)
+            captions = decode_captions(captioner.decoder, features, captioner.vocab, captioner.decoding)
+        decoded = time.perf_counter()
+        erase_words(captioner.decoder, features, [c.tokens for c in captions], captioner.vocab.start_id)
+        erase_s += time.perf_counter() - decoded
+        decode_s += decoded - began
+        for record, caption in zip(chunk, captions):
+            candidates[record["cocoid"]] = captioner.vocab.decode(caption.tokens)
+            references[record["cocoid"]] = [sentence["raw"] for sentence in record["sentences"]]
+    began = time.perf_counter()
+    caption_scores(references, candidates)
+    score_s = time.perf_counter() - began
+    return {
+        "images": len(val),
+        "decode_s": round(decode_s, 2),
+        "scores_s": round(score_s, 2),
+        "erasure_s": round(erase_s, 2),
+        "erasure_share": round(erase_s / (decode_s + score_s), 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True, help="a folder of PNG images")
+    parser.add_argument("--data", type=Path, required=True, help="a data set as `captioner data synth` writes")
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     captioner = Captioner.from_checkpoint(args.ckpt, device="cpu")
-    paths = sorted(args.images.glob("*.png"))[:8]
+    paths = sorted((args.data / "test").glob("*.png"))[:8]
     row: dict = {"load_before": [round(v, 2) for v in os.getloadavg()]}
     for batch in (1, 8):
         images = torch.stack([captioner.to_tensor(path) for path in paths[:batch]])
@@ -50,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             "with_erasure_ms": round(1000 * tested, 1),
             "ratio": round(tested / plain, 2),
         }
+    row["validation"] = validation_seconds(captioner, args.data)
     row["load_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(row))
     return 0

@@ -90,7 +90,7 @@ class CaptioningModule(pl.LightningModule):
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
         validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
             validation too and log `val/erasure_*`; the test stage always does. Off by default: it
-            adds about a third to validation time (docs/attention.md).
+            adds from a tenth to over half of validation time (docs/attention.md).
         compile: `torch.compile` the encoder and the decoder's per-step core when the trainer
             sets the model up (the first step then pays for compiling).
         tf32: on CUDA, float32 matmuls and cuDNN convolutions use TensorFloat-32 (GPUs from
