@@ -8,10 +8,10 @@ import torch
 
 from captioner.training.cli import cli_main
 from captioner.training.system import CaptioningModule
-from tests.fixtures import TINY_MODEL
+from tests.fixtures import tiny_model
 
 # The shared tiny model, fine-tuning its encoder, with a wider LSTM so that 4 epochs learn.
-TINY = [*TINY_MODEL, "--model.encoder.fine_tune", "all", "--model.decoder.hidden_dim", "64"]
+TINY = tiny_model(model__encoder__fine_tune="all", model__decoder__hidden_dim=64)
 
 
 def test_fast_dev_run(synth_data, tmp_path):
@@ -41,9 +41,9 @@ def trained(synth_data, tmp_path_factory):
             "--data.data_dir",
             str(synth_data),
             *TINY,
-            "--model.decoder_lr",
+            "--model.optimizer.decoder_lr",
             "0.003",
-            "--model.encoder_lr",
+            "--model.optimizer.encoder_lr",
             "0.001",
             "--trainer.max_epochs",
             "4",
@@ -85,8 +85,8 @@ def test_checkpoints_and_reload_give_same_captions(trained):
     reloaded = CaptioningModule.load_from_checkpoint(last, map_location="cpu").eval()
     model = cli.model.eval()
     batch = next(iter(cli.datamodule.val_dataloader()))
-    original = model.caption_images(batch["images"])
-    again = reloaded.caption_images(batch["images"])
+    original = model._captions(batch)
+    again = reloaded._captions(batch)
     assert [c.tokens for c in again] == [c.tokens for c in original]
     assert reloaded.hparams.vocab_words == cli.datamodule.vocab_words
 
@@ -135,4 +135,4 @@ def test_checkpoint_hyperparameters_are_plain_data(trained):
     # The settings dataclasses travel as dicts, so weights_only loading can read them.
     assert hparams["encoder"]["backbone"] == "resnet18" and hparams["decoder"]["embed_dim"] == 32
     assert hparams["decoding"] == {"beam_size": 3, "max_len": 30, "length_normalize": True, "allow_unk": False}
-    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"encoder", "decoder"}
+    assert {".".join(k.split(".")[:2]) for k in ckpt["state_dict"]} == {"model.encoder", "model.decoder"}

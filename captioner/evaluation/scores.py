@@ -82,15 +82,22 @@ def score_images(
     scores["dangling_endings"] = sum(
         bool(caption) and caption[-1].lower() in DANGLING_WORDS for caption in words
     ) / len(words)
-    categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
     if boxes:
-        samples = [
-            GroundingSample(image.words, image.alphas, grid, image.size, boxes.get(image.image_id, []))
-            for image in by_image.values()
-        ]
-        grounding = grounding_scores(samples, coco_category_words(categories))
-        scores.update({name: float(value) for name, value in grounding.items()})
+        scores.update(grounding_of(list(by_image.values()), boxes, grid))
     if all(image.erasure is not None for image in by_image.values()):
         erasures = [image.erasure for image in by_image.values()]
+        categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
         scores.update(erasure_scores(words, erasures, coco_category_words(categories) if boxes else None))
     return scores
+
+
+def grounding_of(
+    images: Sequence[DecodedImage], boxes: Mapping[int, Sequence[Box]], grid: tuple[int, int]
+) -> dict[str, float]:
+    """The grounding scores (`grounding_scores`) of decoded images against their boxes."""
+    samples = [
+        GroundingSample(image.words, image.alphas, grid, image.size, boxes.get(image.image_id, [])) for image in images
+    ]
+    categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
+    grounding = grounding_scores(samples, coco_category_words(categories))
+    return {name: float(value) for name, value in grounding.items()}

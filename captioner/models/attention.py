@@ -56,12 +56,12 @@ class SoftAttention(nn.Module):
 
 
 # tanh(u) = 2σ(2u) − 1, and softmax ignores the constant −Σw that this leaves, so
-# e_i = 2w·σ(2u_i) gives the same α. Why: on CPU, PyTorch's tanh is ~2-8x slower than sigmoid.
+# e_i = 2w·σ(2u_i) gives the same α. Why: on CPU, PyTorch's tanh is several times slower than sigmoid.
 #
-# The (B, K, P, A) tensor of sigmoids is the largest one of every step (over 100 MB at beam
+# The (B, K, P, A) tensor of sigmoids is the largest one of every step (hundreds of MB at beam
 # search sizes), and the work on it is memory-bound: it is computed a few images at a time
 # in one reused buffer of at most CHUNK_FLOATS floats, which stays in cache from the add to
-# the product with w. This is ~2x faster on CPU than one pass over the whole tensor.
+# the product with w. This is faster on CPU than one pass over the whole tensor.
 CHUNK_FLOATS = 2**21
 
 

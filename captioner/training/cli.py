@@ -24,6 +24,7 @@ from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.predictions import CaptionWriter
+from captioner.training.runtime import Runtime
 from captioner.training.system import CaptioningModule
 
 
@@ -52,6 +53,7 @@ class CaptionerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.link_data_to_model(parser)
         self.add_checkpoints(parser)
+        parser.add_lightning_class_args(Runtime, "runtime")
         parser.add_lightning_class_args(CaptionWriter, "predictions")
 
     def link_data_to_model(self, parser: LightningArgumentParser) -> None:
