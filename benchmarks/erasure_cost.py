@@ -50,10 +50,10 @@ def validation_seconds(captioner: Captioner, data_dir: Path) -> dict[str, float]
         images = torch.stack([captioner.to_tensor(data_dir / "val" / record["filename"]) for record in chunk])
         began = time.perf_counter()
         with torch.inference_mode():
-            features = captioner.encoder(images)
-            captions = decode_captions(captioner.decoder, features, captioner.vocab, captioner.decoding)
+            features = captioner.runtime.encode(images).features
+            captions = decode_captions(captioner.runtime.decoder, features, captioner.vocab, captioner.decoding)
         decoded = time.perf_counter()
-        erase_words(captioner.decoder, features, [c.tokens for c in captions], captioner.vocab.start_id)
+        erase_words(captioner.runtime.decoder, features, [c.tokens for c in captions], captioner.vocab.start_id)
         erase_s += time.perf_counter() - decoded
         decode_s += decoded - began
         for record, caption in zip(chunk, captions):

@@ -15,13 +15,15 @@ from captioner.evaluation.erasure import (
     erasure_scores,
     looked_cells,
 )
-from captioner.models import Decoder, DecoderConfig, SequenceEncoderConfig
+from captioner.models import Decoder, DecoderConfig, FusedDecoder, SequenceEncoderConfig
 from captioner.models.attention import SoftAttention
 
 CELLS, WORD, START = 9, 3, 1
 
 
-def _hand_built(attend_from: str, attention: str = "soft", depends: bool = True, cell: int = 4) -> Decoder:
+def _hand_built(
+    attend_from: str, attention: str = "soft", depends: bool = True, cell: int = 4, kind: type[Decoder] = Decoder
+) -> Decoder:
     """Features are one-hot per cell; attention looks at `cell` whatever the state; word WORD's
     logit is 8·z[cell] (the context's share of that cell), or ignores the image (depends=False)."""
     config = DecoderConfig(
@@ -34,7 +36,7 @@ def _hand_built(attend_from: str, attention: str = "soft", depends: bool = True,
         hard_decoding="argmax",
         attend_from=attend_from,
     )
-    decoder = Decoder(config, vocab_size=6, feature_dim=CELLS).eval()
+    decoder = kind(config, vocab_size=6, feature_dim=CELLS).eval()
     with torch.no_grad():
         for parameter in decoder.parameters():
             parameter.zero_()
@@ -49,11 +51,14 @@ def _features(batch: int = 2) -> torch.Tensor:
     return torch.eye(CELLS).expand(batch, CELLS, CELLS).clone()
 
 
+@pytest.mark.parametrize("kind", [Decoder, FusedDecoder])
 @pytest.mark.parametrize("attend_from", ["previous", "current"])
 @pytest.mark.parametrize("attention", ["soft", "hard"])
-def test_a_word_that_reads_its_looked_cell_is_faithful_and_one_that_ignores_the_image_is_chance(attend_from, attention):
+def test_a_word_that_reads_its_looked_cell_is_faithful_and_one_that_ignores_the_image_is_chance(
+    attend_from, attention, kind
+):
     captions = [[WORD, WORD, WORD], [WORD, WORD]]
-    decoder = _hand_built(attend_from, attention)
+    decoder = _hand_built(attend_from, attention, kind=kind)
     results = erase_words(decoder, _features(), captions, START, draws=8)
 
     assert [len(r.log_p) for r in results] == [3, 2]
@@ -65,14 +70,14 @@ def test_a_word_that_reads_its_looked_cell_is_faithful_and_one_that_ignores_the_
     words = [["x"] * 3, ["x"] * 2]
     assert erasure_scores(words, results)["erasure_faithfulness"] == 1.0
 
-    ignoring = erase_words(_hand_built(attend_from, attention, depends=False), _features(), captions, START)
+    ignoring = erase_words(_hand_built(attend_from, attention, False, kind=kind), _features(), captions, START)
     scores = erasure_scores(words, ignoring, {"x": "x"})
     assert scores["erasure_faithfulness"] == 0.5 and scores["object_erasure_faithfulness"] == 0.5
     assert abs(scores["erasure_looked_drop"]) < 1e-5 and scores["erasure_words"] == 5
 
 
 def test_teacher_forced_log_p_is_what_the_decoder_gives_the_word():
-    decoder = Decoder(DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.3), 7, 5)
+    decoder = FusedDecoder(DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.3), 7, 5)
     features, captions = torch.randn(2, 6, 5), [[3, 4, 5], [6]]
     decoder.train()  # erasure scores in eval mode and puts the mode back
     results = erase_words(decoder, features, captions, START)
@@ -124,7 +129,7 @@ def test_dates_model_erases_input_characters_and_never_the_padding():
         DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0),
     ).eval()
     inputs = encode_texts(model.source, ["July 20 1969", "20 7 69"])
-    features, mask = model.encoder(inputs)
+    features, mask = model.encode(inputs)
     captions = [[4, 5, 6], [7, 8]]
     results = erase_words(model.decoder, features, captions, model.target.start_id, mask=mask)
     short = int(mask[1].sum())
@@ -150,8 +155,8 @@ def test_sanity_check_randomised_attention_weights_change_maps_and_erasure_the_s
     transform = image_transform(loaded.image_size)
     images = torch.stack([transform(load_image(p)) for p in sorted((synth_data / "test").glob("*.png"))[:6]])
     with torch.inference_mode():
-        features = loaded.encoder(images)
-        captions = [c.tokens for c in decode_captions(loaded.decoder, features, loaded.vocab, loaded.decoding)]
+        features = loaded.model.encode(images).features
+        captions = [c.tokens for c in decode_captions(loaded.model.decoder, features, loaded.vocab, loaded.decoding)]
     steps = max(map(len, captions))
     inputs = torch.tensor([[loaded.vocab.start_id, *c, *[0] * steps][:steps] for c in captions])
 
@@ -161,11 +166,11 @@ def test_sanity_check_randomised_attention_weights_change_maps_and_erasure_the_s
         results = erase_words(decoder, features, captions, loaded.vocab.start_id)
         return alphas, torch.cat([r.looked_drop - r.random_drop for r in results])
 
-    maps, effects = measure(loaded.decoder)
-    same_maps, same_effects = measure(load_model(tiny_checkpoint).decoder)
+    maps, effects = measure(loaded.model.decoder)
+    same_maps, same_effects = measure(load_model(tiny_checkpoint).model.decoder)
     assert torch.equal(maps, same_maps) and torch.equal(effects, same_effects)
 
-    randomised = copy.deepcopy(loaded.decoder)
+    randomised = copy.deepcopy(loaded.model.decoder)
     torch.manual_seed(1)
     for layer in (randomised.attention.feature_proj, randomised.attention.hidden_proj, randomised.attention.score):
         layer.reset_parameters()
