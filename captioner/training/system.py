@@ -31,7 +31,7 @@ from captioner.evaluation.erasure import erase_words
 from captioner.evaluation.scores import DecodedImage, gather_across_ranks, grounding_of, score_images
 from captioner.inference.checkpoint import check_vocabulary, load_weights, model_state
 from captioner.models import DecoderConfig, Encoder, EncoderConfig
-from captioner.models.captioner import Annotations, ShowAttendTell
+from captioner.models.captioner import ShowAttendTell
 from captioner.models.search import DecodingConfig
 from captioner.training.extract import encoder_settings
 from captioner.training.objectives import (
@@ -269,16 +269,16 @@ class CaptioningModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
-    def _captions(self, annotations: Annotations) -> list:
-        """One `Caption` per image of the batch's `Annotations`, decoded with `decoding`."""
-        return self.model.caption(annotations, self.vocab, self.decoding)
+    def _captions(self, batch: dict[str, Any]) -> list:
+        """One `Caption` per image of the batch, decoded with `decoding`."""
+        return self.model.caption(batch_annotations(self.model, batch), self.vocab, self.decoding)
 
     def _decode_batch(self, batch: dict[str, Any], erasure: bool = False) -> list[DecodedImage]:
         """The batch's images decoded; with `erasure`, each word's erasure test too
         (`captioner.evaluation.erasure`), scored with the captions."""
         with torch.inference_mode():
             annotations = batch_annotations(self.model, batch)
-        captions = self._captions(annotations)
+            captions = self.model.caption(annotations, self.vocab, self.decoding)
         tokens = [caption.tokens for caption in captions]
         erasures = (
             erase_words(self.model.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask)
@@ -366,7 +366,7 @@ class CaptioningModule(pl.LightningModule):
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """One dict per image: image_id, path, caption, score."""
-        captions = self._captions(batch_annotations(self.model, batch))
+        captions = self._captions(batch)
         return [
             {
                 "image_id": int(batch["image_ids"][i]),
