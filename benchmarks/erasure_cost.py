@@ -10,6 +10,9 @@ Validation: over the val split (batches of 50, the checkpoint's decoding setting
 spent decoding (encoder included), computing the caption metrics (what validation does besides)
 and running the erasure test, and the erasure's share of the first two.
 
+Test: the erasure aggregates over the test split (content words, and object words named by
+`annotations/instances_test.json`'s categories), as `captioner train test` logs them.
+
 Run it on a quiet machine (the load average is printed with the numbers).
 """
 
@@ -25,7 +28,8 @@ from pathlib import Path
 import torch
 
 from captioner.evaluation.captions import caption_scores
-from captioner.evaluation.erasure import erase_words
+from captioner.evaluation.erasure import erase_words, erasure_scores
+from captioner.evaluation.grounding import coco_category_words
 from captioner.inference.api import Captioner
 from captioner.models.search import decode_captions
 
@@ -71,6 +75,21 @@ def validation_seconds(captioner: Captioner, data_dir: Path) -> dict[str, float]
     }
 
 
+def test_faithfulness(captioner: Captioner, data_dir: Path) -> dict[str, float]:
+    """The erasure aggregates of the checkpoint's own captions of the test split."""
+    records = json.loads(next(data_dir.glob("dataset_*.json")).read_text())["images"]
+    test = [record for record in records if record["split"] == "test"]
+    instances = json.loads((data_dir / "annotations" / "instances_test.json").read_text())
+    objects = coco_category_words([category["name"] for category in instances["categories"]])
+    words, erasures = [], []
+    for start in range(0, len(test), 50):
+        paths = [data_dir / "test" / record["filename"] for record in test[start : start + 50]]
+        for result in captioner.caption(paths, batch_size=50, erasure=True):
+            words.append(result.words)
+            erasures.append(result.erasure)
+    return {"images": len(test), **{k: round(v, 4) for k, v in erasure_scores(words, erasures, objects).items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, required=True)
@@ -91,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio": round(tested / plain, 2),
         }
     row["validation"] = validation_seconds(captioner, args.data)
+    row["test"] = test_faithfulness(captioner, args.data)
     row["load_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(row))
     return 0
