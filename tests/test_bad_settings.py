@@ -100,7 +100,8 @@ def test_malicious_ckpt_path_is_refused(synth_data, tiny_checkpoint, tmp_path, c
         str(evil),
     ]
     assert main(args) == 2
-    assert "checkpoint was refused" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert f"checkpoint {evil} was refused" in line and "could run code" in line
     assert not target.exists()
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from captioner.data.images import ImageLoadError, decode_image
+from captioner.data.images import ImageLoadError, decode_image, header_pixels
 from captioner.inference.api import Captioner, CaptionResult
 from captioner.models.search import DecodingConfig
 from captioner.serve.batching import Batcher, BatchSettings
+from captioner.serve.budget import PixelBudget
 from captioner.viz.overlay import HEATMAP
 
 # Attention weights are sent rounded: 6 decimals keep every row's sum within 1e-4 of 1 and
@@ -68,18 +69,27 @@ class CaptionModel:
         await self.batcher.stop()
 
     def prepare(self, upload: Upload, max_pixels: int) -> Prepared:
-        """Decode one upload (upright RGB, at most `max_pixels`) into model input; raises ImageLoadError."""
-        image = decode_image(upload.data, upload.filename or "upload", max_pixels=max_pixels)
-        return Prepared(self.captioner.to_tensor(image), image.size)
+        """Decode one upload (upright RGB, at most `max_pixels`, shrunk early to about the model's
+        input size; see `decode_image`) into model input; raises ImageLoadError."""
+        image, size = decode_image(
+            upload.data, upload.filename or "upload", max_pixels=max_pixels, target=self.captioner.image_size
+        )
+        return Prepared(self.captioner.to_tensor(image), size)
 
     async def caption_uploads(
-        self, uploads: list[Upload], options: Mapping[str, int], max_pixels: int
+        self, uploads: list[Upload], options: Mapping[str, int], max_pixels: int, budget: PixelBudget
     ) -> list[dict[str, Any]]:
-        """One JSON entry per upload, in order: its caption, or `error` with the reason it was not read."""
+        """One JSON entry per upload, in order: its caption, or `error` with the reason it was not read.
+
+        Each decoding holds its pixels of `budget`; raises Busy when they do not fit in time.
+        """
         prepared: list[Prepared | ImageLoadError] = []
         for upload in uploads:  # decoded off the event loop, one at a time per request
+            pixels = header_pixels(upload.data)
             try:
-                prepared.append(await to_thread.run_sync(self.prepare, upload, max_pixels))
+                # An image over max_pixels is refused from its header, without decoding it.
+                async with budget.reserve(pixels if pixels <= max_pixels else 0):
+                    prepared.append(await to_thread.run_sync(self.prepare, upload, max_pixels))
             except ImageLoadError as error:
                 prepared.append(error)
         good = [item for item in prepared if isinstance(item, Prepared)]
