@@ -76,6 +76,7 @@ def test_loss_falls_and_metrics_are_logged(trained):
     assert len(val_rows) == 4  # one per epoch
     for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "pointing_game", "attention_in_box"):
         assert f"val/{name}" in cli.trainer.callback_metrics
+    assert "val/erasure_faithfulness" not in cli.trainer.callback_metrics  # model.validation_erasure is off
 
 
 def test_checkpoints_and_reload_give_same_captions(trained):
@@ -114,6 +115,9 @@ def test_test_subcommand_writes_metrics_json(trained, synth_data):
     # Each image has at least one object, and every caption names its kinds, so grounding
     # counted at least one word per image decoded.
     assert metrics["test/grounded_words"] >= 1
+    # Each word's erasure test runs at test time (not in validation, unless asked).
+    assert 0.0 <= metrics["test/erasure_faithfulness"] <= 1.0 and metrics["test/erasure_words"] >= 1
+    assert metrics["test/object_erasure_words"] >= 1 and "test/object_erasure_looked_drop" in metrics
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["test/CIDEr"] >= 0.0
 

@@ -31,8 +31,8 @@ class SoftAttention(nn.Module):
     def forward(
         self, features: Tensor, projected: Tensor, hidden: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """features (B, P, D), projected (B, P, A), hidden (B, H) or (B, K, H), mask (B, P) bool
-        (True = may attend) -> context (B, D) / (B, K, D), alpha (B, P) / (B, K, P)."""
+        """features (B, P, D), projected (B, P, A), hidden (B, H) or (B, K, H), mask (B, P) or,
+        with beams, (B, K, P) bool (True = may attend) -> context (B, D) / (B, K, D), alpha (B, P) / (B, K, P)."""
         return self.attend(features, projected, self.hidden_proj(hidden), mask)
 
     def attend(
@@ -47,7 +47,7 @@ class SoftAttention(nn.Module):
             hidden_projected = hidden_projected.unsqueeze(1)
         scores = energies(projected, hidden_projected, self.score.weight[0])  # (B, K, P)
         if mask is not None:
-            scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+            scores = scores.masked_fill(~(mask.unsqueeze(1) if mask.dim() == 2 else mask), float("-inf"))
         alpha = scores.softmax(dim=-1)
         context = torch.bmm(alpha.to(features.dtype), features)  # (B, K, P) @ (B, P, D): Σ_i α_i a_i per beam
         if not beams:

@@ -11,12 +11,15 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from captioner.serve.limits import OPTION_BOUNDS, Limits, RequestRejected
+from captioner.serve.limits import FLAGS, OPTION_BOUNDS, Limits, RequestRejected
 from captioner.serve.model import Upload
 
 # Text parts are the options only: a few digits each.
 MAX_TEXT_PART_BYTES = 1024
-_WHERE = f"image files go in `images` as file parts (with a filename), the options {', '.join(OPTION_BOUNDS)} as text"
+_WHERE = (
+    f"image files go in `images` as file parts (with a filename), the options {', '.join([*OPTION_BOUNDS, *FLAGS])} "
+    "as text"
+)
 
 
 class _Parser(MultiPartParser):
@@ -45,7 +48,7 @@ async def read_form(request: Request, limits: Limits) -> tuple[list[Upload], dic
                 request.headers,
                 stream,
                 max_files=limits.max_images,
-                max_fields=len(OPTION_BOUNDS) + 2,
+                max_fields=len(OPTION_BOUNDS) + len(FLAGS) + 2,
                 max_part_size=MAX_TEXT_PART_BYTES,
             )
             form = await parser.parse()

@@ -56,6 +56,9 @@ class Limits:
 
 # Form field -> the Limits attribute bounding it.
 OPTION_BOUNDS = {"beam_size": "max_beam_size", "max_len": "max_caption_len"}
+# Form fields that are 0 (off, the default) or 1. erasure: each word's erasure test
+# (captioner.evaluation.erasure), about one more decoding pass (docs/attention.md).
+FLAGS = ("erasure",)
 
 
 def parse_options(form: Mapping[str, str], defaults: Mapping[str, int], limits: Limits) -> dict[str, int]:
@@ -63,12 +66,19 @@ def parse_options(form: Mapping[str, str], defaults: Mapping[str, int], limits: 
 
     Raises RequestRejected (422) for an unknown field, a non-integer or an out-of-range value.
     """
-    unknown = sorted(set(form) - set(OPTION_BOUNDS))
+    unknown = sorted(set(form) - set(OPTION_BOUNDS) - set(FLAGS))
     if unknown:
         raise RequestRejected(
-            422, f"unknown form field {unknown[0]!r}: send images in `images` and options {', '.join(OPTION_BOUNDS)}"
+            422,
+            f"unknown form field {unknown[0]!r}: send images in `images` and options "
+            f"{', '.join([*OPTION_BOUNDS, *FLAGS])}",
         )
-    options = dict(defaults)
+    options = {**dict(defaults), **dict.fromkeys(FLAGS, 0)}
+    for name in FLAGS:
+        if name in form:
+            if form[name].strip() not in ("0", "1"):
+                raise RequestRejected(422, f"{name} must be 0 or 1, got {form[name][:20]!r}")
+            options[name] = int(form[name].strip())
     for name, bound in OPTION_BOUNDS.items():
         if name not in form:
             continue

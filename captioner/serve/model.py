@@ -18,6 +18,7 @@ from captioner.inference.api import Captioner, CaptionResult
 from captioner.models.search import DecodingConfig
 from captioner.serve.batching import Batcher, BatchSettings
 from captioner.serve.budget import PixelBudget
+from captioner.viz.overlay import HEATMAP
 
 # Attention weights are sent rounded: 6 decimals keep every row's sum within 1e-4 of 1 and
 # halve the JSON of a 14x14 grid.
@@ -92,9 +93,11 @@ class CaptionModel:
             except ImageLoadError as error:
                 prepared.append(error)
         good = [item for item in prepared if isinstance(item, Prepared)]
-        # Requests with equal settings share batches: the frozen DecodingConfig is the batching key.
-        settings = self.captioner.decoding_settings(**options)
-        results = iter(await self.batcher.submit(settings, [item.tensor for item in good]) if good else [])
+        # Requests with equal settings share batches: the frozen DecodingConfig and whether to test
+        # erasure are the batching key.
+        decoding = {name: value for name, value in options.items() if name != "erasure"}
+        key = (self.captioner.decoding_settings(**decoding), bool(options.get("erasure")))
+        results = iter(await self.batcher.submit(key, [item.tensor for item in good]) if good else [])
         entries = []
         for index, (upload, item) in enumerate(zip(uploads, prepared)):
             entry: dict[str, Any] = {"index": index, "filename": upload.filename}
@@ -105,14 +108,15 @@ class CaptionModel:
             entries.append(entry)
         return entries
 
-    def _decode(self, settings: DecodingConfig, tensors: list[torch.Tensor]) -> list[CaptionResult]:
+    def _decode(self, key: tuple[DecodingConfig, bool], tensors: list[torch.Tensor]) -> list[CaptionResult]:
         """Runs in the batcher's worker thread: one decoding call for the whole batch."""
-        return self.captioner.caption(tensors, batch_size=len(tensors), **settings.to_dict())
+        settings, erasure = key
+        return self.captioner.caption(tensors, batch_size=len(tensors), erasure=erasure, **settings.to_dict())
 
     def _result_json(self, result: CaptionResult, size: tuple[int, int]) -> dict[str, Any]:
         rows, cols = result.grid
         attention = np.round(result.alphas.numpy().reshape(-1, rows, cols).astype(np.float64), ATTENTION_DECIMALS)
-        return {
+        entry = {
             "caption": result.caption,
             "tokens": result.words,
             "token_ids": result.tokens,
@@ -121,6 +125,9 @@ class CaptionModel:
             "grid": {"rows": rows, "cols": cols},
             "image": {"width": size[0], "height": size[1]},
         }
+        if result.erasure is not None:  # per word: p, p_looked_erased, p_random_erased, cells_erased, spread, faithful
+            entry["erasure"] = result.erasure.as_json()
+        return entry
 
     def _describe(self) -> dict[str, Any]:
         """What `GET /v1/model` reports: architecture, grid, vocabulary, and the test metrics when present."""
@@ -132,6 +139,8 @@ class CaptionModel:
             "image_size": self.captioner.image_size,
             "vocab_size": len(self.captioner.vocab),
             "decoding_defaults": dict(self.defaults),
+            # Colour-bar ticks of the page's heat maps for this grid: [position on the 0..1 scale, α label].
+            "legend": [[at, label] for at, label in HEATMAP.legend(rows * cols)],
             "metrics": _read_metrics(self.checkpoint.parent / "metrics.json"),
         }
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from captioner.serve.form import read_form
-from captioner.serve.limits import OPTION_BOUNDS, Limits, parse_options
+from captioner.serve.limits import FLAGS, OPTION_BOUNDS, Limits, parse_options
 from captioner.serve.model import CaptionModel
 from captioner.viz.overlay import HEATMAP
 
@@ -27,6 +27,7 @@ _UPLOAD_SCHEMA = {
                     "properties": {
                         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         **{name: {"type": "integer", "minimum": 1} for name in OPTION_BOUNDS},
+                        **{name: {"type": "integer", "enum": [0, 1]} for name in FLAGS},
                     },
                 }
             }
@@ -58,7 +59,8 @@ async def overlay_style() -> dict[str, Any]:
 
 @router.post("/v1/captions", openapi_extra=_UPLOAD_SCHEMA)
 async def captions(request: Request) -> JSONResponse:
-    """Caption every file of the multipart field `images`; options beam_size and max_len.
+    """Caption every file of the multipart field `images`; options beam_size and max_len, and
+    erasure=1 for each word's erasure test.
 
     200 when at least one image was captioned (unreadable ones carry `error`), 422 when none was.
     """

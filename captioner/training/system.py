@@ -27,6 +27,7 @@ from torch import nn
 
 from captioner.data.records import Box, ImageRecord
 from captioner.errors import CaptionerError
+from captioner.evaluation.erasure import erase_words
 from captioner.evaluation.scores import DecodedImage, gather_across_ranks, grounding_of, score_images
 from captioner.inference.checkpoint import check_vocabulary, load_weights, model_state
 from captioner.models import DecoderConfig, Encoder, EncoderConfig
@@ -93,6 +94,9 @@ class CaptioningModule(pl.LightningModule):
             and 0 for the others, for `checkpoint.monitor`; a stage that never holds says so.
             Without boxes it warns and stays off (the erasure score is the box-free check).
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
+        validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
+            validation too and log `val/erasure_*`; the test stage always does. Off by default: it
+            adds from a tenth to over half of validation time (docs/attention.md).
         skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
             backward, so no weight or Adam-state update; Lightning still counts the step), warn
             and count it in `train/nonfinite_skips`, instead of stopping the run with an error.
@@ -114,6 +118,7 @@ class CaptioningModule(pl.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         keep_if_grounded: float | None = None,
         spice: bool = False,
+        validation_erasure: bool = False,
         skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
@@ -268,8 +273,18 @@ class CaptioningModule(pl.LightningModule):
         """One `Caption` per image of the batch, decoded with `decoding`."""
         return self.model.caption(batch_annotations(self.model, batch), self.vocab, self.decoding)
 
-    def _decode_batch(self, batch: dict[str, Any]) -> list[DecodedImage]:
-        captions = self._captions(batch)
+    def _decode_batch(self, batch: dict[str, Any], erasure: bool = False) -> list[DecodedImage]:
+        """The batch's images decoded; with `erasure`, each word's erasure test too
+        (`captioner.evaluation.erasure`), scored with the captions."""
+        with torch.inference_mode():
+            annotations = batch_annotations(self.model, batch)
+            captions = self.model.caption(annotations, self.vocab, self.decoding)
+        tokens = [caption.tokens for caption in captions]
+        erasures = (
+            erase_words(self.model.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask)
+            if erasure
+            else [None] * len(tokens)
+        )
         return [
             DecodedImage(
                 image_id=int(batch["image_ids"][i]),
@@ -278,16 +293,17 @@ class CaptioningModule(pl.LightningModule):
                 words=tuple(self.vocab.decode_tokens(caption.tokens)),
                 alphas=caption.alphas.float().cpu(),
                 size=tuple(batch["sizes"][i].tolist()),
+                erasure=erasures[i],
             )
             for i, caption in enumerate(captions)
         ]
 
     # ------------------------------------------------------ validation and test
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch))
+        self._eval_images.extend(self._decode_batch(batch, self.hparams.validation_erasure))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch))
+        self._eval_images.extend(self._decode_batch(batch, erasure=True))
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
