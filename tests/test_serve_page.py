@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from captioner.data.images import decode_image
 from captioner.inference.api import Captioner
 from captioner.serve import CaptionModel, create_app
 from captioner.viz.overlay import HEATMAP, attention_map
@@ -119,7 +120,9 @@ def test_upload_caption_hover_focus_and_beam_size(server, browser, synth_data, t
     source = sorted((synth_data / "test").glob("*.png"))[0]
     upload = tmp_path / "shapes.png"
     Image.open(source).convert("RGB").resize((320, 240), Image.Resampling.NEAREST).save(upload)
-    expected = model.captioner.caption(upload, beam_size=3)[0]
+    # The service decodes an upload shrunk early to the model's scale (`decode_image`).
+    shrunk, _ = decode_image(upload.read_bytes(), upload.name, target=model.captioner.image_size)
+    expected = model.captioner.caption(shrunk, beam_size=3)[0]
 
     browser.get(base_url + "/")
     _wait_state(browser, "ready")
@@ -175,7 +178,7 @@ def test_upload_caption_hover_focus_and_beam_size(server, browser, synth_data, t
     beam = browser.find_element(By.ID, "beam")
     beam.clear()
     beam.send_keys("1", Keys.TAB)
-    greedy = model.captioner.caption(upload, beam_size=1)[0]
+    greedy = model.captioner.caption(shrunk, beam_size=1)[0]
     _wait_state(browser, "captioned")
     from selenium.webdriver.support.ui import WebDriverWait
 
