@@ -1,7 +1,8 @@
 """Caption images with Show, Attend and Tell, see where each word looked, and train models.
 
   captioner data synth --out data/shapes                       make a small data set
-  captioner train fit --config configs/shapes.yaml             train (the Lightning CLI)
+  captioner train fit --config shapes                         train (the Lightning CLI)
+  captioner recipes                                            the recipes --config can name
   captioner caption --ckpt best.ckpt photos/                   caption images
   captioner attend --ckpt best.ckpt photo.jpg --out overlays/  draw where each word looked
   captioner serve --ckpt best.ckpt --port 8000                 an HTTP service with a page
@@ -30,6 +31,7 @@ COMMANDS = {
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
     "features": ("features", "extract and cache encoder features"),
     "serve": ("serve", "serve captions and attention over HTTP, with a page at /"),
+    "recipes": ("recipes", "list the training recipes shipped with the package (--config NAME)"),
     "dates": ("dates", "normalise written dates with the same attention decoder (fit, test, translate)"),
 }
 

@@ -1,6 +1,6 @@
 """`captioner dates`: the attention decoder over a character sequence, normalising dates.
 
-    captioner dates fit --config configs/dates.yaml
+    captioner dates fit                   (the `dates` recipe; --config names another or a file)
     captioner dates test --config configs/dates.yaml --ckpt_path runs/dates/checkpoints/best.ckpt
     captioner dates translate "July 20th 1969" --ckpt runs/dates/checkpoints/best.ckpt --attention moon.png
 
@@ -25,8 +25,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from captioner.errors import CaptionerError, require_positive
+from captioner.recipes import with_default_recipe
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+DEFAULT_RECIPE = "dates"  # what `captioner dates fit` trains with when no --config is given
 
 
 def main(argv: list[str]) -> int:
@@ -48,7 +50,7 @@ def main(argv: list[str]) -> int:
     from captioner.dates.system import cli_main
     from captioner.training.cli import run_cli
 
-    return run_cli(lambda: cli_main(argv))
+    return run_cli(lambda: cli_main(with_default_recipe(argv, "fit", DEFAULT_RECIPE)))
 
 
 def add_translate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
+from captioner.recipes import resolve_config_args
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.predictions import CaptionWriter
 from captioner.training.system import CaptioningModule
@@ -108,7 +109,9 @@ def start_cli(
 ) -> CaptionerCLI:
     """Run `cli_class` over the model and data classes; `args=None` reads sys.argv (tests pass a
     list). With `run=False` it only parses `args` (no subcommand) and instantiates the data,
-    model and trainer, which then writes no config.yaml (it is not a training run)."""
+    model and trainer, which then writes no config.yaml (it is not a training run). A --config
+    may name a recipe (`captioner.recipes`) instead of a file."""
+    args = resolve_config_args(sys.argv[1:] if args is None else args)
     with warnings.catch_warnings():
         # `captioner train ...` hands over its own argv slice, which this warning mistakes
         # for a clash with sys.argv.
