@@ -38,9 +38,7 @@ def test_a_path_is_left_alone(tmp_path, monkeypatch):
 
 def test_recipe_by_name_from_another_folder(synth_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(
-        ["--config", "shapes", "--data.data_dir", str(synth_data), "--trainer.logger", "false"], run=False
-    )
+    cli = cli_main(["--config", "shapes", "--data.data_dir", str(synth_data), "--trainer.logger", "false"], run=False)
     # configs/shapes.yaml's sizes, not the model's defaults.
     assert cli.model.hparams.encoder["grid_size"] == 8
     assert cli.model.hparams.decoder["hidden_dim"] == 256

@@ -1,13 +1,14 @@
 """`captioner recipes`: the training recipes shipped with the package, usable by name.
 
-    captioner recipes                 list them: name, what it trains, file
-    captioner recipes shapes          print one (copy it to start your own)
-    captioner train fit --config shapes
+captioner recipes                 list them: name, what it trains, file
+captioner recipes shapes          print one (copy it to start your own)
+captioner train fit --config shapes
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from captioner.recipes import describe, recipes, resolve
 
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.name is not None:
-        print(open(resolve(args.name)).read(), end="")
+        print(Path(resolve(args.name)).read_text(), end="")
         return 0
     found = recipes()
     width = max(map(len, found))
