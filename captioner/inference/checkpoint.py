@@ -100,7 +100,13 @@ def load_model(path: str | Path) -> LoadedModel:
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    hparams = checkpoint["hyper_parameters"]
+    return build_model(path, checkpoint["hyper_parameters"], checkpoint["state_dict"])
+
+
+def build_model(path: Path, hparams: dict[str, Any], state: dict[str, Any]) -> LoadedModel:
+    """The model that plain-data `hparams` (as the training module stores them) describe, with
+    the `encoder.*` / `decoder.*` weights of `state`; `path` names the source in errors. Shared
+    by checkpoints and exports (`captioner.inference.export`)."""
     missing = [key for key in REQUIRED_HPARAMS if key not in hparams]
     if missing:
         raise _incompatible(path, f"its hyper-parameters lack {', '.join(missing)}")
@@ -115,7 +121,7 @@ def load_model(path: str | Path) -> LoadedModel:
     except (TypeError, ValueError) as error:  # CaptionerError is a ValueError
         raise _incompatible(path, f"its hyper-parameters do not describe a model ({error})") from None
 
-    _load_networks(path, checkpoint["state_dict"], encoder, decoder)
+    _load_networks(path, state, encoder, decoder)
     return LoadedModel(
         encoder=encoder.eval(),
         decoder=decoder.eval(),

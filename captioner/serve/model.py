@@ -122,7 +122,10 @@ class CaptionModel:
             "image_size": self.captioner.image_size,
             "vocab_size": len(self.captioner.vocab),
             "decoding_defaults": dict(self.defaults),
-            "metrics": _read_metrics(self.checkpoint.parent / "metrics.json"),
+            # An export folder holds its metrics.json; a checkpoint has it beside.
+            "metrics": _read_metrics(
+                (self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent) / "metrics.json"
+            ),
         }
 
 
