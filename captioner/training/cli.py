@@ -139,12 +139,15 @@ def run_cli(start: Callable[[], object]) -> int:
     except CaptionerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
         # Lightning loads --ckpt_path with torch's default weights_only=True, which refuses
         # pickled code; torch's own message would suggest turning that safety off.
+        from captioner.inference.checkpoint import pickled_code, refused_global
+
+        forbidden = refused_global(error)
+        found = pickled_code(forbidden) if forbidden else "it is damaged or holds objects besides tensors and data"
         print(
-            "error: the --ckpt_path checkpoint was refused: it holds Python objects besides tensors and "
-            "plain data, and loading it could run code stored in the file; use a checkpoint written by "
+            f"error: the --ckpt_path checkpoint was refused: {found}; use a checkpoint written by "
             "`captioner train fit` from a source you trust",
             file=sys.stderr,
         )
