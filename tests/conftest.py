@@ -12,6 +12,18 @@ SYNTH_COUNTS = {"train": 24, "val": 8, "test": 8}
 SYNTH_SIZE = 64
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` need CUDA: skipped on machines without it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `make gpu-check` on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic shapes set (24 train / 8 val / 8 test images, 64 px, seed 0), made once.
