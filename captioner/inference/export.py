@@ -142,7 +142,8 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=[WEIGHTS, CONFIG, CARD, METRICS]))
     except Exception as error:  # the Hub client raises many kinds: network, bad id, auth, missing files
-        reason = " ".join(str(error).split())[:200]
+        reason = " ".join(str(error).split())
+        reason = reason if len(reason) <= 300 else reason[:300] + "…"
         raise CaptionerError(
             f"{repo_id!r} is not a local folder, and fetching it from the Hugging Face Hub failed "
             f"({type(error).__name__}: {reason}); pass a folder written by `captioner export`, or check "
