@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from captioner import recipes
 from captioner.cli import main
@@ -86,3 +87,14 @@ def test_bare_dates_fit_trains_with_the_dates_recipe(tmp_path, monkeypatch, caps
     # The recipe's folders (relative to the working folder) and sizes, not Lightning's defaults.
     checkpoint = torch.load(tmp_path / "runs/dates/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["decoder"]["hidden_dim"] == 128
+
+
+def test_bare_train_fit_uses_the_shapes_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:  # --print_config prints the resolved settings and stops
+        main(["train", "fit", "--print_config"])
+    assert done.value.code in (0, None)
+    out, err = capsys.readouterr()
+    assert err.count("no --config given: using the shapes recipe") == 1
+    printed = yaml.safe_load(out)
+    assert printed["model"]["decoder"]["init_args"]["hidden_dim"] == 256 and printed["data"]["data_dir"] == "data/shapes"
