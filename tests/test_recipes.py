@@ -97,4 +97,5 @@ def test_bare_train_fit_uses_the_shapes_recipe(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert err.count("no --config given: using the shapes recipe") == 1
     printed = yaml.safe_load(out)
-    assert printed["model"]["decoder"]["init_args"]["hidden_dim"] == 256 and printed["data"]["data_dir"] == "data/shapes"
+    assert printed["model"]["decoder"]["init_args"]["hidden_dim"] == 256
+    assert printed["data"]["data_dir"] == "data/shapes"
