@@ -54,7 +54,10 @@ def describe(path: Path) -> str:
 
 def resolve(value: str) -> str:
     """The file a --config value names: an existing file, or a path (it has a folder or a
-    .yaml/.yml/.json suffix) left for the CLI to check, is itself; anything else is a recipe name."""
+    .yaml/.yml/.json suffix) left for the CLI to check, is itself; so is a config written inline
+    (`--config '{}'`: no recipe, only the defaults and the flags given); anything else is a recipe name."""
+    if value.lstrip().startswith("{") or ":" in value or "\n" in value:
+        return value
     path = Path(value)
     if path.is_file() or len(path.parts) > 1 or path.suffix in (".yaml", ".yml", ".json", ".jsonnet"):
         return value

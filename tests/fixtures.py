@@ -19,8 +19,13 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 # last one), no logger.
 NO_VALIDATION = ["--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", "--trainer.logger", "false"]
 
+# An empty inline config: `captioner train fit` starts from the defaults and the flags given,
+# not from its default recipe (whose relative folders would land in the working directory).
+NO_RECIPE = ["--config", "{}"]
+
 # A model and data small enough to train for a few dozen steps in seconds on CPU.
 TINY_MODEL = [
+    *NO_RECIPE,
     "--model.encoder.backbone",
     "resnet18",
     "--model.encoder.stages",

@@ -14,9 +14,10 @@ from captioner.models import DecoderConfig, EncoderConfig
 from captioner.training.cli import cli_main
 from captioner.training.loss import caption_loss
 from captioner.training.system import CaptioningModule
-from tests.fixtures import NO_VALIDATION, QUIET, TINY_TRAINING, write_malicious_checkpoint
+from tests.fixtures import NO_RECIPE, NO_VALIDATION, QUIET, TINY_TRAINING, write_malicious_checkpoint
 
 QUICK = [
+    *NO_RECIPE,
     "--model.encoder.backbone",
     "resnet18",
     "--model.encoder.stages",

@@ -14,10 +14,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from captioner.data import synth
 from captioner.training.cli import cli_main
-from tests.fixtures import NO_VALIDATION, QUIET, TINY_MODEL
+from tests.fixtures import NO_RECIPE, NO_VALIDATION, QUIET, TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = [
+    *NO_RECIPE,
     "--model.encoder.backbone",
     "resnet18",
     "--model.encoder.stages",

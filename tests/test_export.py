@@ -113,6 +113,12 @@ def test_a_folder_that_is_no_export_is_one_error(tmp_path, capsys):
     assert len(err) == 1 and "model.safetensors missing" in err[0]
 
 
+def test_a_checkpoint_file_given_as_model_is_one_error(exported, capsys):
+    ckpt, _ = exported
+    assert main(["caption", "--model", str(ckpt), "x.png"]) == 2
+    assert "is a file, not an export folder" in capsys.readouterr().err
+
+
 def test_a_hub_id_without_network_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # so the id is not a local folder
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

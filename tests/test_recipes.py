@@ -99,3 +99,12 @@ def test_bare_train_fit_uses_the_shapes_recipe(tmp_path, monkeypatch, capsys):
     printed = yaml.safe_load(out)
     assert printed["model"]["decoder"]["init_args"]["hidden_dim"] == 256
     assert printed["data"]["data_dir"] == "data/shapes"
+
+
+def test_an_empty_inline_config_means_no_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["train", "fit", "--config", "{}", "--print_config"])
+    out, err = capsys.readouterr()
+    assert "no --config given" not in err
+    assert yaml.safe_load(out)["model"]["decoder"]["init_args"]["hidden_dim"] == 512  # DecoderConfig's default

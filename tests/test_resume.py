@@ -17,11 +17,12 @@ import torch
 
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.cli import cli_main
-from tests.fixtures import QUIET
+from tests.fixtures import NO_RECIPE, QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dropout > 0 exercises the RNG; a cosine schedule exercises the scheduler state.
 RUN = [
+    *NO_RECIPE,
     "--model.encoder.backbone",
     "resnet18",
     "--model.encoder.stages",

@@ -10,8 +10,8 @@ with the exact-match accuracy per input format). translate prints one ISO date p
 date; with --attention it also writes the attention matrix, output characters × input
 characters, as a PNG (one file per date: OUT.png, or OUT_1.png, OUT_2.png, ... for several).
 
-Every subcommand runs torch on one CPU thread, which this small model trains and decodes
-fastest with; `--threads N` (anywhere in the arguments) chooses another count.
+Every subcommand runs torch on one CPU thread (the model is too small to gain from a second;
+README: dates); `--threads N` (anywhere in the arguments) chooses another count.
 
 Bad input is one `error:` line and exit status 2: an empty date, one longer than the model
 reads (64 characters by default), characters the model never saw in training. A date that

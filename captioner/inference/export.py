@@ -101,7 +101,7 @@ def export(checkpoint_path: str | Path, out: str | Path) -> list[Path]:
     save_file({k: v.contiguous() for k, v in model_state(model).items()}, out / WEIGHTS, metadata={"format": "pt"})
     (out / CONFIG).write_text(json.dumps(model_config(model), indent=2) + "\n")
     written = [out / WEIGHTS, out / CONFIG]
-    metrics = _read_metrics(checkpoint_path.parent / METRICS)
+    metrics = read_metrics(checkpoint_path.parent / METRICS)
     if metrics:
         (out / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         written.append(out / METRICS)
@@ -117,6 +117,11 @@ def load_pretrained(source: str | Path) -> LoadedModel:
     from safetensors.torch import load_file
 
     folder = Path(source)
+    if folder.is_file():
+        raise CaptionerError(
+            f"{folder} is a file, not an export folder; pass the folder `captioner export` wrote "
+            "(a training checkpoint loads with --ckpt / Captioner.from_checkpoint)"
+        )
     if not folder.is_dir():
         folder = _download(str(source))
     missing = [name for name in (CONFIG, WEIGHTS) if not (folder / name).is_file()]
@@ -151,8 +156,9 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def _read_metrics(path: Path) -> dict[str, float] | None:
-    """The finite numbers of a metrics.json (`captioner train test`), or None when there is none."""
+def read_metrics(path: Path) -> dict[str, float] | None:
+    """The finite numbers of a metrics.json (written by `captioner train test` beside the
+    checkpoint), or None when there is none or it is not a JSON object."""
     try:
         values = json.loads(path.read_text())
     except (OSError, ValueError):

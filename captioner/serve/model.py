@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from anyio import to_thread
 
 from captioner.data.images import ImageLoadError, decode_image
 from captioner.inference.api import Captioner, CaptionResult
+from captioner.inference.export import read_metrics
 from captioner.models.search import DecodingConfig
 from captioner.serve.batching import Batcher, BatchSettings
 
@@ -123,19 +122,7 @@ class CaptionModel:
             "vocab_size": len(self.captioner.vocab),
             "decoding_defaults": dict(self.defaults),
             # An export folder holds its metrics.json; a checkpoint has it beside.
-            "metrics": _read_metrics(
+            "metrics": read_metrics(
                 (self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent) / "metrics.json"
             ),
         }
-
-
-def _read_metrics(path: Path) -> dict[str, float] | None:
-    """The numbers in `metrics.json` (written by `captioner train test` beside the checkpoint), or None."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(metrics, dict):
-        return None
-    numbers = {str(k): v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {k: float(v) for k, v in numbers.items() if math.isfinite(v)}
