@@ -22,6 +22,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
+from captioner.inference.checkpoint import pickled_code, refused_global
 from captioner.recipes import resolve_config_args
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.predictions import CaptionWriter
@@ -142,8 +143,6 @@ def run_cli(start: Callable[[], object]) -> int:
     except pickle.UnpicklingError as error:
         # Lightning loads --ckpt_path with torch's default weights_only=True, which refuses
         # pickled code; torch's own message would suggest turning that safety off.
-        from captioner.inference.checkpoint import pickled_code, refused_global
-
         forbidden = refused_global(error)
         found = pickled_code(forbidden) if forbidden else "it is damaged or holds objects besides tensors and data"
         print(
