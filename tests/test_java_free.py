@@ -11,7 +11,7 @@ import pytest
 from captioner.evaluation import captions
 from captioner.evaluation.captions import JavaMissingWarning, caption_scores, per_image_cider
 from captioner.training.cli import cli_main
-from tests.fixtures import NO_VALIDATION, TINY_MODEL
+from tests.fixtures import TINY_MODEL
 
 REFERENCES = {
     1: ["A dog runs on the grass.", "a brown dog (young) running across a field"],
@@ -67,7 +67,8 @@ def test_validation_runs_with_java_hidden(no_java, synth_data, tiny_checkpoint, 
                 "--data.data_dir",
                 str(synth_data),
                 *TINY_MODEL,
-                *NO_VALIDATION[-2:],  # no logger
+                "--trainer.logger",
+                "false",
                 "--trainer.default_root_dir",
                 str(tmp_path),
                 "--ckpt_path",
