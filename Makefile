@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := data/shapes
 DEMO_RUN := runs/demo
 
-.PHONY: install test lint demo bench clean system-deps
+.PHONY: install test lint demo bench gpu-check clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ demo: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# On a machine with CUDA: the tests marked `gpu` (bf16-mixed, compile, TF32, predict, two-GPU
+# DDP when two exist) and the benchmarks on cuda, in one JSON.
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check --out runs/gpu_check.json
 
 clean:
 	rm -rf $(DEMO_RUN) $(DEMO_DATA) lightning_logs

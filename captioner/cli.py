@@ -1,10 +1,12 @@
 """Caption images with Show, Attend and Tell, see where each word looked, and train models.
 
   captioner data synth --out data/shapes                       make a small data set
-  captioner train fit --config configs/shapes.yaml             train (the Lightning CLI)
+  captioner train fit --config shapes                         train (the Lightning CLI)
+  captioner recipes                                            the recipes --config can name
   captioner caption --ckpt best.ckpt photos/                   caption images
   captioner attend --ckpt best.ckpt photo.jpg --out overlays/  draw where each word looked
   captioner serve --ckpt best.ckpt --port 8000                 an HTTP service with a page
+  captioner export --ckpt best.ckpt --out exports/mine         safetensors + config + model card (--model DIR)
   captioner dates translate "July 20th 1969" --ckpt dates.ckpt  the same decoder, on written dates
 
 `captioner COMMAND --help` tells more about each.
@@ -29,7 +31,9 @@ COMMANDS = {
     "attend": ("attend", "draw where each word looked, one PNG per image"),
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),
     "features": ("features", "extract and cache encoder features"),
+    "export": ("export", "write a checkpoint as model.safetensors + config.json + a model card"),
     "serve": ("serve", "serve captions and attention over HTTP, with a page at /"),
+    "recipes": ("recipes", "list the training recipes shipped with the package (--config NAME)"),
     "dates": ("dates", "normalise written dates with the same attention decoder (fit, test, translate)"),
 }
 

@@ -19,6 +19,10 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 # last one), no logger.
 NO_VALIDATION = ["--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", "--trainer.logger", "false"]
 
+# An empty inline config: `captioner train fit` starts from the defaults and the flags given,
+# not from its default recipe (whose relative folders would land in the working directory).
+NO_RECIPE = ["--config", "{}"]
+
 # A model and data small enough to train for a few dozen steps in seconds on CPU.
 TINY_SETTINGS = {
     "model.encoder.backbone": "resnet18",
@@ -36,11 +40,11 @@ TINY_SETTINGS = {
 
 
 def tiny_model(**changes: object) -> list[str]:
-    """Command-line arguments for the tiny model and data, quiet; `changes` set or override
-    settings by their dotted name with "__" for ".", e.g. tiny_model(model__encoder__stages=1)."""
+    """Command-line arguments for the tiny model and data, quiet, without a recipe; `changes` set
+    or override settings by their dotted name with "__" for ".", e.g. tiny_model(model__encoder__stages=1)."""
     settings = TINY_SETTINGS | {name.replace("__", "."): value for name, value in changes.items()}
     args = [part for name, value in settings.items() for part in (f"--{name}", _cli_value(value))]
-    return [*args, *QUIET]
+    return [*NO_RECIPE, *args, *QUIET]
 
 
 def _cli_value(value: object) -> str:

@@ -8,6 +8,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
@@ -23,9 +24,9 @@ PROGRESS_MIN_IMAGES = 32
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """--ckpt, --beam-size, --max-len, --batch-size, --device, --precision, --calibrate.
+    """--ckpt or --model, --beam-size, --max-len, --batch-size, --device, --precision, --calibrate.
     Decoding flags left out keep the checkpoint's own settings (`model.decoding` in training)."""
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `captioner train fit`")
+    add_model_arguments(parser)
     parser.add_argument(
         "--beam-size",
         type=int,
@@ -53,6 +54,27 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ckpt CKPT or --model DIR (one of them): the trained model to load."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", type=Path, help="checkpoint written by `captioner train fit`")
+    source.add_argument(
+        "--model", metavar="DIR", help="folder written by `captioner export` (or its Hugging Face Hub id)"
+    )
+
+
+def model_source(args: argparse.Namespace) -> Path:
+    """The --ckpt file or --model folder/id that `args` name, for titles and reports."""
+    return Path(args.ckpt if args.ckpt is not None else args.model)
+
+
+def load_captioner(args: argparse.Namespace, **options: Any) -> Captioner:
+    """The Captioner of --ckpt or --model in `args`; `options` go to its constructor."""
+    if args.model is not None:
+        return Captioner.from_pretrained(args.model, **options)
+    return Captioner.from_checkpoint(args.ckpt, **options)
+
+
 def open_captioner(args: argparse.Namespace) -> Captioner:
     """The Captioner that the decoding flags in `args` ask for."""
     calibration = None
@@ -63,7 +85,7 @@ def open_captioner(args: argparse.Namespace) -> Captioner:
         if problems:
             raise CaptionerError(f"--calibrate: {problems[0]}")
         calibration = files[:MAX_CALIBRATION_IMAGES]
-    return Captioner.from_checkpoint(args.ckpt, device=args.device, precision=args.precision, calibration=calibration)
+    return load_captioner(args, device=args.device, precision=args.precision, calibration=calibration)
 
 
 def check_decoding_arguments(args: argparse.Namespace) -> None:

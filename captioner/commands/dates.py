@@ -1,6 +1,6 @@
 """`captioner dates`: the attention decoder over a character sequence, normalising dates.
 
-    captioner dates fit --config configs/dates.yaml
+    captioner dates fit                   (the `dates` recipe; --config names another or a file)
     captioner dates test --config configs/dates.yaml --ckpt_path runs/dates/checkpoints/best.ckpt
     captioner dates translate "July 20th 1969" --ckpt runs/dates/checkpoints/best.ckpt --attention moon.png
 
@@ -9,6 +9,9 @@ fit / validate / test run the Lightning CLI over `DatesModule` and `DatesDataMod
 with the exact-match accuracy per input format). translate prints one ISO date per input
 date; with --attention it also writes the attention matrix, output characters × input
 characters, as a PNG (one file per date: OUT.png, or OUT_1.png, OUT_2.png, ... for several).
+
+Every subcommand runs torch on one CPU thread (the model is too small to gain from a second;
+README: dates); `--threads N` (anywhere in the arguments) chooses another count.
 
 Bad input is one `error:` line and exit status 2: an empty date, one longer than the model
 reads (64 characters by default), characters the model never saw in training. A date that
@@ -25,14 +28,25 @@ from dataclasses import replace
 from pathlib import Path
 
 from captioner.errors import CaptionerError, require_positive
+from captioner.recipes import with_default_recipe
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+DEFAULT_RECIPE = "dates"  # what `captioner dates fit` trains with when no --config is given
+# torch's CPU threads for every dates subcommand unless --threads says otherwise: the model is
+# too small for a second thread to pay for its synchronisation (README: dates).
+DEFAULT_THREADS = 1
 
 
 def main(argv: list[str]) -> int:
     """`captioner dates ...`: translate through argparse, the rest through the Lightning CLI."""
+    threads, argv = take_threads(argv)
+    use_threads(threads)
     if argv[:1] == ["translate"]:
-        parser = argparse.ArgumentParser(prog="captioner dates translate", description=translate.__doc__)
+        parser = argparse.ArgumentParser(
+            prog="captioner dates translate",
+            description=translate.__doc__,
+            epilog=f"--threads N: torch CPU threads (default {DEFAULT_THREADS})",
+        )
         add_translate_arguments(parser)
         return translate(parser.parse_args(argv[1:]))
     if argv[:1] in (["-h"], ["--help"]):
@@ -48,7 +62,31 @@ def main(argv: list[str]) -> int:
     from captioner.dates.system import cli_main
     from captioner.training.cli import run_cli
 
-    return run_cli(lambda: cli_main(argv))
+    return run_cli(lambda: cli_main(with_default_recipe(argv, "fit", DEFAULT_RECIPE)))
+
+
+def take_threads(argv: list[str]) -> tuple[int, list[str]]:
+    """(--threads N, or DEFAULT_THREADS; `argv` without it). The Lightning CLI does not know the flag."""
+    threads, rest = DEFAULT_THREADS, []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--threads" or arg.startswith("--threads="):
+            value = arg.partition("=")[2] if "=" in arg else next(args, "")
+            try:
+                threads = int(value)
+            except ValueError:
+                raise CaptionerError(f"--threads must be an integer >= 1, got {value!r}") from None
+            require_positive(**{"--threads": threads})
+        else:
+            rest.append(arg)
+    return threads, rest
+
+
+def use_threads(threads: int) -> None:
+    """Run torch's CPU operators on `threads` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def add_translate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from captioner.commands.common import CaptionRun, add_decoding_arguments, check_decoding_arguments, open_captioner
+from captioner.commands.common import (
+    CaptionRun,
+    add_decoding_arguments,
+    check_decoding_arguments,
+    model_source,
+    open_captioner,
+)
 from captioner.data.records import read_split
 from captioner.errors import CaptionerError
 from captioner.evaluation.captions import per_image_cider
@@ -63,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
             GalleryItem(record.path, caption, record.captions, cider.get(record.image_id), overlay)
             for record, caption, overlay in shown
         ]
-        page = write_gallery(items, args.out, title=f"{args.ckpt.name} on {args.data.name}/{args.split}")
+        page = write_gallery(items, args.out, title=f"{model_source(args).name} on {args.data.name}/{args.split}")
     print(page)
     return 1 if images.failed else 0

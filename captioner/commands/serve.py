@@ -11,8 +11,8 @@ unless --host says otherwise. Stops on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from captioner.commands.common import add_model_arguments, load_captioner, model_source
 from captioner.errors import CaptionerError
 from captioner.serve.batching import BatchSettings
 from captioner.serve.limits import Limits
@@ -22,7 +22,7 @@ _DEFAULT_BATCHING = BatchSettings()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `captioner train fit`")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
@@ -59,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
         raise CaptionerError(f"--port must be from 0 to 65535, got {args.port}")
     limits = Limits(max_images=args.max_images, max_request_bytes=int(args.max_request_mb * 2**20))
     batching = BatchSettings(max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000)
-    model = CaptionModel.from_checkpoint(args.ckpt, device=args.device, batching=batching)
+    model = CaptionModel(load_captioner(args, device=args.device), checkpoint=model_source(args), batching=batching)
     uvicorn.run(create_app(model, limits), host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,8 +1,11 @@
 """Caption metrics: the COCO caption evaluation.
 
-pycocoevalcap exactly as the COCO server uses it: every caption goes through its PTB
-tokenizer (a Java program), then BLEU-1..4, METEOR (another Java program), ROUGE-L and
-CIDEr. Java must be on PATH.
+With `java` on PATH, pycocoevalcap exactly as the COCO server uses it: every caption goes
+through its PTB tokenizer (a Java program), then BLEU-1..4, METEOR (another Java program),
+ROUGE-L and CIDEr. Without Java, the captions go through nltk's Penn Treebank tokenizer with
+the coco-caption rules (lower-cased, its punctuation tokens dropped) and the same Python
+scorers give BLEU-1..4, ROUGE-L and CIDEr; METEOR and SPICE are left out with one warning.
+See docs/evaluation.md for how close the two tokenizations score.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ import numpy as np
 
 from captioner.errors import CaptionerError
 
-__all__ = ["caption_scores", "per_image_cider"]
+__all__ = ["JavaMissingWarning", "caption_scores", "has_java", "per_image_cider"]
+
+
+class JavaMissingWarning(UserWarning):
+    """Java is not on PATH: the metrics that need it are left out."""
+
+
+def has_java() -> bool:
+    """Whether `java` is on PATH (the Java PTB tokenizer, METEOR and SPICE need it)."""
+    return shutil.which("java") is not None
 
 
 def caption_scores(
@@ -37,7 +49,8 @@ def caption_scores(
 
     Returns:
         ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}`` (+ ``"SPICE"``)
-        as plain floats, on pycocoevalcap's scale (CIDEr is not multiplied by 100).
+        as plain floats, on pycocoevalcap's scale (CIDEr is not multiplied by 100). Without
+        Java, "METEOR" and "SPICE" are absent and a `JavaMissingWarning` says so.
 
     An empty candidate (or one that is only punctuation) scores 0 on every metric
     for its image instead of crashing pycocoevalcap's ROUGE-L.
@@ -45,14 +58,25 @@ def caption_scores(
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
+    java = has_java()
+    if not java:
+        warnings.warn(
+            f"`java` is not on PATH, so {'METEOR and SPICE are' if spice else 'METEOR is'} left out and captions "
+            "are tokenized by nltk instead of the Java PTB tokenizer (BLEU, ROUGE-L and CIDEr are still "
+            "computed); install a Java runtime (e.g. `apt-get install default-jre-headless`) for the full "
+            "COCO metrics",
+            JavaMissingWarning,
+            stacklevel=2,
+        )
     gts, res = _tokenized(references, candidates)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     scores = {f"BLEU-{n}": float(bleu[n - 1]) for n in range(1, 5)}
-    scores["METEOR"] = _meteor(gts, res)
+    if java:
+        scores["METEOR"] = _meteor(gts, res)
     scores["ROUGE-L"] = _rouge_l(gts, res)
     scores["CIDEr"] = float(cider)
-    if spice:
+    if spice and java:
         value = _spice(gts, res)
         if value is not None:
             scores["SPICE"] = value
@@ -75,7 +99,8 @@ def per_image_cider(references: Mapping[int, Sequence[str]], candidates: Mapping
 def _tokenized(
     references: Mapping[int, Sequence[str]], candidates: Mapping[int, str]
 ) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
-    """Validate ids, then PTB-tokenize into pycocoevalcap's ``{id: [sentences]}`` shape.
+    """Validate ids, then PTB-tokenize (Java's tokenizer, or nltk's without Java) into
+    pycocoevalcap's ``{id: [sentences]}`` shape.
 
     Blank strings are not sent to the tokenizer (one caption per line: they would be
     the only lines that can go missing); they come back as "" for a candidate and are
@@ -91,7 +116,6 @@ def _tokenized(
         )
     if not candidates:
         raise CaptionerError("no captions to score: pass at least one image")
-    _require_java()
 
     ids = sorted(candidates)
     # Keys are (image id, index) so each text keeps its slot through the tokenizer.
@@ -100,7 +124,8 @@ def _tokenized(
         texts[(image_id, -1)] = candidates[image_id]
         for k, ref in enumerate(references[image_id]):
             texts[(image_id, k)] = ref
-    tokens = _ptb_tokenize({key: text for key, text in texts.items() if text.strip()})
+    tokenize = _ptb_tokenize if has_java() else _treebank_tokenize
+    tokens = tokenize({key: text for key, text in texts.items() if text.strip()})
 
     gts: dict[int, list[str]] = {}
     res: dict[int, list[str]] = {}
@@ -128,12 +153,22 @@ def _ptb_tokenize(texts: dict[Any, str]) -> dict[Any, str]:
     return {key: sentences[0] for key, sentences in out.items()}
 
 
-def _require_java() -> None:
-    if shutil.which("java") is None:
-        raise CaptionerError(
-            "Java is needed for METEOR and the PTB tokenizer of the COCO caption metrics, "
-            "but `java` is not on PATH; install a JRE (e.g. `apt-get install default-jre`)"
-        )
+def _treebank_tokenize(texts: dict[Any, str]) -> dict[Any, str]:
+    """The Java-free stand-in for `_ptb_tokenize`: nltk's Penn Treebank tokenizer with the
+    coco-caption options (-preserveLines: one caption per line, newlines as spaces;
+    -lowerCase) and the same punctuation tokens removed afterwards."""
+    from nltk.tokenize import TreebankWordTokenizer
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+    tokenizer = TreebankWordTokenizer()
+    drop = set(PUNCTUATIONS)
+    out = {}
+    for key, text in texts.items():
+        # Java lower-cases its bracket tokens too (-LRB- -> -lrb-), so the upper-case ones in
+        # PUNCTUATIONS never match and brackets stay in as -lrb- / -rrb-.
+        words = tokenizer.tokenize(text.replace("\n", " "), convert_parentheses=True)
+        out[key] = " ".join(w.lower() for w in words if w.lower() not in drop)
+    return out
 
 
 def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:

@@ -3,6 +3,7 @@
     from captioner.inference.api import Captioner
 
     captioner = Captioner.from_checkpoint("runs/demo/checkpoints/best.ckpt")
+    captioner = Captioner.from_pretrained("exports/shapes")    # or an export (`captioner export`)
     for result in captioner.caption(["cat.jpg", "dog.png"]):   # the checkpoint's decoding settings
         print(result.caption, result.score)
         result.alphas      # (L, P): where each of the L words looked, over result.grid
@@ -123,6 +124,21 @@ class Captioner:
     ) -> Captioner:
         """Load `path` safely (see `captioner.inference.checkpoint`); `device="auto"` means cuda if available."""
         return cls(load_model(path), resolve_device(device), precision=precision, calibration=calibration)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        device: str | torch.device = "auto",
+        *,
+        precision: str = "fp32",
+        calibration: ImageInput | Iterable[ImageInput] | None = None,
+    ) -> Captioner:
+        """Load an export (`captioner export`): a local folder, else a Hugging Face Hub id (see
+        `captioner.inference.export`; JSON and safetensors only, nothing unpickled)."""
+        from captioner.inference.export import load_pretrained
+
+        return cls(load_pretrained(source), resolve_device(device), precision=precision, calibration=calibration)
 
     def _prepare(self, calibration: torch.Tensor | None) -> None:
         self.runtime = inference_model(self.model, self.precision, self.device, calibration)

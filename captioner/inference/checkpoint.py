@@ -32,7 +32,11 @@ from captioner.vocab import Vocabulary
 
 # Written by the training module; needed to caption.
 REQUIRED_HPARAMS = ("vocab_words", "image_size")
-_FORBIDDEN_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# How torch's weights-only unpickler names the callable or class it refused to load.
+_FORBIDDEN_GLOBAL = re.compile(
+    r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+) whose module|reduce for unrecognized function (.+?)$",
+    re.MULTILINE,
+)
 
 
 @dataclass(frozen=True)
@@ -69,11 +73,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        forbidden = _FORBIDDEN_GLOBAL.search(str(error))
+        forbidden = refused_global(error)
         if forbidden:
             raise CaptionerError(
-                f"checkpoint {path} was refused: it holds a Python object ({forbidden.group(1)}) "
-                "besides tensors and plain data, and loading it could run code stored in the file; "
+                f"checkpoint {path} was refused: {pickled_code(forbidden)}; "
                 "use a checkpoint written by `captioner train fit` from a source you trust"
             ) from None
         raise _not_a_checkpoint(path) from None
@@ -101,7 +104,13 @@ def load_model(path: str | Path) -> LoadedModel:
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    hparams = checkpoint["hyper_parameters"]
+    return build_model(path, checkpoint["hyper_parameters"], checkpoint["state_dict"])
+
+
+def build_model(path: Path, hparams: dict[str, Any], state: dict[str, Any]) -> LoadedModel:
+    """The model that plain-data `hparams` (as the training module stores them) describe, with
+    the model's weights of `state` (`model_state`); `path` names the source in errors. Shared
+    by checkpoints and exports (`captioner.inference.export`)."""
     missing = [key for key in REQUIRED_HPARAMS if key not in hparams]
     if missing:
         raise _incompatible(path, f"its hyper-parameters lack {', '.join(missing)}")
@@ -115,7 +124,7 @@ def load_model(path: str | Path) -> LoadedModel:
     except (TypeError, ValueError) as error:  # CaptionerError is a ValueError
         raise _incompatible(path, f"its hyper-parameters do not describe a model ({error})") from None
 
-    _load_model(path, checkpoint["state_dict"], model)
+    _load_model(path, state, model)
     return LoadedModel(
         model=model.eval(),
         vocab=vocab,
@@ -200,6 +209,21 @@ def _settings(kind: type[PlainConfig], hparams: dict[str, Any], key: str) -> Any
         return kind.from_dict(hparams[key])
     names = {field.name for field in dataclasses.fields(kind)}
     return kind.from_dict({name: value for name, value in hparams.items() if name in names})
+
+
+def refused_global(error: pickle.UnpicklingError) -> str | None:
+    """The callable or class (`module.name`) whose loading torch's weights-only unpickler refused,
+    or None when the error is about something else (a damaged file, an unknown opcode)."""
+    found = _FORBIDDEN_GLOBAL.search(str(error))
+    return next((name for name in found.groups() if name), None) if found else None
+
+
+def pickled_code(name: str) -> str:
+    """What a refused global means, for an error message."""
+    return (
+        f"it holds a pickled callable or class, {name}, that loading would call, running code stored in "
+        "the file (a checkpoint needs only tensors and plain data)"
+    )
 
 
 def _not_a_checkpoint(path: Path) -> CaptionerError:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from anyio import to_thread
 
 from captioner.data.images import ImageLoadError, decode_image, header_pixels
 from captioner.inference.api import Captioner, CaptionResult
+from captioner.inference.export import read_metrics
 from captioner.models.search import DecodingConfig
 from captioner.serve.batching import Batcher, BatchSettings
 from captioner.serve.budget import PixelBudget
@@ -141,17 +140,8 @@ class CaptionModel:
             "decoding_defaults": dict(self.defaults),
             # Colour-bar ticks of the page's heat maps for this grid: [position on the 0..1 scale, α label].
             "legend": [[at, label] for at, label in HEATMAP.legend(rows * cols)],
-            "metrics": _read_metrics(self.checkpoint.parent / "metrics.json"),
+            # An export folder holds its metrics.json; a checkpoint has it beside.
+            "metrics": read_metrics(
+                (self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent) / "metrics.json"
+            ),
         }
-
-
-def _read_metrics(path: Path) -> dict[str, float] | None:
-    """The numbers in `metrics.json` (written by `captioner train test` beside the checkpoint), or None."""
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(metrics, dict):
-        return None
-    numbers = {str(k): v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {k: float(v) for k, v in numbers.items() if math.isfinite(v)}

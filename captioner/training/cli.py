@@ -22,7 +22,8 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
-from captioner.inference.checkpoint import load_checkpoint, upgrade_hparams
+from captioner.inference.checkpoint import load_checkpoint, pickled_code, refused_global, upgrade_hparams
+from captioner.recipes import resolve_config_args
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.predictions import CaptionWriter
 from captioner.training.runtime import Runtime
@@ -163,7 +164,9 @@ def start_cli(
 ) -> CaptionerCLI:
     """Run `cli_class` over the model and data classes; `args=None` reads sys.argv (tests pass a
     list). With `run=False` it only parses `args` (no subcommand) and instantiates the data,
-    model and trainer, which then writes no config.yaml (it is not a training run)."""
+    model and trainer, which then writes no config.yaml (it is not a training run). A --config
+    may name a recipe (`captioner.recipes`) instead of a file."""
+    args = resolve_config_args(sys.argv[1:] if args is None else args)
     with warnings.catch_warnings():
         # `captioner train ...` hands over its own argv slice, which this warning mistakes
         # for a clash with sys.argv.
@@ -191,12 +194,13 @@ def run_cli(start: Callable[[], object]) -> int:
     except CaptionerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
         # Lightning loads --ckpt_path with torch's default weights_only=True, which refuses
         # pickled code; torch's own message would suggest turning that safety off.
+        forbidden = refused_global(error)
+        found = pickled_code(forbidden) if forbidden else "it is damaged or holds objects besides tensors and data"
         print(
-            "error: the --ckpt_path checkpoint was refused: it holds Python objects besides tensors and "
-            "plain data, and loading it could run code stored in the file; use a checkpoint written by "
+            f"error: the --ckpt_path checkpoint was refused: {found}; use a checkpoint written by "
             "`captioner train fit` from a source you trust",
             file=sys.stderr,
         )
