@@ -1,4 +1,7 @@
-"""`benchmarks.attention_offset`: resizing keeps a dot in place; peak offsets on hand-made attention."""
+"""`benchmarks.attention_offset`: resizing keeps a dot in place; peak offsets on hand-made attention; a report."""
+
+import json
+import math
 
 import numpy as np
 import pytest
@@ -34,3 +37,18 @@ def test_peak_offsets_per_placement_and_the_last_object_word():
     assert summary["last"]["words"] == 1 and summary["last"]["feature"]["dx_px"] == -10.0
     # A category with two boxes has no single centre to measure from: skipped.
     assert peak_offsets(words, alphas, centres, [*boxes, Box("circle", 0, 30, 5, 5)], categories) == [last]
+
+
+def test_peaks_report_on_a_trained_checkpoint(tiny_checkpoint, synth_data, capsys):
+    from benchmarks.attention_offset import main
+
+    assert main(["peaks", str(tiny_checkpoint), str(synth_data), "--images", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["images"], report["image_size"], report["grid"]) == (4, 64, 4)
+    # Stride 8 pooled in 2x2 bins: each feature looks 3.5 px up and left of its drawn cell.
+    assert report["feature_minus_drawn_px"] == [-3.5] * 4
+    effective = report["effective_minus_drawn_px"]
+    assert len(effective["per_column_dx"]) == len(effective["per_row_dy"]) == 4
+    assert all(math.isfinite(v) for v in effective["per_column_dx"] + effective["per_row_dy"])
+    words = report["peaks"]["all"]["words"]
+    assert words > 0 and {"drawn", "feature"} <= set(report["peaks"]["all"])
