@@ -29,6 +29,7 @@ from pathlib import Path
 LAMBDA0 = ["--model.attention_lambda", "0"]
 HARD = ["--model.decoder.attention", "hard"]
 CURRENT = ["--model.decoder.attend_from", "current"]
+UNALIGNED = ["--model.encoder.align_grid", "false"]
 # The small-data recipe with hard attention: its config, layered.
 HARD_RECIPE = ("configs/small_scratch.yaml", "configs/small_scratch_hard.yaml")
 ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
@@ -89,10 +90,13 @@ ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
     "recipe_scst": ("configs/small_scratch.yaml", []),
+    # The recipe as it was before its grid was aligned (align_grid: true), for the offset before and after.
+    "recipe_unaligned": ("configs/small_scratch.yaml", UNALIGNED),
+    "recipe_scst_unaligned": ("configs/small_scratch.yaml", UNALIGNED),
 }
 # Rows trained in two stages: the row's config, then self-critical training layered over it.
 SCST_STAGE = "configs/small_scratch_scst.yaml"
-WITH_SCST = {"recipe_scst", "hard_recipe_scst"}
+WITH_SCST = {"recipe_scst", "hard_recipe_scst", "recipe_scst_unaligned"}
 # Family -> the side its study data is drawn at; scenes is larger than the recipes' image_size on purpose.
 FAMILIES = {"shapes": 64, "glyphs": 64, "scenes": 96}
 METRICS = (
