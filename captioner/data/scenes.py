@@ -78,11 +78,9 @@ class Thing:
         """Outline in pixels (for the ring, its outer edge as a 24-gon); every point lies in the frame."""
         cx, cy, r = self.cx, self.cy, self.side / 2
         if self.kind == "star":  # five points, the top one up; inner radius 0.45 r
-            return [
-                (cx + rad * math.sin(a), cy - rad * math.cos(a))
-                for i, a in enumerate(np.linspace(0, 2 * math.pi, 10, endpoint=False))
-                for rad in ((r if i % 2 == 0 else 0.45 * r),)
-            ]
+            angles = np.linspace(0, 2 * math.pi, 10, endpoint=False)
+            radii = [r if i % 2 == 0 else 0.45 * r for i in range(10)]
+            return [(cx + rad * math.sin(a), cy - rad * math.cos(a)) for a, rad in zip(angles, radii)]
         if self.kind == "ring":
             return [
                 (cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 24, endpoint=False)
