@@ -21,8 +21,8 @@ peak cell's drawn centre minus the box centre (dx, dy: right and down are positi
 pixels and cells, for all such words and for the last object word of each caption (no later
 object to look ahead to). The same for the cell's feature centre (where its feature comes from),
 and the pointing game with cells at their drawn and at their feature centres. It also prints
-the checkpoint trunk's effective receptive-field centres (gradient centroids on the split's
-images) against the drawn centres.
+the effective receptive-field centres (gradient centroids on the split's images) of the
+checkpoint's trunk and of the same trunk freshly initialised, against the drawn centres.
 """
 
 from __future__ import annotations
@@ -201,11 +201,6 @@ def peaks_report(checkpoint: Path, data_dir: Path, split: str, limit: int | None
         records += peak_offsets(result.words, alphas, centres, boxes.get(image.image_id, []), categories)
     width, _ = sorted(data_sizes)[0]
     sample = torch.stack([captioner.to_tensor(image.path) for image in images[:32]])
-    effective = effective_centres(encoder, sample)
-    drawn = drawn_centres(grid, image_size)
-    effective[..., 0] -= drawn[None, :]  # x varies along columns
-    effective[..., 1] -= drawn[:, None]  # y along rows
-    inner = effective[1:-1, 1:-1]  # cells whose receptive field the image border does not cut
     return {
         "checkpoint": str(checkpoint),
         "data_dir": str(data_dir),
@@ -217,15 +212,28 @@ def peaks_report(checkpoint: Path, data_dir: Path, split: str, limit: int | None
         "stages": encoder.config.stages,
         "align_grid": encoder.config.align_grid,
         "feature_minus_drawn_px": [round(float(v), 2) for v in model_centres - drawn_centres(grid, image_size)],
-        "effective_minus_drawn_px": {
-            "mean_dx": round(float(effective[..., 0].mean()), 2),
-            "mean_dy": round(float(effective[..., 1].mean()), 2),
-            "inner_mean_dx": round(float(inner[..., 0].mean()), 2),
-            "inner_mean_dy": round(float(inner[..., 1].mean()), 2),
-            "per_column_dx": [round(float(v), 2) for v in effective[..., 0].mean(0)],
-            "per_row_dy": [round(float(v), 2) for v in effective[..., 1].mean(1)],
-        },
+        # Trained, and the same trunk freshly initialised: what training moved, if anything.
+        "effective_minus_drawn_px": _effective_shift(encoder, sample),
+        "untrained_effective_minus_drawn_px": _effective_shift(Encoder(encoder.config), sample),
         "peaks": summarise_offsets(records, width / grid),
+    }
+
+
+def _effective_shift(encoder: Encoder, images: torch.Tensor) -> dict:
+    """`effective_centres` minus the drawn cell centres (model px): means over all cells, over the
+    cells off the border (whose receptive fields the image cuts least), per column and per row."""
+    effective = effective_centres(encoder, images)
+    drawn = drawn_centres(encoder.grid_size, images.shape[-1])
+    effective[..., 0] -= drawn[None, :]  # x varies along columns
+    effective[..., 1] -= drawn[:, None]  # y along rows
+    inner = effective[1:-1, 1:-1]
+    return {
+        "mean_dx": round(float(effective[..., 0].mean()), 2),
+        "mean_dy": round(float(effective[..., 1].mean()), 2),
+        "inner_mean_dx": round(float(inner[..., 0].mean()), 2),
+        "inner_mean_dy": round(float(inner[..., 1].mean()), 2),
+        "per_column_dx": [round(float(v), 2) for v in effective[..., 0].mean(0)],
+        "per_row_dy": [round(float(v), 2) for v in effective[..., 1].mean(1)],
     }
 
 

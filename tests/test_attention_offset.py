@@ -47,8 +47,9 @@ def test_peaks_report_on_a_trained_checkpoint(tiny_checkpoint, synth_data, capsy
     assert (report["images"], report["image_size"], report["grid"]) == (4, 64, 4)
     # Stride 8 pooled in 2x2 bins: each feature looks 3.5 px up and left of its drawn cell.
     assert report["feature_minus_drawn_px"] == [-3.5] * 4
-    effective = report["effective_minus_drawn_px"]
-    assert len(effective["per_column_dx"]) == len(effective["per_row_dy"]) == 4
-    assert all(math.isfinite(v) for v in effective["per_column_dx"] + effective["per_row_dy"])
+    for key in ("effective_minus_drawn_px", "untrained_effective_minus_drawn_px"):
+        effective = report[key]
+        assert len(effective["per_column_dx"]) == len(effective["per_row_dy"]) == 4
+        assert all(math.isfinite(v) for v in effective["per_column_dx"] + effective["per_row_dy"])
     words = report["peaks"]["all"]["words"]
     assert words > 0 and {"drawn", "feature"} <= set(report["peaks"]["all"])
