@@ -3,7 +3,8 @@
     python -m benchmarks.grounding_study --data data/study --runs runs/study            # every row
     python -m benchmarks.grounding_study --rows paper lambda0 --families glyphs        # some rows
 
-For each family it makes a data set once (`captioner data synth`, 2000/200/200 images, 64 px),
+For each family it makes a data set once (`captioner data synth`, 2000/200/200 images at the
+family's size in `FAMILIES`: 64 px, scenes 96 px, which the recipes' 64 px input resizes),
 then per row runs `captioner train fit` (for the rows in `WITH_SCST`, a second fit: self-critical
 training layered over the first, from its best.ckpt) and `captioner train test` on best.ckpt,
 and prints one JSON line: the test BLEU-4, CIDEr, pointing game, attention in box, chance,
@@ -29,6 +30,7 @@ from pathlib import Path
 LAMBDA0 = ["--model.attention_lambda", "0"]
 HARD = ["--model.decoder.attention", "hard"]
 CURRENT = ["--model.decoder.attend_from", "current"]
+UNALIGNED = ["--model.encoder.align_grid", "false"]
 # The small-data recipe with hard attention: its config, layered.
 HARD_RECIPE = ("configs/small_scratch.yaml", "configs/small_scratch_hard.yaml")
 ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
@@ -89,11 +91,15 @@ ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
     "recipe": ("configs/small_scratch.yaml", []),
     "recipe_scst": ("configs/small_scratch.yaml", []),
+    # The recipe as it was before its grid was aligned (align_grid: true), for the offset before and after.
+    "recipe_unaligned": ("configs/small_scratch.yaml", UNALIGNED),
+    "recipe_scst_unaligned": ("configs/small_scratch.yaml", UNALIGNED),
 }
 # Rows trained in two stages: the row's config, then self-critical training layered over it.
 SCST_STAGE = "configs/small_scratch_scst.yaml"
-WITH_SCST = {"recipe_scst", "hard_recipe_scst"}
-FAMILIES = ("shapes", "glyphs")
+WITH_SCST = {"recipe_scst", "hard_recipe_scst", "recipe_scst_unaligned"}
+# Family -> the side its study data is drawn at; scenes is larger than the recipes' image_size on purpose.
+FAMILIES = {"shapes": 64, "glyphs": 64, "scenes": 96}
 METRICS = (
     "BLEU-4",
     "CIDEr",
@@ -181,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/study"), help="data sets go in DATA/<family>")
     parser.add_argument("--runs", type=Path, default=Path("runs/study"), help="runs go in RUNS/<family>_<row>")
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     args = parser.parse_args(argv)
     for family in args.families:
         data_dir = args.data / family
         if not (data_dir / "annotations" / "captions_test.json").exists():
-            synth = ["data", "synth", "--kind", family, "--out", str(data_dir), "--size", "64"]
+            synth = ["data", "synth", "--kind", family, "--out", str(data_dir), "--size", str(FAMILIES[family])]
             subprocess.run([sys.executable, "-m", "captioner.cli", *synth], check=True, stdout=subprocess.DEVNULL)
         for row in args.rows:
             print(json.dumps(run_row(row, family, data_dir, args.runs / f"{family}_{row}")), flush=True)

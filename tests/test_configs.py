@@ -125,6 +125,15 @@ def test_small_scratch_stops_early_on_a_validation_metric_with_the_grounding_set
     assert cli.trainer.max_epochs > 3  # the demo's budget would stop short of converging
 
 
+def test_small_scratch_draws_each_cell_where_its_feature_comes_from(synth_data, tmp_path):
+    """Grounding and overlays put cell i's attention at (i + 0.5)·S/grid; the recipe's trunk must
+    compute that cell's feature from a region centred there (within the half pixel of rounding)."""
+    _, cli = _instantiate(Path(__file__).parents[1] / "configs" / "small_scratch.yaml", synth_data, tmp_path)
+    encoder, size = cli.model.encoder, cli.model.hparams.image_size
+    drawn = [(i + 0.5) * size / encoder.grid_size for i in range(encoder.grid_size)]
+    assert encoder.feature_centres(size) == pytest.approx(drawn, abs=0.5)
+
+
 def test_dates_config_builds_its_model_and_data(tmp_path):
     from captioner.dates.system import cli_main as dates_cli_main
 

@@ -171,3 +171,29 @@ def test_align_grid_leaves_vgg_alone():
     assert (encoder.stride, encoder.centre_offset) == (4, 2.0)
     assert encoder.map_size(80) == (20, 20)
     assert _receptive_field_centre(encoder, 80, (9, 11)) == pytest.approx([(11 + 0.5) * 4, (9 + 0.5) * 4])
+
+
+@pytest.mark.parametrize(
+    "stages,image_size,plain,aligned",
+    [
+        (2, 64, [-3.5] * 8, [0.5] * 8),  # the recipe: stride 8, its 8x8 map is the grid
+        (2, 128, [-3.5] * 8, [0.5] * 8),  # a 16x16 map averaged in 2x2 bins: the bins' mean
+        (3, 64, [-3.5, -11.5] * 4, [4.5, -3.5] * 4),  # a 4x4 map spread over 8 cells
+    ],
+)
+def test_feature_centres_against_the_cells_grounding_draws(stages, image_size, plain, aligned):
+    for align, expected in ((False, plain), (True, aligned)):
+        encoder = Encoder(EncoderConfig("resnet18", stages=stages, grid_size=8, align_grid=align))
+        drawn = [(i + 0.5) * image_size / 8 for i in range(8)]
+        shift = [f - d for f, d in zip(encoder.feature_centres(image_size), drawn)]
+        assert shift == pytest.approx(expected)
+
+
+def test_feature_centres_are_where_the_pooled_features_look():
+    # A 30x30 map pooled to 20 cells: bins of one and two map cells, centred off the drawn cells.
+    encoder = Encoder(EncoderConfig("resnet18", stages=2, grid_size=20))
+    centres = encoder.feature_centres(240)
+    for cell in (9, 10):
+        x, y = _receptive_field_centre(encoder, 240, (cell, cell))
+        assert x == y == pytest.approx(centres[cell])
+    assert centres[9] != pytest.approx((9 + 0.5) * 12)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.grounding_study import ROWS, SCST_STAGE, WITH_SCST, row_commands
+from benchmarks.grounding_study import FAMILIES, ROWS, SCST_STAGE, WITH_SCST, row_commands
+from captioner.commands.data import KINDS
 from captioner.training.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,3 +35,10 @@ def test_each_row_parses_and_sets_its_overrides(row, tmp_path, capsys):
             if isinstance(node, dict):  # the model's settings dataclasses print as class_path + init_args
                 node = node.get("init_args", node)
         assert node == yaml.safe_load(value), key
+
+
+def test_every_study_family_is_a_synth_kind_at_a_size_it_accepts(tmp_path):
+    for family, size in FAMILIES.items():
+        module, _ = KINDS[family]
+        out = module.generate(tmp_path / family, train=1, val=0, test=0, size=size)
+        assert (out / f"dataset_{family}.json").is_file()

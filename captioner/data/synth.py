@@ -154,7 +154,7 @@ def layout_ok(items: Sequence[Placed], size: int) -> bool:
     unambiguous: two objects clearly apart along the stated axis and clearly more than along
     the other; three (named in a row) clearly apart from left to right."""
     gap = MARGIN * size
-    if not all(_apart(a, b, gap) for i, a in enumerate(items) for b in items[i + 1 :]):
+    if not all(apart(a, b, gap) for i, a in enumerate(items) for b in items[i + 1 :]):
         return False
     if len(items) == 2:
         a, b = items
@@ -167,7 +167,7 @@ def layout_ok(items: Sequence[Placed], size: int) -> bool:
     return True
 
 
-def _apart(a: Placed, b: Placed, gap: float) -> bool:
+def apart(a: Placed, b: Placed, gap: float) -> bool:
     """True when the boxes of `a` and `b` are at least `gap` apart along x or y."""
     return abs(a.cx - b.cx) >= (a.w + b.w) / 2 + gap or abs(a.cy - b.cy) >= (a.h + b.h) / 2 + gap
 

@@ -61,9 +61,10 @@ class EncoderConfig(PlainConfig):
         k's centre (3.5 px at stride 8, 15.5 at 32); with this on, the image is padded by about
         s/2 on each side and the map's first row and column (centred outside the image) are
         dropped, so the features sit within 0.5 px of the cell centres (about (1 + s/S)² the
-        trunk's work, S the image side). VGG's maps are centred already. Not in the paper, and
-        off by default: on glyphs it lowered the pointing game (README's grounding study), since
-        where a trained feature responds is learned, not fixed by its receptive field's centre.
+        trunk's work, S the image side). VGG's maps are centred already. Not in the paper; off by
+        default (kept for the paper's setups), on in the small-data recipe: without it even a
+        decoder that attends exactly to the object's feature is scored, and drawn, a fraction of
+        a cell right of and below it (docs/grounding_offset.md).
     """
 
     backbone: str = "resnet101"

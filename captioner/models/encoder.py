@@ -97,6 +97,20 @@ class Encoder(nn.Module):
         self.train(was_training)
         return size
 
+    def feature_centres(self, image_size: int) -> list[float]:
+        """(grid_size,) pixel coordinate, along either side of an image_size² input, of the centre
+        of the region each grid cell's feature is computed from: the trunk's centres s·k + c (moved
+        by align_grid) averaged over the cell's adaptive-pooling bin. Grounding and overlays draw
+        cell i at (i + 0.5)·image_size/grid_size; align_grid brings the two within 0.5 px when
+        the map divides into the grid."""
+        height, _ = self.map_size(image_size)
+        centres = [self.stride * k + self.centre_offset for k in range(height)]
+        if self._align_pad is not None:  # padded `before` px, then the first map cell dropped
+            centres = [c + self.stride - self._align_pad[0] for c in centres]
+        g = self.grid_size
+        bins = [(i * height // g, -(-(i + 1) * height // g)) for i in range(g)]  # AdaptiveAvgPool2d's
+        return [sum(centres[start:end]) / (end - start) for start, end in bins]
+
     def forward(self, images: Tensor) -> Tensor:
         """images (B, 3, H, W) -> features (B, P, D), P = grid_size²; with coord_channels the
         last two of the D channels are each cell's centre (x, y) in [-1, 1]."""
