@@ -15,7 +15,7 @@ import torch
 from captioner.data import synth
 from captioner.inference.api import Captioner
 from captioner.training.cli import cli_main
-from captioner.training.system import use_tf32
+from captioner.training.runtime import use_tf32
 from tests.fixtures import TINY_MODEL
 
 pytestmark = pytest.mark.gpu
@@ -45,7 +45,7 @@ def test_bf16_mixed_fit_on_the_gpu(synth_data, tmp_path):
 
 
 def test_compile_with_inductor_on_the_gpu(synth_data, tmp_path):
-    cli = _fit(synth_data, tmp_path, "--model.compile", "true")
+    cli = _fit(synth_data, tmp_path, "--runtime.compile", "true")
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     assert not any("_orig_mod" in key for key in cli.model.state_dict())
 

@@ -92,7 +92,8 @@ class CaptioningModule(pl.LightningModule):
             of the val pointing game below the starting model's that a checkpoint may have.
             Validation then logs `val/grounded_CIDEr`, the CIDEr of epochs whose grounding holds
             and 0 for the others, for `checkpoint.monitor`; a stage that never holds says so.
-            Without boxes it warns and stays off (the erasure score is the box-free check).
+            Without boxes it warns and `val/grounded_CIDEr` is the CIDEr (the erasure score in
+            metrics.json is then the box-free check).
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
         validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
             validation too and log `val/erasure_*`; the test stage always does. Off by default: it
@@ -350,8 +351,10 @@ class CaptioningModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             scores = score_images(images, self._boxes(stage), self.grid_shape, spice=self.hparams.spice)
         scores = self.trainer.strategy.broadcast(scores, src=0)
-        if stage == "val" and self._start_pointing is not None and "pointing_game" in scores:
-            holds = scores["pointing_game"] >= self._start_pointing - self.hparams.keep_if_grounded
+        if stage == "val" and self.hparams.keep_if_grounded is not None and "CIDEr" in scores:
+            # Without boxes (or a start to compare with) there is no grounding to hold: CIDEr alone.
+            holds = self._start_pointing is None or "pointing_game" not in scores
+            holds = holds or scores["pointing_game"] >= self._start_pointing - self.hparams.keep_if_grounded
             scores["grounded_CIDEr"] = scores["CIDEr"] if holds else 0.0
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("CIDEr", "BLEU-4"), sync_dist=False)
