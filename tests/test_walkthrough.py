@@ -54,3 +54,4 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert (work / "dates" / "moon.png").is_file()
     assert (work / "shapes" / "annotations" / "captions_test.json").is_file()
     assert (work / "shapes_run" / "checkpoints" / "best.ckpt").is_file()
+    assert len(list((work / "overlays").glob("*.png"))) == 3
