@@ -18,7 +18,7 @@ import torch
 from benchmarks.suite import Context, measurement, train_step
 from captioner.data.features import ShardWriter, SplitFeatures, write_meta
 from captioner.data.records import ImageRecord
-from captioner.models import Decoder, Encoder, EncoderConfig
+from captioner.models import Encoder, EncoderConfig, FusedDecoder
 
 CACHED_BATCHES = 4  # distinct batches on disk, read in turn
 
@@ -52,7 +52,7 @@ def frozen_encoder_train_images_per_s(ctx: Context) -> dict[str, float]:
     """The same decoder step after the frozen backbone (no gradient) over the images."""
     s, batch = ctx.sizes, ctx.sizes.train_batch
     encoder = Encoder(EncoderConfig(s.backbone, grid_size=s.grid)).to(ctx.device).eval()
-    decoder = Decoder(s.decoder_config, s.vocab, encoder.out_channels)
+    decoder = FusedDecoder(s.decoder_config, s.vocab, encoder.out_channels)
     step = train_step(decoder.to(ctx.device).train(), ctx.captions(batch))
     images = torch.randn(batch, 3, s.image_size, s.image_size, device=ctx.device)
 

@@ -7,7 +7,8 @@ For each family it makes a data set once (`captioner data synth`, 2000/200/200 i
 then per row runs `captioner train fit` (for the rows in `WITH_SCST`, a second fit: self-critical
 training layered over the first, from its best.ckpt) and `captioner train test` on best.ckpt,
 and prints one JSON line: the test BLEU-4, CIDEr, pointing game, attention in box, chance,
-grounded words, mean caption length, share of dangling endings, wall and CPU minutes of all
+grounded words, mean caption length, share of dangling endings, erasure faithfulness (content
+and object words) with the object words' log-prob drops, wall and CPU minutes of all
 the commands, the load average before and after (the machine may be shared), and the exact
 commands. Runs are niced (nice -n 5).
 """
@@ -102,6 +103,11 @@ METRICS = (
     "grounded_words",
     "mean_length",
     "dangling_endings",
+    # Does the word depend on where it looked (captioner.evaluation.erasure; 0.5 is chance)?
+    "erasure_faithfulness",
+    "object_erasure_faithfulness",
+    "object_erasure_looked_drop",
+    "object_erasure_random_drop",
 )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.models import Decoder, DecoderConfig
+from captioner.models import DecoderConfig, FusedDecoder
 from captioner.models import search as decoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         old_decoding = _module_at(args.before, "captioner/decoding.py", "_before_decoding", Path(tmp))
     sizes = dict(embed_dim=args.width, hidden_dim=args.width, attention_dim=args.width, dropout=0.0)
     torch.manual_seed(0)
-    after = Decoder(DecoderConfig(**sizes), args.vocab, args.feature_dim)
+    after = FusedDecoder(DecoderConfig(**sizes), args.vocab, args.feature_dim)
     before = old_decoder.Decoder(args.vocab, args.feature_dim, **sizes)
     before.load_state_dict(after.state_dict())
     features = torch.randn(args.batch, args.grid * args.grid, args.feature_dim)

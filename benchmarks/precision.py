@@ -5,7 +5,7 @@ python -m benchmarks.precision --ckpt runs/demo/checkpoints/best.ckpt --data dat
 python -m benchmarks.precision --tiny             # toy sizes, seconds (used by the tests)
 
 Speed: end-to-end captioning of a batch of images (encoder, then beam search with beam 3)
-through `captioner.inference.precision.inference_models`, as `Captioner` runs it; the precisions take
+through `captioner.inference.precision.inference_model`, as `Captioner` runs it; the precisions take
 turns, twice, and each keeps its best time, so all see the same (shared) machine. int8's
 one-off calibration is timed apart. With --ckpt: captions of the data's test split in each
 precision, the share of images whose caption equals fp32's, and BLEU-4 / CIDEr of each.
@@ -23,9 +23,10 @@ import torch
 
 from benchmarks.__main__ import machine
 from benchmarks.suite import COCO, END, START, TINY
-from captioner.inference.precision import PRECISIONS, bf16_supported, inference_models, int8_supported
-from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
-from captioner.models.search import DecodingConfig, decode_captions
+from captioner.inference.precision import PRECISIONS, bf16_supported, inference_model, int8_supported
+from captioner.models import DecoderConfig, EncoderConfig
+from captioner.models.captioner import ShowAttendTell
+from captioner.models.search import DecodingConfig
 from captioner.vocab import Vocabulary
 
 BEAM = 3
@@ -40,9 +41,8 @@ def speed(tiny: bool, device: torch.device, batch: int | None) -> dict[str, floa
     s = TINY if tiny else COCO
     batch = batch or s.image_batch
     torch.manual_seed(0)
-    encoder = Encoder(EncoderConfig(backbone=s.backbone, grid_size=s.grid)).eval()
     width = DecoderConfig(embed_dim=s.width, hidden_dim=s.width, attention_dim=s.width)
-    decoder = Decoder(width, s.vocab, encoder.out_channels).eval()
+    model = ShowAttendTell.for_images(EncoderConfig(backbone=s.backbone, grid_size=s.grid), width, s.vocab).eval()
     images = torch.randn(batch, 3, s.image_size, s.image_size)
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *(f"w{i}" for i in range(s.vocab - 4))])
     assert (vocab.start_id, vocab.end_id) == (START, END)
@@ -51,15 +51,15 @@ def speed(tiny: bool, device: torch.device, batch: int | None) -> dict[str, floa
     models = {}
     for name in available(device):
         start = time.perf_counter()
-        models[name] = inference_models(encoder, decoder, name, device, calibration=images)
+        models[name] = inference_model(model, name, device, calibration=images)
         if name == "int8":
             results["int8_calibration_s"] = time.perf_counter() - start
     best = {name: float("inf") for name in models}
     for _ in range(2):
-        for name, (encode, model_decoder) in models.items():
+        for name, runtime in models.items():
             start = time.perf_counter()
             with torch.inference_mode():
-                decode_captions(model_decoder, encode(images.to(device)), vocab, settings)
+                runtime.caption(runtime.encode(images.to(device)), vocab, settings)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - start)

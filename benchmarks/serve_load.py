@@ -10,12 +10,20 @@ phase bounded in requests (`--single-requests`, `--requests` split over the roun
 seconds (`--time-limit`). Reports requests/s, p50/p99 latency and errors of each kind of load,
 the server's resident memory before the first concurrent phase and at the end, and
 `batching_speedup` = concurrent requests/s over one-client requests/s, measured in this run.
+
+Then a burst of large images: `--large-clients` clients each send `--large-requests` requests
+of `--large-images` greyscale PNGs of `--large-side`² pixels (a pattern that compresses to a
+few tens of KB), while the server's resident memory is sampled every 20 ms. Reports its base
+(just before), peak, and value `--settle` seconds after the burst, and the answers by status:
+503 (the service's decoding budget was spent; Retry-After) and 4xx are refusals, anything
+else an error. `--large-clients 0` skips it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import socket
@@ -28,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
+from PIL import Image
 
 from captioner.data import synth
 
@@ -179,8 +189,10 @@ async def run_phases(args: argparse.Namespace, server: subprocess.Popen, port: i
             )
         rss_after = resident_mib(server.pid)
         model = (await client.get("/v1/model")).json()
+        large = await large_burst(client, server, args) if args.large_clients > 0 else None
     single_summary, concurrent_summary = single.summary(), concurrent.summary()
     return {
+        "large_images": large,
         "model": {key: model[key] for key in ("backbone", "grid", "image_size", "vocab_size")},
         "beam_size": args.beam_size,
         "rounds": args.rounds,
@@ -191,6 +203,68 @@ async def run_phases(args: argparse.Namespace, server: subprocess.Popen, port: i
         "server_rss_mib_before": round(rss_before, 1),
         "server_rss_mib_after": round(rss_after, 1),
         "server_rss_growth_pct": round(100 * (rss_after - rss_before) / rss_before, 2),
+    }
+
+
+def large_png(side: int) -> bytes:
+    """A `side`² greyscale PNG of diagonal stripes: every pixel must be decoded, yet rows repeat
+    with a shift, so it compresses to a few tens of KB."""
+    row = (np.arange(2 * side) * 255 // (2 * side)).astype(np.uint8)
+    pixels = np.lib.stride_tricks.sliding_window_view(row, side)[:side]  # row y is `row` shifted by y
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), "L").save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+async def large_burst(client: httpx.AsyncClient, server: subprocess.Popen, args: argparse.Namespace) -> dict:
+    """`--large-clients` clients sending `--large-images` large PNGs per request; memory and statuses."""
+    png = large_png(args.large_side)
+    files = [("images", (f"large{i}.png", png, "image/png")) for i in range(args.large_images)]
+    statuses: dict[str, int] = {}
+    base = peak = resident_mib(server.pid)
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, resident_mib(server.pid))
+            await asyncio.sleep(0.02)
+
+    async def one_client() -> None:
+        for _ in range(args.large_requests):
+            try:
+                response = await client.post("/v1/captions", files=files, timeout=300)
+                key = str(response.status_code)
+                if response.status_code == 200 and any("error" in r for r in response.json()["results"]):
+                    key = "200 with an unread image"
+            except httpx.HTTPError as error:
+                key = type(error).__name__
+            statuses[key] = statuses.get(key, 0) + 1
+
+    sampler = asyncio.create_task(sample())
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(args.large_clients)))
+    seconds = time.perf_counter() - start
+    done.set()
+    await sampler
+    await asyncio.sleep(args.settle)
+    after = resident_mib(server.pid)
+    refused = sum(n for key, n in statuses.items() if (key.isdigit() and 400 <= int(key) < 500) or key == "503")
+    return {
+        "clients": args.large_clients,
+        "requests": args.large_clients * args.large_requests,
+        "images_per_request": args.large_images,
+        "image": f"{args.large_side}x{args.large_side} greyscale PNG, {len(png)} bytes",
+        "seconds": round(seconds, 2),
+        "statuses": statuses,
+        "captioned_requests": statuses.get("200", 0),
+        "refused_503_or_4xx": refused,
+        "errors": sum(statuses.values()) - statuses.get("200", 0) - refused,
+        "server_rss_mib_base": round(base, 1),
+        "server_rss_mib_peak": round(peak, 1),
+        "server_rss_mib_peak_over_base": round(peak - base, 1),
+        f"server_rss_mib_after_{args.settle:g}s": round(after, 1),
+        "server_rss_after_over_base_pct": round(100 * (after - base) / base, 1),
     }
 
 
@@ -213,6 +287,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--beam-size", type=int, default=3, help="beam size of every request (default 3)")
     parser.add_argument("--max-batch", type=int, help="the server's --max-batch (default: the server's default)")
+    parser.add_argument("--large-clients", type=int, default=16, help="clients of the large-image burst (default 16)")
+    parser.add_argument("--large-requests", type=int, default=1, help="requests per large-image client (default 1)")
+    parser.add_argument("--large-images", type=int, default=4, help="large images per request (default 4)")
+    parser.add_argument("--large-side", type=int, default=6000, help="side of the large images, pixels (default 6000)")
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds after the burst to read memory again")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as scratch:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.naive import NaiveDecoder, naive_loss
-from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
+from captioner.models import DecoderConfig, Encoder, EncoderConfig, FusedDecoder
 from captioner.models.search import beam_search
 from captioner.training.loss import caption_loss
 
@@ -99,10 +99,10 @@ class Context:
         words[:, 0], words[:, -1] = START, END
         return words
 
-    def decoder(self, **settings) -> Decoder:
+    def decoder(self, **settings) -> FusedDecoder:
         """A Decoder at these sizes; `settings` replace fields of its DecoderConfig."""
         s = self.sizes
-        return Decoder(dataclasses.replace(s.decoder_config, **settings), s.vocab, s.feature_dim).to(self.device)
+        return FusedDecoder(dataclasses.replace(s.decoder_config, **settings), s.vocab, s.feature_dim).to(self.device)
 
     def seconds(self, fn: Callable[[], object], repeats: int | None = None) -> float:
         """Median wall time of fn over `repeats` runs (default: the sizes') after `warmup` runs."""
@@ -131,7 +131,7 @@ def _adam(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=4e-4, fused=True)
 
 
-def train_step(decoder: Decoder, captions: torch.Tensor):
+def train_step(decoder: FusedDecoder, captions: torch.Tensor):
     """A function features (B, P, D) -> None doing one teacher-forced step of `decoder` with Adam;
     every training measurement times this same step."""
     optimizer = _adam(decoder)
@@ -172,7 +172,7 @@ def decoder_train_naive(ctx: Context) -> dict[str, float]:
     return {"decoder_train_naive_images_per_s": batch / ctx.seconds(step, repeats=1)}  # slow: one run
 
 
-def _beam(ctx: Context, decoder: Decoder, features: torch.Tensor, beam_size: int):
+def _beam(ctx: Context, decoder: FusedDecoder, features: torch.Tensor, beam_size: int):
     return beam_search(
         decoder, features, start_id=START, end_id=END, beam_size=beam_size, max_len=ctx.sizes.caption_len
     )
@@ -207,7 +207,7 @@ def end_to_end(ctx: Context) -> dict[str, float]:
     """Images -> captions: the backbone (random weights) + beam 3, against the encoder alone."""
     s = ctx.sizes
     encoder = Encoder(EncoderConfig(s.backbone, grid_size=s.grid)).to(ctx.device).eval()
-    decoder = Decoder(s.decoder_config, s.vocab, encoder.out_channels)
+    decoder = FusedDecoder(s.decoder_config, s.vocab, encoder.out_channels)
     decoder = decoder.to(ctx.device).eval()
     images = torch.randn(s.image_batch, 3, s.image_size, s.image_size, device=ctx.device)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,24 @@ from captioner.data import synth
 
 SYNTH_COUNTS = {"train": 24, "val": 8, "test": 8}
 SYNTH_SIZE = 64
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_in_a_temporary_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Session and module fixtures run in a temporary directory, so nothing written by a relative
+    path lands in the checkout; subprocesses (`python -m captioner.cli`, `-m benchmarks`) still
+    import this checkout's code through PYTHONPATH."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_in_its_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs with its own tmp_path as the working directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -20,39 +20,46 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 NO_VALIDATION = ["--trainer.limit_val_batches", "0", "--checkpoint.monitor", "null", "--trainer.logger", "false"]
 
 # A model and data small enough to train for a few dozen steps in seconds on CPU.
-TINY_MODEL = [
-    "--model.encoder.backbone",
-    "resnet18",
-    "--model.encoder.stages",
-    "2",
-    "--model.encoder.grid_size",
-    "4",
-    "--model.decoder.embed_dim",
-    "32",
-    "--model.decoder.hidden_dim",
-    "32",
-    "--model.decoder.attention_dim",
-    "32",
-    "--model.decoder.dropout",
-    "0.0",
-    "--model.lr_schedule",
-    "constant",
-    "--data.image_size",
-    "64",
-    "--data.batch_size",
-    "8",
-    "--trainer.accelerator",
-    "cpu",
-    *QUIET,
-]
+TINY_SETTINGS = {
+    "model.encoder.backbone": "resnet18",
+    "model.encoder.stages": 2,
+    "model.encoder.grid_size": 4,
+    "model.decoder.embed_dim": 32,
+    "model.decoder.hidden_dim": 32,
+    "model.decoder.attention_dim": 32,
+    "model.decoder.dropout": 0.0,
+    "model.optimizer.lr_schedule": "constant",
+    "data.image_size": 64,
+    "data.batch_size": 8,
+    "trainer.accelerator": "cpu",
+}
+
+
+def tiny_model(**changes: object) -> list[str]:
+    """Command-line arguments for the tiny model and data, quiet; `changes` set or override
+    settings by their dotted name with "__" for ".", e.g. tiny_model(model__encoder__stages=1)."""
+    settings = TINY_SETTINGS | {name.replace("__", "."): value for name, value in changes.items()}
+    args = [part for name, value in settings.items() for part in (f"--{name}", _cli_value(value))]
+    return [*args, *QUIET]
+
+
+def _cli_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+TINY_MODEL = tiny_model()
 
 TINY_TRAINING = [
     *TINY_MODEL,
     "--model.encoder.fine_tune",
     "none",
-    "--model.decoder_lr",
+    "--model.optimizer.decoder_lr",
     "0.005",
-    "--model.encoder_lr",
+    "--model.optimizer.encoder_lr",
     "0.001",
     # ~45 steps on the 24-image conftest set. No validation (scoring it would take longer than
     # training: METEOR starts Java), so best.ckpt is simply the final one.

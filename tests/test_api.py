@@ -13,7 +13,7 @@ from PIL import Image
 from captioner.data.images import ImageLoadError, image_transform, load_image
 from captioner.errors import CaptionerError
 from captioner.inference.api import Captioner, resolve_device
-from captioner.inference.checkpoint import load_checkpoint, load_model
+from captioner.inference.checkpoint import load_checkpoint, load_model, load_weights
 from captioner.models.search import beam_search
 from tests.fixtures import write_malicious_checkpoint
 
@@ -66,8 +66,8 @@ def test_beam_of_one_equals_greedy(captioner, test_images):
     vocab = captioner.vocab
     with torch.inference_mode():
         beams = beam_search(
-            captioner.decoder,
-            captioner.encoder(images),
+            captioner.model.decoder,
+            captioner.model.encoder(images),
             start_id=vocab.start_id,
             end_id=vocab.end_id,
             beam_size=1,
@@ -148,7 +148,7 @@ def test_lightning_checkpoint_loads_with_weights_only(tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
     assert checkpoint["hyper_parameters"]["encoder"]["grid_size"] == 4
     model = load_model(tiny_checkpoint)
-    assert not model.encoder.training and not model.decoder.training
+    assert not model.model.training and not model.model.decoder.training
     assert model.image_size == 64 and len(model.vocab) == len(checkpoint["hyper_parameters"]["vocab_words"])
 
 
@@ -192,7 +192,7 @@ def _tampered(tiny_checkpoint: Path, tmp_path: Path, change) -> Path:
         ),
         (
             lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"]["vocab_words"].append("zebra")),
-            "decoder weights do not fit",
+            "weights do not fit the model",
         ),
         (
             lambda ckpt, tmp: _tampered(ckpt, tmp, lambda c: c["hyper_parameters"]["encoder"].update(grid_size=0)),
@@ -230,3 +230,29 @@ def _write(path: Path, data: bytes) -> Path:
 def _save(path: Path, obj) -> Path:
     torch.save(obj, path)
     return path
+
+
+def _in_old_layout(checkpoint: dict) -> None:
+    """The state dict as captioner wrote it before the model was one object: encoder.* and
+    decoder.* at the top."""
+    checkpoint["state_dict"] = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+
+
+def test_checkpoint_in_the_old_layout_loads_to_the_same_model(tiny_checkpoint, tmp_path, test_images):
+    old = _tampered(tiny_checkpoint, tmp_path, _in_old_layout)
+    assert any(k.startswith("decoder.") for k in load_checkpoint(old)["state_dict"])
+    now, then = Captioner.from_checkpoint(tiny_checkpoint, "cpu"), Captioner.from_checkpoint(old, "cpu")
+    for a, b in zip(now.caption(test_images), then.caption(test_images)):
+        assert a.tokens == b.tokens
+        assert torch.equal(a.alphas, b.alphas)
+
+
+def test_init_from_an_old_layout_checkpoint_copies_every_weight(tiny_checkpoint, tmp_path):
+    old = _tampered(tiny_checkpoint, tmp_path, _in_old_layout)
+    loaded = load_model(tiny_checkpoint)
+    fresh = load_model(tiny_checkpoint).model
+    for p in fresh.parameters():
+        torch.nn.init.zeros_(p)
+    load_weights(old, fresh, loaded.vocab)
+    for (name, want), got in zip(loaded.model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(want, got), name

@@ -25,7 +25,16 @@ def drawn(monkeypatch) -> list[dict]:
     calls: list[dict] = []
 
     def spy(image, words, alphas, grid, out_path, **options):
-        calls.append(dict(size=image.size, words=list(words), rows=alphas.shape[0], grid=grid, out=Path(out_path)))
+        calls.append(
+            dict(
+                size=image.size,
+                words=list(words),
+                rows=alphas.shape[0],
+                grid=grid,
+                out=Path(out_path),
+                notes=options.get("notes"),
+            )
+        )
         return save_attention(image, words, alphas, grid, out_path, **options)
 
     monkeypatch.setattr(attend_command, "save_attention", spy)
@@ -176,3 +185,24 @@ def test_gallery_unknown_split_is_one_error(tiny_checkpoint, synth_data, tmp_pat
     )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_attend_json_gives_each_words_erasure_and_the_panels_show_it(
+    tiny_checkpoint, captioner, synth_data, tmp_path, drawn, capsys
+):
+    import json
+
+    source = sorted((synth_data / "test").glob("*.png"))[1]
+    out = tmp_path / "overlays"
+    assert main(["attend", "--ckpt", str(tiny_checkpoint), str(source), "--out", str(out), "--json"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    [expected] = captioner.caption(source, beam_size=3, erasure=True)
+    assert record["caption"] == expected.caption and record["files"] == [str(out / f"{source.stem}.png")]
+    assert [w["word"] for w in record["words"]] == expected.words
+    for word, erasure in zip(record["words"], expected.erasure.as_json()):
+        assert word["p"] == pytest.approx(erasure["p"]) and 0 < word["p"] <= 1
+        assert word["p_looked_erased"] == pytest.approx(erasure["p_looked_erased"])
+        assert word["cells_erased"] >= 1 and 0 < word["spread"] <= 1
+    assert drawn[0]["notes"] == expected.erasure.notes()
+    assert drawn[0]["notes"][0].startswith(f"erase where it looked: {record['words'][0]['p']:.2f} → ")

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, DecoderConfig, SoftAttention, attention
+from captioner.models import DecoderConfig, FusedDecoder, SoftAttention, attention
 from captioner.models.search import beam_search, greedy_decode
 from captioner.training.loss import caption_loss
 
@@ -13,7 +13,7 @@ V, D, P = 13, 10, 6
 def _decoder(gate="scalar", seed=0, dropout=0.0, **settings):
     torch.manual_seed(seed)
     config = DecoderConfig(embed_dim=8, hidden_dim=9, attention_dim=7, dropout=dropout, gate=gate, **settings)
-    return Decoder(config, V, D)
+    return FusedDecoder(config, V, D)
 
 
 def test_attention_weights_sum_to_one_and_are_zero_where_masked():
@@ -132,7 +132,7 @@ def test_step_with_beams_equals_step_per_beam(attend_from):
 
 def test_bad_gate_is_a_clear_error():
     with pytest.raises(CaptionerError, match="gate='sigmoid'.*scalar, channel, none"):
-        Decoder(DecoderConfig(gate="sigmoid"), vocab_size=V, feature_dim=D)
+        FusedDecoder(DecoderConfig(gate="sigmoid"), vocab_size=V, feature_dim=D)
 
 
 def _energies_reference(projected, hidden_projected, weight):
@@ -186,7 +186,7 @@ def test_fast_path_gradients_pass_gradcheck():
 def test_zero_initial_state_starts_from_zero_whatever_the_features():
     torch.manual_seed(5)
     config = DecoderConfig(embed_dim=8, hidden_dim=9, attention_dim=7, dropout=0.0, initial_state="zero")
-    zero = Decoder(config, V, D)
+    zero = FusedDecoder(config, V, D)
     assert not any(name.startswith("init_proj") for name in zero.state_dict())
     for features in (torch.randn(3, P, D), 10 * torch.randn(3, P, D)):
         h, c = zero.init_state(features)
@@ -207,7 +207,7 @@ def test_zero_initial_state_starts_from_zero_whatever_the_features():
     for got, want in zip(*outputs):
         assert torch.allclose(got, want, atol=1e-6)
     with pytest.raises(CaptionerError, match="initial_state='learned'"):
-        Decoder(DecoderConfig(initial_state="learned"), V, D)
+        FusedDecoder(DecoderConfig(initial_state="learned"), V, D)
 
 
 @pytest.mark.parametrize("attend_from", ["previous", "current"])
@@ -243,6 +243,6 @@ def test_context_feeds_the_lstm_only_when_attending_from_the_previous_state(atte
 
 def test_attending_from_the_current_state_is_checked():
     with pytest.raises(CaptionerError, match="attend_from='next'.*previous, current"):
-        Decoder(DecoderConfig(attend_from="next"), V, D)
+        FusedDecoder(DecoderConfig(attend_from="next"), V, D)
     # The LSTM reads the word alone: its input is E wide, not E + D.
     assert _decoder(attend_from="current").lstm.weight_ih.shape == (4 * 9, 8)

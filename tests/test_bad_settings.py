@@ -7,44 +7,28 @@ import itertools
 import pytest
 import torch
 
-import captioner.training.system
+import captioner.training.objectives
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.models import DecoderConfig, EncoderConfig
 from captioner.training.cli import cli_main
 from captioner.training.loss import caption_loss
 from captioner.training.system import CaptioningModule
-from tests.fixtures import NO_VALIDATION, QUIET, TINY_TRAINING, write_malicious_checkpoint
+from tests.fixtures import NO_VALIDATION, TINY_TRAINING, tiny_model, write_malicious_checkpoint
 
 QUICK = [
-    "--model.encoder.backbone",
-    "resnet18",
-    "--model.encoder.stages",
-    "1",
-    "--model.encoder.grid_size",
-    "4",
-    "--model.decoder.embed_dim",
-    "16",
-    "--model.decoder.hidden_dim",
-    "16",
-    "--model.decoder.attention_dim",
-    "16",
-    "--model.decoder.dropout",
-    "0.0",
-    "--model.lr_schedule",
-    "constant",
-    "--data.image_size",
-    "32",
-    "--data.batch_size",
-    "8",
-    "--trainer.accelerator",
-    "cpu",
+    *tiny_model(
+        model__encoder__stages=1,
+        model__decoder__embed_dim=16,
+        model__decoder__hidden_dim=16,
+        model__decoder__attention_dim=16,
+        data__image_size=32,
+    ),
     "--trainer.max_epochs",
     "2",
     "--trainer.limit_train_batches",
     "2",
     *NO_VALIDATION,
-    *QUIET,
 ]
 
 
@@ -116,7 +100,8 @@ def test_malicious_ckpt_path_is_refused(synth_data, tiny_checkpoint, tmp_path, c
         str(evil),
     ]
     assert main(args) == 2
-    assert "checkpoint was refused" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert f"checkpoint {evil} was refused" in line and "could run code" in line
     assert not target.exists()
 
 
@@ -157,7 +142,7 @@ def _nan_loss_on(monkeypatch, calls: set[int]) -> None:
         parts = caption_loss(*args, **kwargs)
         return parts._replace(total=parts.total * float("nan")) if next(count) in calls else parts
 
-    monkeypatch.setattr(captioner.training.system, "caption_loss", loss)
+    monkeypatch.setattr(captioner.training.objectives, "caption_loss", loss)
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -210,5 +195,5 @@ def test_skip_nonfinite_loss_skips_and_counts(synth_data, tmp_path, monkeypatch)
     assert _same(before[1], before[2]), "the skipped step must not touch the weights"
     assert not _same(before[2], before[3]), "the steps after it train as usual"
     adam = cli.trainer.optimizers[0]
-    assert all(adam.state[p]["step"] == 3 for p in cli.model.decoder.parameters())  # 4 batches, one skipped
+    assert all(adam.state[p]["step"] == 3 for p in cli.model.model.decoder.parameters())  # 4 batches, one skipped
     assert cli.trainer.callback_metrics["train/nonfinite_skips"] == 1

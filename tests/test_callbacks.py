@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -9,6 +11,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, Dataset
 
+from captioner.models.captioner import Annotations
 from captioner.models.search import Caption, DecodingConfig
 from captioner.training.callbacks import AttentionOverlayCallback
 from captioner.vocab import Vocabulary
@@ -37,10 +40,8 @@ class FakeCaptioner(pl.LightningModule):
         super().__init__()
         self.layer = torch.nn.Linear(3, 1)
         self.vocab = Vocabulary(WORDS)
-        self.grid_shape = GRID
         self.decoding = DecodingConfig(beam_size=1)
-        self.captioned: list[list[float]] = []  # image ids seen by each caption_images call
-        self.beam_sizes: list[int] = []
+        self.model = FakeModel()
 
     def training_step(self, batch, batch_idx):
         return self.layer(batch["images"].mean(dim=(2, 3))).pow(2).mean()
@@ -57,7 +58,21 @@ class FakeCaptioner(pl.LightningModule):
     def val_dataloader(self):
         return DataLoader(Images(5), batch_size=2)
 
-    def caption_images(self, images, settings):
+
+class FakeModel(torch.nn.Module):
+    """The `ShowAttendTell` surface the callback uses, with hand-made attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = SimpleNamespace(config=SimpleNamespace(grid_shape=GRID))
+        self.captioned: list[list[float]] = []  # image ids seen by each caption call
+        self.beam_sizes: list[int] = []
+
+    def encode(self, images):
+        return Annotations(images)
+
+    def caption(self, annotations, vocab, settings):
+        images = annotations.features
         self.captioned.append([float(v) for v in images[:, 0, 0, 0]])
         self.beam_sizes.append(settings.beam_size)
         alphas = torch.eye(6)[[0, 5]]  # "a" looks top-left, "circle" bottom-right
@@ -87,8 +102,8 @@ def test_logs_overlays_of_the_same_images_each_epoch_to_tensorboard(tmp_path):
     trainer = _fit(module, logger, AttentionOverlayCallback(num_images=3, beam_size=2), epochs=2)
 
     # Not during the sanity check; the first 3 val images (across two batches) each epoch.
-    assert module.captioned == [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]
-    assert module.beam_sizes == [2, 2]
+    assert module.model.captioned == [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]
+    assert module.model.beam_sizes == [2, 2]
 
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
@@ -104,7 +119,7 @@ def test_every_n_epochs(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="run")
     _fit(module, logger, AttentionOverlayCallback(num_images=1, every_n_epochs=2), epochs=3)
 
-    assert module.captioned == [[0.0]]  # epoch 2 of 3 only
+    assert module.model.captioned == [[0.0]]  # epoch 2 of 3 only
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     assert [image.step for image in events.Images("attention/0")] == [4]
@@ -113,7 +128,7 @@ def test_every_n_epochs(tmp_path):
 def test_other_loggers_are_skipped_quietly(tmp_path):
     module = FakeCaptioner()
     _fit(module, CSVLogger(tmp_path), AttentionOverlayCallback(), epochs=1)
-    assert module.captioned == []
+    assert module.model.captioned == []
 
 
 def test_rejects_non_positive_settings():

@@ -25,6 +25,22 @@ def _merged(base: dict, overlay: dict) -> dict:
     return merged
 
 
+def _under_split_names(data: dict, synth_data: Path, root: Path) -> Path:
+    """The synthetic set's splits linked into `root` under the split names the config's data
+    section gives its roles (COCO layout), so the config is read with its own names. A name two
+    roles share holds the first role's split."""
+    (root / "annotations").mkdir(parents=True)
+    for role in ("train", "val", "test"):
+        name = data.get(role, {}).get("name", role)
+        if not (root / name).exists():
+            (root / name).symlink_to(synth_data / role, target_is_directory=True)
+            for kind in ("captions", "instances"):
+                (root / "annotations" / f"{kind}_{name}.json").symlink_to(
+                    synth_data / "annotations" / f"{kind}_{role}.json"
+                )
+    return root
+
+
 def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
     """The config's model, data module and trainer, on the tiny synthetic set: no weights to
     download, no training. The recipe's own settings are kept; only paths are redirected."""
@@ -35,12 +51,12 @@ def _instantiate(config: Path, synth_data: Path, tmp_path: Path):
     for path in configs:
         written = _merged(written, yaml.safe_load(path.read_text()))
     data = written.get("data", {})
-    overrides = ["--data.data_dir", str(synth_data), "--data.num_workers", "0", "--model.encoder.weights", "null"]
+    data_dir = (
+        _under_split_names(data, synth_data, tmp_path / "data") if data.get("format", "coco") == "coco" else synth_data
+    )
+    overrides = ["--data.data_dir", str(data_dir), "--data.num_workers", "0", "--model.encoder.weights", "null"]
     if data.get("format") == "karpathy":
         overrides += ["--data.karpathy_json", str(synth_data / "dataset_shapes.json")]
-    for role in ("train", "val", "test"):
-        if f"{role}_split" in data:
-            overrides += [f"--data.{role}_split", role]
     if "vocab_path" in data:
         overrides += ["--data.vocab_path", str(tmp_path / "vocab.json")]
     overrides += ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
@@ -63,20 +79,27 @@ def test_configs_are_shipped():
 def test_config_builds_the_model_and_data_it_names(config, synth_data, tmp_path):
     written, cli = _instantiate(config, synth_data, tmp_path)
     model, data = cli.model, cli.datamodule
-    for section, built in (("encoder", model.encoder.config), ("decoder", model.decoder.config)):
+    built_sections = {
+        "encoder": model.model.encoder.config,
+        "decoder": model.model.decoder.config,
+        "optimizer": model.optimizer_config,
+    }
+    for section, built in built_sections.items():
         for key, value in written["model"].get(section, {}).items():
             if key != "weights":  # redirected: no downloads here
                 assert getattr(built, key) == value, f"{config.name}: model.{section}.{key} not taken"
     for key, value in written["model"].get("decoding", {}).items():
         assert getattr(model.decoding, key) == value
     for key, value in written["model"].get("hard_attention", {}).items():
-        assert getattr(model.hard_attention, key) == value, f"{config.name}: model.hard_attention.{key} not taken"
-    for key in ("attention_lambda", "decoder_lr", "lr_schedule"):
+        assert model.hparams.hard_attention[key] == value, f"{config.name}: model.hard_attention.{key} not taken"
+    for key in ("attention_lambda", "attention_entropy"):
         if key in written["model"]:
             assert model.hparams[key] == written["model"][key]
     assert model.hparams.image_size == data.image_size == written["data"]["image_size"]
-    assert model.decoder.vocab_size == len(data.vocab) > 4
-    assert data.records("train")  # the data module reads its split
+    assert model.model.decoder.vocab_size == len(data.vocab) > 4
+    for role in ("train", "val", "test"):
+        assert data.split(role).name == written["data"].get(role, {}).get("name", role)
+        assert data.records(role)  # the data module reads the split under the config's name
     assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
     assert (model.scst is None) == ("scst" not in written["model"])
     assert model.hparams.init_from == written["model"].get("init_from")
@@ -96,7 +119,7 @@ def test_small_scratch_stops_early_on_a_validation_metric_with_the_grounding_set
     _, cli = _instantiate(Path(__file__).parents[1] / "configs" / "small_scratch.yaml", synth_data, tmp_path)
     (stopper,) = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
     assert stopper.monitor.startswith("val/") and stopper.monitor == cli.trainer.checkpoint_callback.monitor
-    encoder = cli.model.encoder.config
+    encoder = cli.model.model.encoder.config
     assert (encoder.weights, encoder.fine_tune, encoder.stages, encoder.coord_channels) == (None, "all", 2, False)
     assert cli.model.hparams.attention_lambda == 0
     assert cli.trainer.max_epochs > 3  # the demo's budget would stop short of converging

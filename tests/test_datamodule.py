@@ -5,11 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.data import Box, CaptionDataModule, DataWarning, ImageLoadError
+from captioner.cli import main
+from captioner.data import Box, CaptionDataModule, DataWarning, ImageLoadError, Split
 from captioner.errors import CaptionerError
 from captioner.vocab import Vocabulary
 
 from .conftest import SYNTH_COUNTS
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def write_split(root: Path, split: str, captions: dict[int, list[str]], *, missing=(), corrupt=()) -> None:
@@ -198,12 +201,13 @@ def test_worker_processes_get_the_same_batches(synth_data):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(format="yaml"), '"coco" or "karpathy"'),
+        (dict(format="yaml"), "data.format must be one of 'coco', 'karpathy'; got 'yaml'"),
         (dict(format="karpathy"), "needs karpathy_json"),
-        (dict(batch_size=0), "batch_size must be at least 1"),
-        (dict(max_caption_len=0), "max_caption_len"),
-        (dict(eval_batch_size=0), "eval_batch_size"),
-        (dict(num_workers=-1), "num_workers"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+        (dict(max_caption_len=0), "max_caption_len must be an integer >= 1"),
+        (dict(min_word_count=0), "min_word_count must be an integer >= 1"),
+        (dict(eval_batch_size=0), "eval_batch_size must be an integer >= 1"),
+        (dict(num_workers=-1), "num_workers must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_settings_are_rejected(tmp_path, kwargs, message):
@@ -213,72 +217,109 @@ def test_bad_settings_are_rejected(tmp_path, kwargs, message):
 
 def test_unknown_split_or_stage(synth_data):
     dm = CaptionDataModule(
-        str(synth_data), format="karpathy", karpathy_json=str(synth_data / "dataset_shapes.json"), val_split="restval"
+        str(synth_data), format="karpathy", karpathy_json=str(synth_data / "dataset_shapes.json"), val=Split("restval")
     )
     with pytest.raises(CaptionerError, match="split 'restval' is not in .*'test', 'train', 'val'"):
         dm.records("val")
-    with pytest.raises(CaptionerError, match="split must be one of"):
+    with pytest.raises(CaptionerError, match="role must be one of 'train', 'val', 'test'; got 'validation'"):
         dm.records("validation")
     with pytest.raises(CaptionerError, match="unknown stage"):
         dm.setup("train")
 
 
-def relaid_out(synth_data: Path, root: Path) -> dict[str, str]:
+def relaid_out(synth_data: Path, root: Path) -> dict[str, Split]:
     """The synthetic set re-laid out as many real sets are: every split's images in one shared
     `images/` folder and the annotation files in a folder of their own, elsewhere. Returns the
-    `CaptionDataModule` arguments that point at it."""
+    `CaptionDataModule` splits that point at it."""
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
-    paths = {}
-    for split in ("train", "val", "test"):
-        for image in (synth_data / split).iterdir():
+    splits = {}
+    for role in ("train", "val", "test"):
+        for image in (synth_data / role).iterdir():
             (root / "images" / image.name).write_bytes(image.read_bytes())
-        for kind, prefix in (("annotations", "captions"), ("instances", "instances")):
-            target = root / "labels" / f"{split}_{prefix}.json"
-            target.write_bytes((synth_data / "annotations" / f"{prefix}_{split}.json").read_bytes())
-            paths[f"{split}_{kind}"] = str(target)
-        paths[f"{split}_images"] = str(root / "images")
-    return paths
+        files = {}
+        for kind in ("captions", "instances"):
+            files[kind] = root / "labels" / f"{role}_{kind}.json"
+            files[kind].write_bytes((synth_data / "annotations" / f"{kind}_{role}.json").read_bytes())
+        splits[role] = Split(role, images=str(root / "images"), **{kind: str(path) for kind, path in files.items()})
+    return splits
 
 
 def test_per_split_paths_read_a_shared_images_folder_and_annotations_elsewhere(synth_data, tmp_path):
-    paths = relaid_out(synth_data, tmp_path)
-    given = CaptionDataModule(data_dir=None, **paths)
+    splits = relaid_out(synth_data, tmp_path)
+    given = CaptionDataModule(data_dir=None, **splits)
     conventional = CaptionDataModule(str(synth_data))
-    for split in ("train", "val", "test"):
-        records = given.records(split)
+    for role in ("train", "val", "test"):
+        records = given.records(role)
         assert [(r.image_id, r.captions) for r in records] == [
-            (r.image_id, r.captions) for r in conventional.records(split)
+            (r.image_id, r.captions) for r in conventional.records(role)
         ]
         assert {r.path.parent for r in records} == {tmp_path / "images"}
-        assert given.boxes(split) == conventional.boxes(split) != {}
+        assert given.boxes(role) == conventional.boxes(role) != {}
     assert given.vocab_words == conventional.vocab_words
 
 
 def test_per_split_paths_override_the_data_dir_convention_one_by_one(synth_data, tmp_path):
-    paths = relaid_out(synth_data, tmp_path)
-    # Only the test split's annotations live elsewhere, and they are the val split's.
+    splits = relaid_out(synth_data, tmp_path)
+    # Only the test split's captions live elsewhere, and they are the val split's.
     dm = CaptionDataModule(
-        str(synth_data), test_annotations=paths["val_annotations"], test_images=str(synth_data / "val")
+        str(synth_data), test=Split("test", captions=splits["val"].captions, images=str(synth_data / "val"))
     )
     assert [r.image_id for r in dm.records("test")] == [r.image_id for r in dm.records("val")]
     assert dm.path("train", "images") == synth_data / "train"
     assert dm.path("val", "instances") == synth_data / "annotations" / "instances_val.json"
-    assert dm.path("test", "annotations") == Path(paths["val_annotations"])
+    assert dm.path("test", "captions") == Path(splits["val"].captions)
+    assert dm.path("test", "instances") == synth_data / "annotations" / "instances_test.json"
+
+
+def test_split_names_choose_the_data_dir_files(synth_data):
+    dm = CaptionDataModule(str(synth_data), test=Split("val"))
+    assert dm.path("test", "images") == synth_data / "val"
+    assert dm.path("test", "captions") == synth_data / "annotations" / "captions_val.json"
+    assert dm.records("test") == dm.records("val") and dm.boxes("test") == dm.boxes("val")
 
 
 def test_missing_per_split_paths_are_errors_naming_them(synth_data, tmp_path):
     missing = tmp_path / "nowhere" / "captions.json"
-    with pytest.raises(CaptionerError, match=f"data.val_annotations {missing} does not exist"):
-        CaptionDataModule(str(synth_data), val_annotations=str(missing)).records("val")
-    with pytest.raises(CaptionerError, match=f"data.val_images {tmp_path / 'pics'} does not exist"):
-        CaptionDataModule(str(synth_data), val_images=str(tmp_path / "pics")).records("val")
-    with pytest.raises(CaptionerError, match=f"data.test_instances {tmp_path / 'boxes.json'} does not exist"):
-        CaptionDataModule(str(synth_data), test_instances=str(tmp_path / "boxes.json")).boxes("test")
-    # Without data_dir, every split's images and annotations must be given.
-    paths = relaid_out(synth_data, tmp_path / "copy")
-    del paths["val_images"]
+    with pytest.raises(CaptionerError, match=f"data.val.captions {missing} does not exist"):
+        CaptionDataModule(str(synth_data), val=Split("val", captions=str(missing))).records("val")
+    with pytest.raises(CaptionerError, match=f"data.val.images {tmp_path / 'pics'} does not exist"):
+        CaptionDataModule(str(synth_data), val=Split("val", images=str(tmp_path / "pics"))).records("val")
+    with pytest.raises(CaptionerError, match=f"data.test.instances {tmp_path / 'boxes.json'} does not exist"):
+        CaptionDataModule(str(synth_data), test=Split("test", instances=str(tmp_path / "boxes.json"))).boxes("test")
+    # Without data_dir, every split's images and captions must be given.
+    splits = relaid_out(synth_data, tmp_path / "copy")
+    splits["val"] = Split("val", captions=splits["val"].captions)
     with pytest.raises(CaptionerError, match="data_dir is not set"):
-        CaptionDataModule(data_dir=None, **paths)
-    with pytest.raises(CaptionerError, match='only apply to format "coco"'):
-        CaptionDataModule(str(synth_data), format="karpathy", karpathy_json="x.json", train_images=str(synth_data))
+        CaptionDataModule(data_dir=None, **splits)
+    with pytest.raises(CaptionerError, match='data.train.images only apply to format "coco"'):
+        CaptionDataModule(
+            str(synth_data), format="karpathy", karpathy_json="x.json", train=Split("train", images=str(synth_data))
+        )
+
+
+def test_hyperparameters_are_plain_data(synth_data, tmp_path):
+    """Lightning stores them in every checkpoint, which resuming loads with weights_only=True."""
+    dm = CaptionDataModule(str(synth_data), val=Split("restval", instances="boxes.json"))
+    assert dm.hparams["val"] == {"name": "restval", "images": None, "captions": None, "instances": "boxes.json"}
+    torch.save(dict(dm.hparams), tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True) == dict(dm.hparams)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (["--data.val.captions", "nowhere.json"], "error: data.val.captions nowhere.json does not exist"),
+        (["--data.test.name", ""], "error: a data split needs a name"),
+        (
+            ["--data.format", "karpathy", "--data.karpathy_json", "x.json", "--data.train.images", "pics"],
+            "data.train.images only apply",
+        ),
+    ],
+)
+def test_bad_split_settings_on_the_command_line_are_one_error_line(synth_data, tmp_path, capsys, setting, message):
+    args = ["train", "fit", "--config", str(CONFIGS / "shapes.yaml"), "--data.data_dir", str(synth_data), *setting]
+    assert main([*args, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [err.strip().splitlines()[-1]]
+    assert message in err and "Traceback" not in err

@@ -14,36 +14,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from captioner.data import synth
 from captioner.training.cli import cli_main
-from tests.fixtures import NO_VALIDATION, QUIET, TINY_MODEL
+from tests.fixtures import NO_VALIDATION, TINY_MODEL, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = [
-    "--model.encoder.backbone",
-    "resnet18",
-    "--model.encoder.stages",
-    "1",
-    "--model.encoder.grid_size",
-    "4",
-    "--model.decoder.embed_dim",
-    "16",
-    "--model.decoder.hidden_dim",
-    "16",
-    "--model.decoder.attention_dim",
-    "16",
-    "--model.decoder.dropout",
-    "0.0",
-    "--model.lr_schedule",
-    "constant",
-    "--data.image_size",
-    "32",
-    "--data.batch_size",
-    "4",
-    "--data.eval_batch_size",
-    "2",
-    "--trainer.accelerator",
-    "cpu",
-    *QUIET,
-]
+MODEL = tiny_model(
+    model__encoder__stages=1,
+    model__decoder__embed_dim=16,
+    model__decoder__hidden_dim=16,
+    model__decoder__attention_dim=16,
+    data__image_size=32,
+    data__batch_size=4,
+    data__eval_batch_size=2,
+)
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
 
 
@@ -57,7 +38,7 @@ def _captioner_train(*args: str, log: Path) -> subprocess.Popen:
     """Start `captioner train *args` in a subprocess (DDP launches its other rank from it)."""
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "captioner.cli", "train", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "captioner.cli", "train", *args], stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -198,7 +179,7 @@ def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):
     )
     _finish(hard, tmp_path / "hard.log")
     hard_ckpt = hard_run / "checkpoints" / "last.ckpt"
-    baseline = torch.load(hard_ckpt, weights_only=True)["state_dict"]["hard_baseline.value"]
+    baseline = torch.load(hard_ckpt, weights_only=True)["state_dict"]["objective.baseline.value"]
     assert baseline < 0  # a mean log-likelihood was recorded
     scst = _captioner_train(
         "fit",
@@ -222,4 +203,4 @@ def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):
     _finish(scst, tmp_path / "scst.log")
     before = torch.load(hard_ckpt, weights_only=True)["state_dict"]
     after = torch.load(scst_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("decoder."))
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith("model.decoder."))

@@ -1,73 +1,98 @@
-"""The decoder against an independent reference: the paper's equations written with
-`nn.LSTMCell`, a plain tanh attention and autograd, in float64. Nothing here shares code with
-`Decoder._advance`, the chunked energies or the hand-written backward through time."""
+"""The fused decoder against the readable one (`captioner.models.decoder.Decoder`, the paper's
+equations with nn.LSTMCell and a plain tanh attention), in float64: values and gradients, for
+every gate, both step orders, soft and hard attention, with and without a mask. The readable
+decoder shares only its parameters with the fused time loop, chunked energies and hand-written
+backward, so a slip in any of those shows here."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from captioner.models import Decoder, DecoderConfig
+from captioner.models import Decoder, DecoderConfig, FusedDecoder
+from captioner.models.search import beam_search
 
 V, D, B, T, P = 11, 6, 3, 5, 7
 
 
-def _reference(decoder: Decoder, features: torch.Tensor, tokens: torch.Tensor, mask=None):
-    """features (B, P, D), tokens (B, T), mask (B, P) -> logits (B, T, V), alphas (B, T, P)."""
-    cell = decoder.lstm  # a real nn.LSTMCell: the decoder only borrows its parameters
-    assert type(cell) is nn.LSTMCell
-    att = decoder.attention
-    if mask is None:
-        mask = torch.ones(features.shape[:2], dtype=torch.bool)
-    keep = mask.double().unsqueeze(-1)
-    mean = (features * keep).sum(1) / keep.sum(1)
-    h, c = torch.tanh(decoder.init_proj(mean)).chunk(2, dim=-1)
-    logits, alphas = [], []
-    for t in range(tokens.size(1)):
-        embedded = decoder.embedding(tokens[:, t])
-        # e_ti = w · tanh(W_a a_i + b + W_h h_{t-1})
-        energy = att.score(torch.tanh(att.feature_proj(features) + att.hidden_proj(h).unsqueeze(1))).squeeze(-1)
-        alpha = energy.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        context = (alpha.unsqueeze(-1) * features).sum(dim=1)
-        if decoder.gate is not None:
-            context = torch.sigmoid(decoder.gate(h)) * context
-        h, c = cell(torch.cat([embedded, context], dim=-1), (h, c))
-        out = embedded + decoder.out_hidden(h) + decoder.out_context(context)
-        logits.append(decoder.out_vocab(out))
-        alphas.append(alpha)
-    return torch.stack(logits, 1), torch.stack(alphas, 1)
+def _pair(seed: int = 0, **settings) -> tuple[Decoder, FusedDecoder]:
+    torch.manual_seed(seed)
+    config = DecoderConfig(embed_dim=4, hidden_dim=5, attention_dim=3, dropout=0.0, **settings)
+    readable = Decoder(config, V, D).double()
+    fused = FusedDecoder(config, V, D).double()
+    fused.load_state_dict(readable.state_dict())
+    return readable, fused
 
 
-@pytest.mark.parametrize("gate", ["scalar", "channel", "none"])
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("path", ["hand-written", "autograd"])
-def test_decoder_matches_the_reference_values_and_gradients(gate, masked, path):
-    torch.manual_seed(0)
-    config = DecoderConfig(embed_dim=4, hidden_dim=5, attention_dim=3, dropout=0.0, gate=gate)
-    decoder = Decoder(config, V, D).double()
-    features = torch.randn(B, P, D, dtype=torch.float64, requires_grad=True)
+def _inputs(masked: bool):
+    features = torch.randn(B, P, D, dtype=torch.float64)
     tokens = torch.randint(0, V, (B, T))
     mask = torch.rand(B, P) > 0.4 if masked else None
     if mask is not None:
         mask[:, 0] = True  # every row attends somewhere
-    weights = torch.randn(B, T, V, dtype=torch.float64)  # a loss that reaches every logit
+    return features, tokens, mask
 
-    run = decoder.forward if path == "hand-written" else decoder.forward_autograd
+
+def _run(run, features, tokens, mask, weights):
+    """Outputs and the gradients of a loss reaching every logit and α."""
+    features = features.clone().requires_grad_(True)
     logits, alphas = run(features, tokens, mask)
     ((logits * weights).sum() + (alphas**2).sum()).backward()
-    got = {name: p.grad.clone() for name, p in decoder.named_parameters()}
-    got_features = features.grad.clone()
+    return logits.detach(), alphas.detach(), features.grad
 
-    decoder.zero_grad()
-    features.grad = None
-    ref_logits, ref_alphas = _reference(decoder, features, tokens, mask)
-    ((ref_logits * weights).sum() + (ref_alphas**2).sum()).backward()
 
-    torch.testing.assert_close(logits, ref_logits, atol=1e-10, rtol=1e-9)
-    torch.testing.assert_close(alphas, ref_alphas, atol=1e-10, rtol=1e-9)
+@pytest.mark.parametrize("gate", ["scalar", "channel", "none"])
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("path", ["forward", "forward_autograd"])
+def test_fused_decoder_matches_the_readable_one_values_and_gradients(gate, attend_from, masked, path):
+    readable, fused = _pair(gate=gate, attend_from=attend_from)
+    features, tokens, mask = _inputs(masked)
+    weights = torch.randn(B, T, V, dtype=torch.float64)
+
+    got = _run(getattr(fused, path), features, tokens, mask, weights)
+    want = _run(readable, features, tokens, mask, weights)
+
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+    for (name, p), q in zip(fused.named_parameters(), readable.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=1e-8, msg=f"gradient of {name}")
     if mask is not None:
+        alphas = got[1]
         assert (alphas.masked_select(~mask.unsqueeze(1).expand_as(alphas)) == 0).all()
-    for name, param in decoder.named_parameters():
-        torch.testing.assert_close(got[name], param.grad, atol=1e-9, rtol=1e-8, msg=f"gradient of {name}")
-    torch.testing.assert_close(got_features, features.grad, atol=1e-9, rtol=1e-8)
+
+
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+@pytest.mark.parametrize("hard_decoding", ["expected", "argmax"])
+def test_hard_decoders_agree_when_decoding_and_in_their_expected_rows(attend_from, hard_decoding):
+    readable, fused = _pair(attention="hard", hard_decoding=hard_decoding, attend_from=attend_from)
+    features, tokens, mask = _inputs(masked=True)
+    for a, b in zip(fused(features, tokens, mask), readable(features, tokens, mask)):
+        torch.testing.assert_close(a, b)
+    # expected_prob 1: every row takes the expected context, so nothing is sampled.
+    hard_fused = fused.forward_hard(features, tokens, mask, expected_prob=1.0)
+    hard_readable = readable.forward_hard(features, tokens, mask, expected_prob=1.0)
+    torch.testing.assert_close(hard_fused.logits, hard_readable.logits)
+    assert not hard_fused.sampled.any() and not hard_readable.sampled.any()
+
+
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+def test_hard_sampling_draws_locations_with_the_right_log_probability(attend_from):
+    readable, fused = _pair(attention="hard", attend_from=attend_from)
+    features, tokens, _ = _inputs(masked=False)
+    for decoder in (readable, fused):
+        out = decoder.forward_hard(features, tokens, expected_prob=0.0)
+        assert out.sampled.all()
+        # log α[s_t] of a real location is finite and at most 0; H(α) within [0, log P].
+        assert (out.location_log_probs <= 0).all() and torch.isfinite(out.location_log_probs).all()
+        assert (out.entropies >= 0).all() and (out.entropies <= torch.log(torch.tensor(float(P))) + 1e-9).all()
+
+
+@pytest.mark.parametrize("attend_from", ["previous", "current"])
+def test_beam_search_gives_the_same_captions_with_either_decoder(attend_from):
+    readable, fused = _pair(seed=3, attend_from=attend_from)
+    features, _, mask = _inputs(masked=True)
+    common = dict(beam_size=3, start_id=1, end_id=2, max_len=6, mask=mask)
+    for a, b in zip(beam_search(fused, features, **common), beam_search(readable, features, **common)):
+        assert a.tokens == b.tokens
+        torch.testing.assert_close(a.alphas, b.alphas)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, DecoderConfig
+from captioner.models import DecoderConfig, FusedDecoder
 from captioner.models.search import Caption, DecodingConfig, beam_search, greedy_decode
 
 START, END = 1, 2
@@ -12,7 +12,7 @@ START, END = 1, 2
 
 def _decoder(vocab=12, seed=0):
     torch.manual_seed(seed)
-    return Decoder(DecoderConfig(embed_dim=6, hidden_dim=7, attention_dim=5, dropout=0.0), vocab, 8).eval()
+    return FusedDecoder(DecoderConfig(embed_dim=6, hidden_dim=7, attention_dim=5, dropout=0.0), vocab, 8).eval()
 
 
 def _features(b, seed=0):

@@ -97,7 +97,7 @@ def test_bad_settings_are_clear_errors(kwargs, message):
 
 
 def test_coord_channels_append_each_cells_centre_and_the_context_carries_it():
-    from captioner.models import Decoder, DecoderConfig
+    from captioner.models import DecoderConfig, FusedDecoder
 
     torch.manual_seed(0)
     plain = Encoder(EncoderConfig("resnet18", stages=1, grid_size=4)).eval()
@@ -113,7 +113,7 @@ def test_coord_channels_append_each_cells_centre_and_the_context_carries_it():
     expected = torch.tensor([[x, y] for y in centres for x in centres])  # row-major: x varies fastest
     assert torch.allclose(features[0, :, -2:], expected) and torch.allclose(features[1, :, -2:], expected)
     # Soft attention on one cell gives a context whose last two channels say where that cell is.
-    decoder = Decoder(DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8), 10, features.shape[2])
+    decoder = FusedDecoder(DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8), 10, features.shape[2])
     alpha = torch.zeros(2, 16)
     alpha[0, 3], alpha[1, 12] = 1.0, 1.0  # top right, bottom left
     context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)

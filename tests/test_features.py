@@ -28,7 +28,7 @@ TINY_CONFIG = {
     "model": {
         "encoder": {"backbone": "resnet18", "stages": 2, "grid_size": 4, "fine_tune": "none"},
         "decoder": {"embed_dim": 32, "hidden_dim": 64, "attention_dim": 32, "dropout": 0.0},
-        "lr_schedule": "constant",
+        "optimizer": {"lr_schedule": "constant"},
     },
     "data": {"image_size": 64, "batch_size": 8, "eval_batch_size": 8},
 }
@@ -72,7 +72,7 @@ def test_extract_writes_every_image_once_as_float16(extracted, config, synth_dat
         assert sorted(row for row, _, _ in index["images"].values()) == list(range(len(records)))
         batch = next(iter(datamodule.image_dataloader(split)))
         with torch.no_grad():
-            expected = model.encoder(batch["images"])
+            expected = model.model.encoder(batch["images"])
         for image_id, features, size in zip(batch["image_ids"].tolist(), expected, batch["sizes"].tolist()):
             row, width, height = index["images"][str(image_id)]
             torch.testing.assert_close(torch.from_numpy(rows[row].astype(np.float32)), features, atol=2e-3, rtol=2e-3)
@@ -90,7 +90,7 @@ def test_batches_and_loss_match_the_encoder_on_the_fly(extracted, config):
             assert torch.equal(a[key], b[key])
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # self.log without a trainer
-            torch.testing.assert_close(b["features"], model.encoder(a["images"]), atol=2e-3, rtol=2e-3)
+            torch.testing.assert_close(b["features"], model.model.encoder(a["images"]), atol=2e-3, rtol=2e-3)
             torch.testing.assert_close(model.training_step(b, 0), model.training_step(a, 0), atol=1e-3, rtol=1e-3)
     a, b = next(iter(images.val_dataloader())), next(iter(cached.val_dataloader()))
     assert "images" not in b

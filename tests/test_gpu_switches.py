@@ -10,7 +10,8 @@ import torch
 from captioner.cli import main
 from captioner.models import DecoderConfig, Encoder, EncoderConfig
 from captioner.training.cli import cli_main
-from captioner.training.system import CaptioningModule, use_tf32
+from captioner.training.runtime import use_tf32
+from captioner.training.system import CaptioningModule
 from tests.fixtures import TINY_MODEL
 
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]
@@ -33,7 +34,7 @@ def test_bf16_mixed_fast_dev_run_with_channels_last(synth_data, tmp_path):
             str(tmp_path),
         ]
     )
-    convolutions = [m.weight for m in cli.model.encoder.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    convolutions = [m.weight for m in cli.model.model.encoder.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
@@ -51,7 +52,7 @@ def test_float16_autocast_covers_the_decoder_matmuls_and_trains():
     batch = {"images": torch.randn(2, 3, 32, 32), "tokens": torch.tensor([[1, 4, 5, 6, 2], [1, 6, 2, 0, 0]])}
     with torch.autocast("cpu", dtype=torch.float16), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
-        logits, _ = module.decoder(module.encoder(batch["images"]), batch["tokens"][:, :-1])
+        logits, _ = module.model(module.model.encode(batch["images"]), batch["tokens"][:, :-1])
         loss = module.training_step(batch, 0)
     assert logits.dtype == torch.float16
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -86,7 +87,7 @@ def test_compile_runs_a_fast_dev_run_and_keeps_state_dict_keys(synth_data, tmp_p
             "--data.data_dir",
             str(synth_data),
             *TINY_MODEL,
-            "--model.compile",
+            "--runtime.compile",
             "true",
             "--trainer.fast_dev_run",
             "true",
@@ -97,7 +98,7 @@ def test_compile_runs_a_fast_dev_run_and_keeps_state_dict_keys(synth_data, tmp_p
     assert len(compiled) == 2  # the encoder's forward and the decoder's per-step core
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     keys = list(cli.model.state_dict())
-    assert {k.split(".")[0] for k in keys} == {"encoder", "decoder"}
+    assert {".".join(k.split(".")[:2]) for k in keys} == {"model.encoder", "model.decoder"}
     assert not any("_orig_mod" in k for k in keys)
 
 

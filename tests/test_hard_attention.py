@@ -12,7 +12,7 @@ import torch
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.inference.checkpoint import load_model
-from captioner.models import Decoder, DecoderConfig
+from captioner.models import DecoderConfig, FusedDecoder
 from captioner.models.search import DecodingConfig, decode_captions
 from captioner.training.objectives import HardAttentionConfig, MovingAverageBaseline, hard_attention_loss
 from captioner.training.system import CaptioningModule
@@ -34,7 +34,7 @@ def _decoder(attention="hard", hard_decoding="expected", seed=0, attend_from="pr
         hard_decoding=hard_decoding,
         attend_from=attend_from,
     )
-    return Decoder(config, V, D)
+    return FusedDecoder(config, V, D)
 
 
 def _batch(seed=0):
@@ -73,7 +73,7 @@ def test_expected_logits_share_hidden_states_and_dropout_and_differ_by_the_conte
     sampled they are soft attention's logits."""
     torch.manual_seed(0)
     config = DecoderConfig(8, 9, 7, dropout=0.5, attention="hard", attend_from="current")
-    decoder = Decoder(config, V, D).train()
+    decoder = FusedDecoder(config, V, D).train()
     features, tokens = _batch(5)
     everywhere = decoder.forward_hard(features, tokens, expected_prob=1.0, with_expected_logits=True)
     torch.testing.assert_close(everywhere.expected_logits, everywhere.logits)
@@ -177,7 +177,7 @@ def hard_checkpoint(request, synth_data: Path, tmp_path_factory: pytest.TempPath
 
 def test_a_hard_attention_checkpoint_captions_and_draws_overlays(hard_checkpoint, synth_data, tmp_path, capsys):
     model = load_model(hard_checkpoint)
-    assert model.decoder.config.attention == "hard" and model.decoder.config.hard_decoding == "expected"
+    assert model.model.decoder.config.attention == "hard" and model.model.decoder.config.hard_decoding == "expected"
     images = sorted((synth_data / "test").glob("*.png"))[:2]
     assert main(["caption", "--ckpt", str(hard_checkpoint), *map(str, images), "--json"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

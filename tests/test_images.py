@@ -45,7 +45,7 @@ def write(path: Path, data: bytes) -> Path:
 
 
 BROKEN = {
-    "missing": (lambda p: p / "nope.png", "does not exist"),
+    "missing": (lambda p: p / "nope.png", "no such file or directory"),
     "directory": (lambda p: p, "is a directory"),
     "zero bytes": (lambda p: write(p / "empty.png", b""), r"empty \(0 bytes\)"),
     "not an image": (lambda p: write(p / "notes.png", b"hello, not pixels"), "not an image"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, DecoderConfig
+from captioner.models import DecoderConfig, FusedDecoder
 from captioner.models.hard_attention import argmax_context, sample_context
 from captioner.models.search import greedy_decode, sample_captions
 from captioner.training.objectives import (
@@ -204,9 +204,9 @@ def test_moving_average_baseline():
         MovingAverageBaseline(decay=1.0)
 
 
-def _decoder(vocab: int, seed: int = 0, dropout: float = 0.0) -> Decoder:
+def _decoder(vocab: int, seed: int = 0, dropout: float = 0.0) -> FusedDecoder:
     torch.manual_seed(seed)
-    return Decoder(DecoderConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=dropout), vocab, 8)
+    return FusedDecoder(DecoderConfig(embed_dim=16, hidden_dim=16, attention_dim=8, dropout=dropout), vocab, 8)
 
 
 def test_samples_follow_the_model_distribution_without_banned_words():
@@ -251,7 +251,7 @@ def _scst_setup(samples: int, baseline: str):
     return vocab, scst
 
 
-def _greedy_reward(decoder: Decoder, scst: SelfCritical, vocab: Vocabulary, features, ids) -> float:
+def _greedy_reward(decoder: FusedDecoder, scst: SelfCritical, vocab: Vocabulary, features, ids) -> float:
     decoder.eval()
     captions = greedy_decode(decoder, features, start_id=1, end_id=2, max_len=8, banned_ids=(0, 1, 3))
     decoder.train()

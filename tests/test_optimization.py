@@ -3,6 +3,7 @@ search in validation, weight decay, the encoder's own parameter group, and `allo
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -11,9 +12,11 @@ import torch
 from captioner.models import Decoder, DecoderConfig, EncoderConfig
 from captioner.models import search as decoding
 from captioner.models.search import DecodingConfig, decode_captions
+from captioner.training.optimization import OptimizerConfig
 from captioner.training.system import CaptioningModule
 from captioner.vocab import Vocabulary
 
+OPTIMIZER_FIELDS = {field.name for field in dataclasses.fields(OptimizerConfig)}
 WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]
 
 
@@ -25,6 +28,7 @@ def _module(**kwargs) -> CaptioningModule:
             image_size=32,
             encoder=kwargs.pop("encoder", EncoderConfig(backbone="resnet18", stages=1, grid_size=2)),
             decoder=DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0),
+            optimizer=OptimizerConfig(**{k: kwargs.pop(k) for k in OPTIMIZER_FIELDS & set(kwargs)}),
             **kwargs,
         )
 
@@ -63,13 +67,13 @@ def test_frozen_encoder_has_no_parameter_group_and_fine_tuning_gets_its_own_rate
     decoder_group, encoder_group = tuned.param_groups
     assert decoder_group["lr"] == 0.004 and encoder_group["lr"] == 0.0001
     assert decoder_group["weight_decay"] == encoder_group["weight_decay"] == 0.01
-    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in tuned_module.encoder.parameters()}
+    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in tuned_module.model.encoder.parameters()}
 
 
 def test_weight_decay_shrinks_weights_without_a_gradient():
     module = _module(weight_decay=0.5, lr_schedule="constant", decoder_lr=0.001)
     optimizer = _configure(module)["optimizer"]
-    weight = module.decoder.out_vocab.weight
+    weight = module.model.decoder.out_vocab.weight
     before = weight.detach().clone()
     for p in module.parameters():
         p.grad = torch.zeros_like(p) if p.requires_grad else None
@@ -85,7 +89,7 @@ def test_validation_decodes_with_the_beam_the_settings_name(monkeypatch):
     monkeypatch.setattr(decoding, "beam_search", lambda *a, **k: calls.append(k) or real(*a, **k))
     module = _module(decoding=DecodingConfig(beam_size=3, max_len=4)).eval()
     batch = {
-        "features": torch.randn(2, 4, module.encoder.out_channels),
+        "features": torch.randn(2, 4, module.model.encoder.out_channels),
         "image_ids": torch.tensor([1, 2]),
         "references": [["a red circle"], ["a circle"]],
         "sizes": torch.tensor([[32, 32], [32, 32]]),

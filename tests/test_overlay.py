@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.viz.overlay import HEATMAP, attention_map, draw_attention, save_attention
+from captioner.viz.overlay import HEATMAP, HeatmapStyle, attention_map, draw_attention, save_attention
 
 
 def _one_hot(index: int, cells: int) -> np.ndarray:
@@ -64,8 +64,8 @@ def test_figure_has_the_image_then_one_panel_per_word():
     image, words, alphas = _example()
     figure = draw_attention(image, words, alphas, (3, 3), cols=2, title="a red circle")
 
-    image_axes = [ax for ax in figure.axes if ax.images]
-    assert len(figure.axes) == len(image_axes) == 1 + len(words)
+    image_axes = [ax for ax in figure.axes if ax.images][:-1]  # the last one is the colour bar
+    assert len(figure.axes) == len(image_axes) + 1 == 2 + len(words)
     assert image_axes[0].get_title() == "a red circle"
     assert [ax.get_title() for ax in image_axes[1:]] == words
     assert all(len(ax.images) == 2 for ax in image_axes[1:])  # the image + the heat map
@@ -102,13 +102,64 @@ def test_per_word_file_names_keep_punctuation_but_not_path_separators(tmp_path):
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["00_a.png", "01_,.png", "02_x_y.png"]
 
 
-def test_heatmap_style_colours_a_map_through_its_lut_from_min_to_max():
-    heat = np.array([[0.2, 0.4], [0.6, 1.0]], dtype=np.float32)
-    colours = HEATMAP.colorize(heat)
-    lut = HEATMAP.lut
-    assert lut.shape == (HEATMAP.lut_size, 3) and lut.dtype == np.uint8
-    assert (colours[0, 0] == lut[0]).all() and (colours[1, 1] == lut[-1]).all()
-    assert (colours[0, 1] == lut[int(0.25 * HEATMAP.lut_size)]).all()
-    assert (HEATMAP.colorize(np.full((3, 3), 0.5)) == lut[0]).all()  # a flat map: one colour, no division by 0
+def _lut_index(style: HeatmapStyle, colours: np.ndarray) -> np.ndarray:
+    """(..., 3) colours -> their entry in the style's LUT."""
+    matches = (colours[..., None, :] == style.lut).all(-1)
+    assert matches.any(-1).all()
+    return matches.argmax(-1)
+
+
+def test_a_near_uniform_word_is_drawn_dim_everywhere_not_stretched_to_full_range():
+    cells = 16
+    rng = np.random.default_rng(0)
+    alpha = np.full(cells, 1 / cells) * rng.uniform(0.9, 1.1, cells)
+    alpha /= alpha.sum()
+    heat = attention_map(alpha, (4, 4), (40, 40))
+    shown = _lut_index(HEATMAP, HEATMAP.colorize(heat, cells))
+    assert shown.max() < 0.05 * HEATMAP.lut_size  # nothing stands out: the darkest colours only
+    stretched = HeatmapStyle(scale="word")
+    assert _lut_index(stretched, stretched.colorize(heat, cells)).max() == stretched.lut_size - 1
+
+
+def test_two_words_share_one_scale():
+    cells = 16
+    sharp = _one_hot(5, cells)
+    softer = np.full(cells, 0.5 / (cells - 1), dtype=np.float32)
+    softer[5] = 0.5
+    peaks = [
+        _lut_index(HEATMAP, HEATMAP.colorize(attention_map(a, (4, 4), (40, 40)), cells)).max() for a in (sharp, softer)
+    ]
+    assert peaks[0] > 0.95 * HEATMAP.lut_size and peaks[1] < 0.8 * HEATMAP.lut_size  # α = 1 vs α = 0.5
+    # α = 0.5 is log(8)/log(16) = 3/4 of the way from uniform to all-on-one-cell.
+    assert abs(HEATMAP.scaled(np.array([0.5]), cells)[0] - 0.75) < 1e-6
+    assert HEATMAP.scaled(np.array([1 / cells, 0.01, 0.0]), cells).tolist() == [0.0, 0.0, 0.0]
+    word = HeatmapStyle(scale="word")
+    assert [word.scaled(attention_map(a, (4, 4), (40, 40)), cells).max() for a in (sharp, softer)] == [1.0, 1.0]
+
+
+def test_legend_labels_alpha_from_uniform_to_one():
+    ticks = HEATMAP.legend(196)
+    positions = [at for at, _ in ticks]
+    assert positions == sorted(positions) and positions[0] == 0.0 and positions[-1] == 1.0
+    assert ticks[0][1].endswith("\n(uniform)") and ticks[-1][1] == "1"
+    assert "0.02" in ticks[1][1]  # 4/196
     style = HEATMAP.as_json()
-    assert style["opacity"] == HEATMAP.opacity and style["lut"] == lut.tolist()
+    assert style["scale"] == "relative" and style["opacity"] == HEATMAP.opacity and style["lut"] == HEATMAP.lut.tolist()
+    with pytest.raises(ValueError, match="scale"):
+        HeatmapStyle(scale="auto")
+
+
+def test_panels_carry_the_spread_notes_and_one_colour_bar():
+    image, words, alphas = _example()
+    uniform = torch.full((4, 9), 1 / 9)
+    figure = draw_attention(image, words, uniform, (3, 3), notes=["n1", "n2", "n3"])
+    texts = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert texts == [
+        "half of α on 56% of the image\nn1",
+        "half of α on 56% of the image\nn2",
+        "half of α on 56% of the image\nn3",
+    ]  # 5 of 9 cells
+    bar = figure.axes[-1]
+    assert bar.get_title() == "α" and [t.get_text() for t in bar.get_yticklabels()][-1] == "1"
+    sharp = draw_attention(image, words, alphas, (3, 3))
+    assert "half of α on 11% of the image" in [t.get_text() for t in sharp.axes[1].texts]

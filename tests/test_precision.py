@@ -47,13 +47,15 @@ def test_reduced_precision_captions_like_fp32(name, tiny_checkpoint, test_images
 
 @needs_bf16
 def test_bf16_encodes_with_a_bfloat16_copy_and_keeps_the_decoder_float32(tiny_checkpoint):
-    model = load_model(tiny_checkpoint)
-    encode, decoder = precision.inference_models(model.encoder, model.decoder, "bf16", CPU)
-    images = torch.randn(2, 3, model.image_size, model.image_size)
-    features = encode(images)
+    loaded = load_model(tiny_checkpoint)
+    model = loaded.model
+    fast = precision.inference_model(model, "bf16", CPU)
+    images = torch.randn(2, 3, loaded.image_size, loaded.image_size)
+    features = fast.encode(images).features
     # The decoder stays float32 (a bfloat16 one changes captions; see captioner.inference.precision).
-    assert features.dtype == torch.float32 and decoder is model.decoder
-    assert all(p.dtype == torch.float32 for p in [*model.encoder.parameters(), *decoder.parameters()])
+    assert features.dtype == torch.float32 and fast.decoder is model.decoder
+    assert any(p.dtype == torch.bfloat16 for p in fast.encoder.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the original untouched
     with torch.no_grad():
         assert _relative_error(features, model.encoder(images)) < 0.02  # bfloat16 keeps 8 significant bits
 
@@ -77,12 +79,12 @@ def test_int8_quantizes_the_trunk_and_stays_close():
 @needs_int8
 def test_int8_calibrates_on_the_first_batch_unless_given_images(tiny_checkpoint, test_images):
     lazy = Captioner.from_checkpoint(tiny_checkpoint, device="cpu", precision="int8")
-    assert lazy.encoder is None  # nothing seen yet
+    assert lazy.runtime is None  # nothing seen yet
     first = lazy.caption(test_images, batch_size=4)
     explicit = Captioner.from_checkpoint(tiny_checkpoint, device="cpu", precision="int8", calibration=test_images[:4])
     images = torch.stack([explicit.to_tensor(p) for p in test_images])
     with torch.no_grad():
-        torch.testing.assert_close(lazy.encoder(images), explicit.encoder(images), atol=0, rtol=0)
+        torch.testing.assert_close(lazy.runtime.encoder(images), explicit.runtime.encoder(images), atol=0, rtol=0)
     assert [r.tokens for r in explicit.caption(test_images)] == [r.tokens for r in first]
 
 

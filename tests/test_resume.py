@@ -17,37 +17,19 @@ import torch
 
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.cli import cli_main
-from tests.fixtures import QUIET
+from tests.fixtures import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
 # Dropout > 0 exercises the RNG; a cosine schedule exercises the scheduler state.
 RUN = [
-    "--model.encoder.backbone",
-    "resnet18",
-    "--model.encoder.stages",
-    "2",
-    "--model.encoder.grid_size",
-    "4",
-    "--model.encoder.fine_tune",
-    "all",
-    "--model.decoder.embed_dim",
-    "16",
-    "--model.decoder.hidden_dim",
-    "16",
-    "--model.decoder.attention_dim",
-    "16",
-    "--model.decoder.dropout",
-    "0.3",
-    "--model.lr_schedule",
-    "cosine",
-    "--data.image_size",
-    "64",
-    "--data.batch_size",
-    "8",
-    "--data.eval_batch_size",
-    "4",
-    "--trainer.accelerator",
-    "cpu",
+    *tiny_model(
+        model__encoder__fine_tune="all",
+        model__decoder__embed_dim=16,
+        model__decoder__hidden_dim=16,
+        model__decoder__attention_dim=16,
+        model__decoder__dropout=0.3,
+        model__optimizer__lr_schedule="cosine",
+        data__eval_batch_size=4,
+    ),
     "--trainer.max_epochs",
     "2",
     "--trainer.limit_train_batches",
@@ -56,7 +38,6 @@ RUN = [
     "1",
     "--trainer.num_sanity_val_steps",
     "0",
-    *QUIET,
 ]
 
 
@@ -93,7 +74,7 @@ def _fit(log: Path, *args: str) -> subprocess.Popen:
     """`captioner train fit *args` in a subprocess, its output in the file `log` (a pipe could fill up)."""
     command = [sys.executable, "-m", "captioner.cli", "train", "fit", *args]
     with log.open("w") as out:
-        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:

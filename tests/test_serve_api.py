@@ -68,7 +68,7 @@ def test_every_field_of_a_caption(client, captioner, test_images):
 
     assert response.status_code == 200
     body = response.json()
-    assert body["options"] == {"beam_size": 2, "max_len": 12}
+    assert body["options"] == {"beam_size": 2, "max_len": 12, "erasure": 0}
     expected = captioner.caption([Image.open(io.BytesIO(wide)), test_images[1]], beam_size=2, max_len=12)
     rows, cols = captioner.grid
     for index, (entry, want, name) in enumerate(zip(body["results"], expected, ["wide.png", "second.png"])):
@@ -77,7 +77,7 @@ def test_every_field_of_a_caption(client, captioner, test_images):
         assert entry["tokens"] == want.words and entry["token_ids"] == want.tokens
         assert 1 <= len(entry["tokens"]) <= 12
         assert entry["score"] == pytest.approx(want.score, abs=1e-4)
-        assert entry["grid"] == {"rows": rows, "cols": cols}
+        assert entry["grid"] == {"rows": rows, "cols": cols} and "erasure" not in entry  # only when asked
         attention = np.array(entry["attention"])
         assert attention.shape == (len(entry["tokens"]), rows, cols)
         np.testing.assert_allclose(attention.reshape(len(entry["tokens"]), -1), want.alphas.numpy(), atol=1e-6)
@@ -94,7 +94,21 @@ def test_options_change_the_decoding(client, captioner, test_images):
     assert default["options"] == {
         "beam_size": captioner.decoding.beam_size,
         "max_len": captioner.decoding.max_len,
+        "erasure": 0,
     }
+
+
+def test_erasure_per_word_when_asked(client, captioner, test_images):
+    response = _post(client, [("a.png", _png(test_images[3]))], beam_size=2, erasure=1)
+    assert response.status_code == 200 and response.json()["options"]["erasure"] == 1
+    entry = response.json()["results"][0]
+    [want] = captioner.caption(test_images[3], beam_size=2, erasure=True)
+    assert len(entry["erasure"]) == len(entry["tokens"])
+    for got, expected in zip(entry["erasure"], want.erasure.as_json()):
+        assert got == pytest.approx(expected)
+        assert set(got) == {"p", "p_looked_erased", "p_random_erased", "cells_erased", "spread", "faithful"}
+    bad = _post(client, [("a.png", _png(test_images[3]))], erasure=2)
+    assert bad.status_code == 422 and bad.json()["detail"] == "erasure must be 0 or 1, got '2'"
 
 
 def test_health_model_and_overlay(client, captioner):
@@ -105,6 +119,7 @@ def test_health_model_and_overlay(client, captioner):
     assert info["decoding_defaults"] == {"beam_size": 3, "max_len": 30}
     assert info["metrics"] is None  # the tiny run writes no metrics.json
     assert info["limits"] == LIMITS.as_json()
+    assert info["legend"][0] == [0.0, "0.062\n(uniform)"] and info["legend"][-1] == [1.0, "1"]  # 4x4 grid
     style = client.get("/v1/overlay").json()
     assert style == json.loads(json.dumps(HEATMAP.as_json()))
     assert len(style["lut"]) == 256 and style["lut"][0] != style["lut"][-1]
@@ -169,6 +184,17 @@ def _chunked_multipart(data: bytes):
     return {"content": (body[i : i + 65536] for i in range(0, len(body), 65536)), "headers": headers}
 
 
+def _part(name: bytes, filename: bytes | None, data: bytes) -> bytes:
+    disposition = b'form-data; name="' + name + b'"' + (b'; filename="' + filename + b'"' if filename else b"")
+    return b"--B0UNDARY\r\nContent-Disposition: " + disposition + b"\r\n\r\n" + data + b"\r\n"
+
+
+def _raw_multipart(*parts: bytes, close: bool = True) -> dict:
+    """A multipart body written by hand (httpx would always send a file with a filename, and close it)."""
+    body = b"".join(parts) + (b"--B0UNDARY--\r\n" if close else b"")
+    return {"content": body, "headers": {"content-type": "multipart/form-data; boundary=B0UNDARY"}}
+
+
 @pytest.mark.parametrize(
     ("name", "status", "message"),
     [
@@ -185,6 +211,10 @@ def _chunked_multipart(data: bytes):
         ("beam_size not a number", 422, "beam_size must be an integer"),
         ("max_len over the limit", 422, "max_len must be an integer from 1 to 20"),
         ("unknown option", 422, "unknown form field 'url'"),
+        ("image sent as a text part", 422, "a part of `images` was sent as a text field (no filename)"),
+        ("body without its closing boundary", 400, "ends before its closing boundary"),
+        ("filename over the header limit", 422, "send each image with a filename of at most 255 characters"),
+        ("filename over the limit", 422, "a filename of 1000 characters: send each image with a filename of at most"),
     ],
 )
 def test_limits_are_4xx_json_and_the_service_keeps_serving(client, test_images, name, status, message):
@@ -203,6 +233,14 @@ def test_limits_are_4xx_json_and_the_service_keeps_serving(client, test_images, 
         "beam_size not a number": lambda: _post(client, [good], beam_size="3; rm"),
         "max_len over the limit": lambda: _post(client, [good], max_len=21),
         "unknown option": lambda: _post(client, [good], url="http://example.com/x.jpg"),
+        "image sent as a text part": lambda: client.post(
+            "/v1/captions", **_raw_multipart(_part(b"images", None, good[1]))
+        ),
+        "body without its closing boundary": lambda: client.post(
+            "/v1/captions", **_raw_multipart(_part(b"images", b"a.png", good[1]), close=False)
+        ),
+        "filename over the header limit": lambda: _post(client, [("x" * 5000 + ".png", good[1])]),
+        "filename over the limit": lambda: _post(client, [("x" * 996 + ".png", good[1])]),
     }
     response = requests[name]()
     assert response.status_code == status
@@ -286,7 +324,9 @@ def test_load_benchmark_runs_a_short_bounded_load_without_errors(tiny_checkpoint
     from benchmarks.serve_load import main as serve_load
 
     argv = ["--ckpt", str(tiny_checkpoint), "--images", str(synth_data / "test"), "--clients", "4"]
-    results = serve_load([*argv, "--requests", "24", "--single-requests", "6", "--warmup", "4", "--time-limit", "60"])
+    argv += ["--requests", "24", "--single-requests", "6", "--warmup", "4", "--time-limit", "60"]
+    large = ["--large-clients", "2", "--large-requests", "2", "--large-images", "2", "--large-side", "1500"]
+    results = serve_load([*argv, *large, "--settle", "0.5"])
 
     assert json.loads(capsys.readouterr().out) == results
     assert results["one_client"]["requests"] == 6 and results["concurrent"]["requests"] == 24
@@ -295,3 +335,7 @@ def test_load_benchmark_runs_a_short_bounded_load_without_errors(tiny_checkpoint
         assert 0 < results[phase]["p50_ms"] <= results[phase]["p99_ms"]
     assert results["batching_speedup"] > 0 and results["server_rss_mib_before"] > 0
     assert results["model"]["grid"] == {"rows": 4, "cols": 4}
+    burst = results["large_images"]
+    assert burst["requests"] == 4 and burst["captioned_requests"] + burst["refused_503_or_4xx"] == 4
+    assert burst["errors"] == 0 and burst["server_rss_mib_peak"] >= burst["server_rss_mib_base"] > 0
+    assert "server_rss_mib_after_0.5s" in burst

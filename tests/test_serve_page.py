@@ -98,7 +98,7 @@ def _heat_pixels(driver) -> np.ndarray:
 def _expected_heat(grid: list, size: tuple[int, int]) -> np.ndarray:
     """What captioner.viz.overlay draws for this word's grid at this size: the same rules."""
     rows, cols = len(grid), len(grid[0])
-    return HEATMAP.colorize(attention_map(np.array(grid).ravel(), (rows, cols), size, smooth=True))
+    return HEATMAP.colorize(attention_map(np.array(grid).ravel(), (rows, cols), size, smooth=True), rows * cols)
 
 
 def _assert_heat_matches(pixels: np.ndarray, grid: list) -> None:
@@ -139,6 +139,15 @@ def test_upload_caption_hover_focus_and_beam_size(server, browser, synth_data, t
     assert first.shape == (240, 320, 4)
     _assert_heat_matches(first, result["attention"][0])
     assert "shown" in words[0].get_attribute("class")
+    # Beside the map: the word's spread and erasure test, as the service computed them.
+    erasure = result["erasure"][0]
+    assert browser.find_element(By.ID, "erasure").text == (
+        f"half of α on {round(100 * erasure['spread'])}% of the image · "
+        f"erasing where it looked: {erasure['p']:.2f} → {erasure['p_looked_erased']:.2f}; "
+        f"erasing as many random cells: {erasure['p']:.2f} → {erasure['p_random_erased']:.2f}"
+    )
+    ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#legend-ticks span")]
+    assert ticks == [label.replace("\n", " ") for _, label in HEATMAP.legend(16)]
 
     # Keyboard: focus a word, arrow to the next one; its own map is drawn.
     ActionChains(browser).move_to_element(browser.find_element(By.TAG_NAME, "h1")).perform()  # off the words
@@ -147,8 +156,16 @@ def test_upload_caption_hover_focus_and_beam_size(server, browser, synth_data, t
     assert browser.switch_to.active_element == words[1]
     second = _heat_pixels(browser)
     _assert_heat_matches(second, result["attention"][1])
-    if not np.allclose(result["attention"][0], result["attention"][1], atol=1e-4):
+    # On one scale, two near-uniform words may both be drawn all dark; maps that differ must differ.
+    if (_expected_heat(result["attention"][0], (320, 240)) != _expected_heat(result["attention"][1], (320, 240))).any():
         assert (second != first).any()
+    # The page's scale on a sharp look too (a tiny model's maps are near uniform, so all dark).
+    sharp = np.full((4, 4), 0.4 / 15)
+    sharp[1, 2] = 0.6
+    browser.execute_script("page.result.attention[1] = arguments[0]; drawAttention(1);", sharp.tolist())
+    drawn = _heat_pixels(browser)
+    _assert_heat_matches(drawn, sharp.tolist())
+    assert (drawn[..., :3].astype(int).sum(-1) > 300).any()  # bright where α = 0.6
     browser.save_screenshot(str(tmp_path / "serve_page.png"))
     words[1].send_keys(Keys.ESCAPE)
     browser.execute_script("document.activeElement.blur()")

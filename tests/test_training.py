@@ -2,16 +2,17 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
 
 from captioner.training.cli import cli_main
 from captioner.training.system import CaptioningModule
-from tests.fixtures import TINY_MODEL
+from tests.fixtures import tiny_model
 
 # The shared tiny model, fine-tuning its encoder, with a wider LSTM so that 4 epochs learn.
-TINY = [*TINY_MODEL, "--model.encoder.fine_tune", "all", "--model.decoder.hidden_dim", "64"]
+TINY = tiny_model(model__encoder__fine_tune="all", model__decoder__hidden_dim=64)
 
 
 def test_fast_dev_run(synth_data, tmp_path):
@@ -41,9 +42,9 @@ def trained(synth_data, tmp_path_factory):
             "--data.data_dir",
             str(synth_data),
             *TINY,
-            "--model.decoder_lr",
+            "--model.optimizer.decoder_lr",
             "0.003",
-            "--model.encoder_lr",
+            "--model.optimizer.encoder_lr",
             "0.001",
             "--trainer.max_epochs",
             "4",
@@ -75,6 +76,7 @@ def test_loss_falls_and_metrics_are_logged(trained):
     assert len(val_rows) == 4  # one per epoch
     for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "pointing_game", "attention_in_box"):
         assert f"val/{name}" in cli.trainer.callback_metrics
+    assert "val/erasure_faithfulness" not in cli.trainer.callback_metrics  # model.validation_erasure is off
 
 
 def test_checkpoints_and_reload_give_same_captions(trained):
@@ -84,8 +86,8 @@ def test_checkpoints_and_reload_give_same_captions(trained):
     reloaded = CaptioningModule.load_from_checkpoint(last, map_location="cpu").eval()
     model = cli.model.eval()
     batch = next(iter(cli.datamodule.val_dataloader()))
-    original = model.caption_images(batch["images"])
-    again = reloaded.caption_images(batch["images"])
+    original = model._captions(batch)
+    again = reloaded._captions(batch)
     assert [c.tokens for c in again] == [c.tokens for c in original]
     assert reloaded.hparams.vocab_words == cli.datamodule.vocab_words
 
@@ -113,6 +115,9 @@ def test_test_subcommand_writes_metrics_json(trained, synth_data):
     # Each image has at least one object, and every caption names its kinds, so grounding
     # counted at least one word per image decoded.
     assert metrics["test/grounded_words"] >= 1
+    # Each word's erasure test runs at test time (not in validation, unless asked).
+    assert 0.0 <= metrics["test/erasure_faithfulness"] <= 1.0 and metrics["test/erasure_words"] >= 1
+    assert metrics["test/object_erasure_words"] >= 1 and "test/object_erasure_looked_drop" in metrics
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["test/CIDEr"] >= 0.0
 
@@ -131,4 +136,24 @@ def test_checkpoint_hyperparameters_are_plain_data(trained):
     # The settings dataclasses travel as dicts, so weights_only loading can read them.
     assert hparams["encoder"]["backbone"] == "resnet18" and hparams["decoder"]["embed_dim"] == 32
     assert hparams["decoding"] == {"beam_size": 3, "max_len": 30, "length_normalize": True, "allow_unk": False}
-    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"encoder", "decoder"}
+    assert {".".join(k.split(".")[:2]) for k in ckpt["state_dict"]} == {"model.encoder", "model.decoder"}
+
+
+def test_a_checkpoint_from_before_the_model_object_still_tests(trained, synth_data, tmp_path):
+    _cli, run = trained
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    # As captioner wrote it before: encoder.*/decoder.* at the top, the optimiser's settings
+    # flat among the hyper-parameters, the runtime switches beside them.
+    checkpoint["state_dict"] = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    hparams = checkpoint["hyper_parameters"]
+    hparams.update(hparams.pop("optimizer"), compile=False, tf32=True)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    torch.save(checkpoint, tmp_path / "old" / "best.ckpt")
+    shutil.copy(run / "checkpoints" / "best.ckpt", tmp_path / "new" / "best.ckpt")
+    args = ["--data.data_dir", str(synth_data), *TINY, "--trainer.logger", "false"]
+    for layout in ("old", "new"):
+        ckpt = tmp_path / layout / "best.ckpt"
+        cli_main(["test", *args, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(ckpt)])
+    then, now = (json.loads((tmp_path / layout / "metrics.json").read_text()) for layout in ("old", "new"))
+    assert then == now  # the same weights, settings and scores

@@ -16,6 +16,7 @@ from captioner.data.images import list_image_files
 from captioner.errors import CaptionerError, require_positive
 from captioner.inference.api import Captioner, FileCaption
 from captioner.inference.precision import MAX_CALIBRATION_IMAGES, PRECISIONS
+from captioner.models.search import DECODING_LIMITS, check_decoding_limits
 
 # Fewer images than this finish before a progress bar would be worth drawing.
 PROGRESS_MIN_IMAGES = 32
@@ -25,8 +26,16 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """--ckpt, --beam-size, --max-len, --batch-size, --device, --precision, --calibrate.
     Decoding flags left out keep the checkpoint's own settings (`model.decoding` in training)."""
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `captioner train fit`")
-    parser.add_argument("--beam-size", type=int, help="beam width; 1 decodes greedily (default: the checkpoint's)")
-    parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        help=f"beam width, 1 to {DECODING_LIMITS['beam_size']}; 1 decodes greedily (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        help=f"longest caption in words, at most {DECODING_LIMITS['max_len']} (default: the checkpoint's)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="images decoded together (default 16)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument(
@@ -58,9 +67,12 @@ def open_captioner(args: argparse.Namespace) -> Captioner:
 
 
 def check_decoding_arguments(args: argparse.Namespace) -> None:
-    """Raise CaptionerError naming the flag when a count is below 1."""
+    """Raise CaptionerError naming the flag when a count is below 1 or a decoding setting above its bound."""
     given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in ("--beam-size", "--max-len", "--batch-size")}
     require_positive(**{flag: value for flag, value in given.items() if value is not None})
+    check_decoding_limits(
+        {"beam_size": args.beam_size, "max_len": args.max_len}, lambda name: f"--{name.replace('_', '-')}"
+    )
 
 
 def report(message: object) -> None:
@@ -88,7 +100,7 @@ class CaptionRun:
 
     Inputs that name no image and unreadable images are reported on stderr and counted in
     `failed`, and the run goes on. `full_size=False` when the images are not drawn on
-    (see `Captioner.caption_files`).
+    (see `Captioner.caption_files`); `erasure` adds each word's erasure test to the results.
     """
 
     def __init__(
@@ -98,9 +110,11 @@ class CaptionRun:
         args: argparse.Namespace,
         description: str,
         full_size: bool = True,
+        erasure: bool = False,
     ):
         self.captioner = captioner
         self.full_size = full_size
+        self.erasure = erasure
         self.inputs = inputs
         self.args = args
         self.description = description
@@ -113,7 +127,11 @@ class CaptionRun:
             report(problem)
         self.failed = len(problems)
         options = dict(
-            beam_size=args.beam_size, max_len=args.max_len, batch_size=args.batch_size, full_size=self.full_size
+            beam_size=args.beam_size,
+            max_len=args.max_len,
+            batch_size=args.batch_size,
+            full_size=self.full_size,
+            erasure=self.erasure,
         )
         with progress(len(files), self.description) as advance:
             for item in self.captioner.caption_files(files, **options):

@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
     )
     meta = {
         **model.encoder_settings(),
-        "positions": model.encoder.config.grid_size**2,
-        "feature_dim": model.encoder.out_channels,
+        "positions": model.model.encoder.config.grid_size**2,
+        "feature_dim": model.model.encoder.out_channels,
     }
-    counts = extract_features(cli.trainer, model.encoder, cli.datamodule, out, meta)
+    counts = extract_features(cli.trainer, model.model.encoder, cli.datamodule, out, meta)
     if cli.trainer.is_global_zero:
         summary = ", ".join(f"{n} {name}" for name, n in counts.items())
         print(f"wrote features of {summary} images to {out}\n  train with: --data.features_dir {out}")

@@ -1,6 +1,7 @@
-"""Data: annotation readers, robust image loading, the synthetic shapes set, the DataModule.
+"""Data: annotation readers, robust image loading, the synthetic shapes set, datasets and the
+DataModule.
 
-`CaptionDataModule` is imported on first use, so code that only needs to read records or
+`CaptionDataModule` and its `Split` are imported on first use, so code that only needs to read records or
 load images (e.g. `captioner caption`) does not pay for importing Lightning.
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "DataWarning",
     "ImageLoadError",
     "ImageRecord",
+    "Split",
     "image_transform",
     "list_image_files",
     "load_image",
@@ -34,8 +36,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "CaptionDataModule":
-        from captioner.data.datamodule import CaptionDataModule
+    if name in ("CaptionDataModule", "Split"):
+        from captioner.data import datamodule
 
-        return CaptionDataModule
+        return getattr(datamodule, name)
     raise AttributeError(f"module 'captioner.data' has no attribute {name!r}")

@@ -2,37 +2,32 @@
 
 Training yields one (image, caption) pair per reference caption; validation, test and
 predict yield each image once with all its references, for free-running decoding and the
-COCO metrics.
-
-    train batch: images (B, 3, S, S) float, tokens (B, T) long (<start> ... <end>, padded
-                 with <pad>), image_ids (B,) long
-    eval batch:  images (B, 3, S, S), image_ids (B,) long, references list[list[str]], paths list[str],
-                 sizes (B, 2) long: each image's (W, H) before resizing, the pixels its boxes use
-With `features_dir` (cached encoder features, see `captioner.data.features`) every batch
-carries `features` (B, P, D) float32 in place of `images`, and no image is decoded.
-
+COCO metrics (batch shapes and what happens to an unreadable image: `captioner.data.datasets`).
 Every listed image is checked to exist when the records are read (an error, or a counted
-warning and a skip with `skip_missing_images`). A file that exists but cannot be decoded is
-found only when its batch is built. In training its pairs are then left out of their batch,
-with a `DataWarning` naming the file and counting the unreadable files met so far (per loader
-process), so one bad file among thousands does not end a long run; a batch with no readable
-image left raises `CaptionerError`. In validation, test and predict it raises `ImageLoadError`
-naming the file: scores over a silently smaller set would mislead.
+warning and a skip with `skip_missing_images`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal, get_args
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
+from captioner.data.datasets import (
+    CaptionImages,
+    CaptionPairs,
+    EpochShuffle,
+    ImageSource,
+    collate_images,
+    collate_pairs,
+)
 from captioner.data.features import SplitFeatures, check_meta
-from captioner.data.images import ImageLoadError, image_transform, load_image_for
 from captioner.data.records import (
     Box,
     DataWarning,
@@ -43,140 +38,55 @@ from captioner.data.records import (
     read_coco,
     read_karpathy,
 )
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, require_choice, require_non_negative, require_positive
 from captioner.vocab import Vocabulary, tokenize
 
 ROLES = ("train", "val", "test")
-
-# record -> (model input: image (3, S, S) or features (P, D), the image's (W, H) before resizing)
-Source = Callable[[ImageRecord], tuple[torch.Tensor, tuple[int, int]]]
+Format = Literal["coco", "karpathy"]
 
 
-class ImageSource:
-    """The `Source` that decodes the image file (a large JPEG at reduced scale, see
-    `load_image_for`) and resizes and normalises it to `image_size`²."""
+@dataclass(frozen=True)
+class Split:
+    """The split of the data set that one role (train, val or test) reads.
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-        self.transform = image_transform(image_size)
+    Args:
+        name: COCO format: the split's images are in `data_dir/<name>/`, its captions in
+            `data_dir/annotations/captions_<name>.json` and its boxes (optional, for the
+            grounding scores) in `data_dir/annotations/instances_<name>.json`. Karpathy format:
+            the file's `split` value ("train", "val", "test", "restval"). Roles may share a split.
+        images: COCO format: the split's image folder, in place of `data_dir/<name>/` (splits may
+            share one folder). Must exist if given.
+        captions: COCO format: the split's captions file, in place of the data_dir one. Must
+            exist if given.
+        instances: The split's COCO instances file, in place of the data_dir one. Must exist if
+            given.
+    """
 
-    def __call__(self, record: ImageRecord) -> tuple[torch.Tensor, tuple[int, int]]:
-        image, size = load_image_for(record.path, self.image_size)
-        return self.transform(image), size
+    name: str
+    images: str | None = None
+    captions: str | None = None
+    instances: str | None = None
 
-
-class CaptionPairs(Dataset):
-    """One item per (image, caption): `(input, token ids (L,) long, image_id)`; input from `source`."""
-
-    def __init__(self, records: list[ImageRecord], encoded: list[tuple[int, list[int]]], source: Source):
-        self.records = records
-        self.encoded = encoded  # (index into records, token ids incl. <start>/<end>)
-        self.source = source
-        self.unreadable: set[Path] = set()  # image files that failed to load, in this process
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-        """The pair, or None when its image cannot be loaded (warned once per file; see module doc)."""
-        index, ids = self.encoded[i]
-        record = self.records[index]
-        try:
-            inputs = self.source(record)[0]
-        except ImageLoadError as error:
-            if error.path not in self.unreadable:
-                self.unreadable.add(error.path)
-                warnings.warn(
-                    f"skipping training image {error.path} ({error.reason}); {len(self.unreadable)} "
-                    "unreadable training image(s) so far; replace or remove it from the annotations",
-                    DataWarning,
-                    stacklevel=2,
-                )
-            return None
-        return inputs, torch.tensor(ids, dtype=torch.long), record.image_id
-
-
-class EpochShuffle(RandomSampler):
-    """A random order that depends only on (seed, epoch), so a run resumed at epoch e sees the
-    same order as one that never stopped. Lightning calls `set_epoch` before every epoch, as it
-    does on a DistributedSampler (which replaces this one under DDP, shuffling by its own seed
-    and the epoch)."""
-
-    def __init__(self, data_source: Dataset, seed: int):
-        super().__init__(data_source)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-class CaptionImages(Dataset):
-    """One item per image: `(input, image_id, references, path, (W, H) before resizing)`; input from `source`."""
-
-    def __init__(self, records: list[ImageRecord], source: Source):
-        self.records = records
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, list[str], str, tuple[int, int]]:
-        record = self.records[i]
-        inputs, size = self.source(record)
-        return inputs, record.image_id, list(record.captions), str(record.path), size
-
-
-def collate_pairs(
-    items: list[tuple[torch.Tensor, torch.Tensor, int]], pad_id: int, key: str = "images"
-) -> dict[str, torch.Tensor]:
-    """Stack the inputs under `key` and right-pad token ids with `pad_id` to the longest caption.
-    Items that are None (unreadable images, see `CaptionPairs`) are left out."""
-    kept = [item for item in items if item is not None]
-    if not kept:
-        raise CaptionerError(
-            f"none of the {len(items)} training images of a batch could be loaded (see the warnings above); "
-            "check the image files"
-        )
-    inputs, tokens, image_ids = zip(*kept)
-    padded = torch.nn.utils.rnn.pad_sequence(list(tokens), batch_first=True, padding_value=pad_id)
-    return {
-        key: torch.stack(inputs),
-        "tokens": padded,
-        "image_ids": torch.tensor(image_ids, dtype=torch.long),
-    }
-
-
-def collate_images(items: list[tuple[torch.Tensor, int, list[str], str, tuple[int, int]]], key: str = "images") -> dict:
-    inputs, image_ids, references, paths, sizes = zip(*items)
-    return {
-        key: torch.stack(inputs),
-        "image_ids": torch.tensor(image_ids, dtype=torch.long),
-        "references": list(references),
-        "paths": list(paths),
-        "sizes": torch.tensor(sizes, dtype=torch.long),
-    }
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise CaptionerError("a data split needs a name (e.g. data.train.name: train2014)")
 
 
 class CaptionDataModule(pl.LightningDataModule):
     """Caption data from a COCO-format folder or a Karpathy-split file.
 
     Args:
-        data_dir: Root of the data. COCO format: images in `data_dir/<split>/`, captions in
-            `data_dir/annotations/captions_<split>.json`, boxes (optional, for the grounding
-            scores) in `data_dir/annotations/instances_<split>.json`; any of them can be given
-            per split instead (below), and with all of them given data_dir may be left out.
+        data_dir: Root of the data. COCO format: the folder the splits' default places are in
+            (see `Split`); with every split's images and captions given, it may be left out.
             Karpathy format: the image root that the file's `filepath/filename` entries are
             relative to.
         format: "coco" (official annotation files, read with pycocotools) or "karpathy".
         karpathy_json: The Karpathy-split file (`dataset_coco.json`, ...); required for
             format "karpathy".
-        train_split: Split name used for training (COCO: e.g. "train2014").
-        val_split: Split name used for validation (COCO: e.g. "val2014").
-        test_split: Split name used for testing and prediction.
+        train: The split used for training (its name, and where its files are if not under
+            data_dir); e.g. `--data.train.name train2014`, `--data.val.captions PATH`.
+        val: The split used for validation.
+        test: The split used for testing and prediction.
         image_size: Side S in pixels that images are resized to (S x S).
         batch_size: Training batch size, in (image, caption) pairs.
         eval_batch_size: Validation/test/predict batch size in images; None = batch_size.
@@ -194,22 +104,16 @@ class CaptionDataModule(pl.LightningDataModule):
         features_dir: Folder written by `captioner features extract`: train, validate and test
             from its cached encoder features (batches carry `features` instead of `images`;
             no image is decoded). Needs a frozen encoder with the settings it was made with.
-        train_images, val_images, test_images: COCO format: the split's image folder, in place
-            of `data_dir/<split>/` (splits may share one folder).
-        train_annotations, val_annotations, test_annotations: COCO format: the split's captions
-            file, in place of `data_dir/annotations/captions_<split>.json`.
-        train_instances, val_instances, test_instances: The split's COCO instances file, in
-            place of `data_dir/annotations/instances_<split>.json`; a file given here must exist.
     """
 
     def __init__(
         self,
         data_dir: str | None = None,
-        format: str = "coco",
+        format: Format = "coco",
         karpathy_json: str | None = None,
-        train_split: str = "train",
-        val_split: str = "val",
-        test_split: str = "test",
+        train: Split = Split("train"),
+        val: Split = Split("val"),
+        test: Split = Split("test"),
         image_size: int = 448,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -220,58 +124,42 @@ class CaptionDataModule(pl.LightningDataModule):
         skip_missing_images: bool = False,
         seed: int = 0,
         features_dir: str | None = None,
-        train_images: str | None = None,
-        val_images: str | None = None,
-        test_images: str | None = None,
-        train_annotations: str | None = None,
-        val_annotations: str | None = None,
-        test_annotations: str | None = None,
-        train_instances: str | None = None,
-        val_instances: str | None = None,
-        test_instances: str | None = None,
     ):
         super().__init__()
-        if format not in ("coco", "karpathy"):
-            raise CaptionerError(f'data format must be "coco" or "karpathy", got {format!r}')
-        if format == "karpathy" and not karpathy_json:
-            raise CaptionerError('format "karpathy" needs karpathy_json: the path of the dataset_*.json file')
-        # Per-split paths, by role and kind; None = the data_dir convention.
-        layout = {
-            "train": {"images": train_images, "annotations": train_annotations, "instances": train_instances},
-            "val": {"images": val_images, "annotations": val_annotations, "instances": val_instances},
-            "test": {"images": test_images, "annotations": test_annotations, "instances": test_instances},
-        }
+        require_choice("data.format", format, get_args(Format))
+        require_positive(
+            image_size=image_size, batch_size=batch_size, min_word_count=min_word_count, max_caption_len=max_caption_len
+        )
+        if eval_batch_size is not None:
+            require_positive(eval_batch_size=eval_batch_size)
+        require_non_negative(num_workers=num_workers)
+        splits = {"train": train, "val": val, "test": test}
         if format == "karpathy":
-            given = [f"{role}_{kind}" for role in ROLES for kind in ("images", "annotations") if layout[role][kind]]
+            if not karpathy_json:
+                raise CaptionerError('format "karpathy" needs karpathy_json: the path of the dataset_*.json file')
+            given = [
+                f"data.{role}.{kind}"
+                for role, split in splits.items()
+                for kind in ("images", "captions")
+                if getattr(split, kind)
+            ]
             if given:
                 raise CaptionerError(
                     f'{", ".join(given)} only apply to format "coco"; with a Karpathy file the image paths '
                     "are data_dir/filepath/filename"
                 )
-        if data_dir is None and (
-            format == "karpathy" or not all(layout[r]["images"] and layout[r]["annotations"] for r in ROLES)
-        ):
+        if data_dir is None and (format == "karpathy" or not all(s.images and s.captions for s in splits.values())):
             raise CaptionerError(
                 'data_dir is not set; give the data set folder (data.data_dir), or for format "coco" every '
-                "split's images and annotations (data.train_images, data.train_annotations, ...)"
+                "split's images and captions (data.train.images, data.train.captions, ...)"
             )
-        for name, value in [
-            ("image_size", image_size),
-            ("batch_size", batch_size),
-            ("max_caption_len", max_caption_len),
-        ]:
-            if value < 1:
-                raise CaptionerError(f"{name} must be at least 1, got {value}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise CaptionerError(f"eval_batch_size must be at least 1 or None, got {eval_batch_size}")
-        if num_workers < 0:
-            raise CaptionerError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters()
+        # Checkpoints carry plain data only (they are loaded with weights_only=True).
+        self.hparams.update({role: asdict(split) for role, split in splits.items()})
         self.data_dir = None if data_dir is None else Path(data_dir)
-        self.layout = layout
+        self._splits = splits
         self.format = format
         self.karpathy_json = karpathy_json
-        self.split_names = {"train": train_split, "val": val_split, "test": test_split}
         self.image_size = image_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -289,19 +177,19 @@ class CaptionDataModule(pl.LightningDataModule):
 
     # -- records and vocabulary -------------------------------------------------------------
 
-    def _split_name(self, split: str) -> str:
-        if split not in ROLES:
-            raise CaptionerError(f"split must be one of {ROLES}, got {split!r}")
-        return self.split_names[split]
+    def split(self, role: str) -> Split:
+        """The split that `role` ("train", "val" or "test") reads."""
+        require_choice("role", role, ROLES)
+        return self._splits[role]
 
-    def records(self, split: str) -> list[ImageRecord]:
-        """Records of `split` ("train", "val" or "test"; mapped to the configured split names), cached."""
-        if split not in self._records:
-            name = self._split_name(split)
+    def records(self, role: str) -> list[ImageRecord]:
+        """Records of the split that `role` ("train", "val" or "test") reads, cached."""
+        if role not in self._records:
+            name = self.split(role).name
             if self.format == "coco":
-                self._records[split] = read_coco(
-                    self.path(split, "images"),
-                    self.path(split, "annotations"),
+                self._records[role] = read_coco(
+                    self.path(role, "images"),
+                    self.path(role, "captions"),
                     name,
                     skip_missing=self.skip_missing_images,
                 )
@@ -310,26 +198,26 @@ class CaptionDataModule(pl.LightningDataModule):
                     self._karpathy = read_karpathy(
                         self.karpathy_json, self.data_dir, skip_missing=self.skip_missing_images
                     )
-                self._records[split] = karpathy_split(self._karpathy, name, self.karpathy_json)
-        return self._records[split]
+                self._records[role] = karpathy_split(self._karpathy, name, self.karpathy_json)
+        return self._records[role]
 
-    def path(self, split: str, kind: str) -> Path:
-        """Where `split`'s "images" folder, "annotations" (captions) file or "instances" file is:
+    def path(self, role: str, kind: str) -> Path:
+        """Where the "images" folder, "captions" file or "instances" file of `role`'s split is:
         the one given for it (which must exist), else its place under data_dir (COCO layout)."""
-        name = self._split_name(split)
-        given = self.layout[split][kind]
+        split = self.split(role)
+        given = getattr(split, kind)
         if given is not None:
             if not Path(given).exists():
-                raise CaptionerError(f"data.{split}_{kind} {given} does not exist; check the path or leave it unset")
+                raise CaptionerError(f"data.{role}.{kind} {given} does not exist; check the path or leave it unset")
             return Path(given)
         if self.data_dir is None:
-            raise CaptionerError(f"no {kind} for the {split} split: set data.{split}_{kind} or data.data_dir")
-        return coco_layout(self.data_dir, name)[kind]
+            raise CaptionerError(f"no {kind} for the {role} split: set data.{role}.{kind} or data.data_dir")
+        return coco_layout(self.data_dir, split.name)[kind]
 
-    def boxes(self, split: str) -> dict[int, list[Box]]:
-        """Image id -> boxes from the split's instances file (`path(split, "instances")`); {} when
-        that is the data_dir convention's file and it is absent."""
-        path = self.path(split, "instances")
+    def boxes(self, role: str) -> dict[int, list[Box]]:
+        """Image id -> boxes from the instances file of `role`'s split (`path(role, "instances")`);
+        {} when that is the data_dir convention's file and it is absent."""
+        path = self.path(role, "instances")
         return read_boxes(path) if path.exists() else {}
 
     @property
@@ -362,7 +250,7 @@ class CaptionDataModule(pl.LightningDataModule):
                 too_long += len(tokens) > self.max_caption_len
                 encoded.append((index, vocab.encode_tokens(tokens, max_len=self.max_caption_len)))
         if not encoded:
-            raise CaptionerError(f"the training split {self.split_names['train']!r} has no captions to train on")
+            raise CaptionerError(f"the training split {self.split('train').name!r} has no captions to train on")
         if too_long:
             warnings.warn(
                 f"truncating {too_long} of {len(encoded)} training captions to max_caption_len="
@@ -372,26 +260,26 @@ class CaptionDataModule(pl.LightningDataModule):
             )
         return CaptionPairs(records, encoded, self._source("train", records))
 
-    def _eval_images(self, split: str, *, need_references: bool) -> CaptionImages:
-        records = self.records(split)
+    def _eval_images(self, role: str, *, need_references: bool) -> CaptionImages:
+        records = self.records(role)
         if need_references:
             # An image without references cannot be scored; keep it out of val/test, say so.
             scored = [r for r in records if r.captions]
             if len(scored) < len(records):
                 warnings.warn(
                     f"leaving {len(records) - len(scored)} images without captions out of the "
-                    f"{self.split_names[split]!r} split",
+                    f"{self.split(role).name!r} split",
                     DataWarning,
                     stacklevel=2,
                 )
             records = scored
-        return CaptionImages(records, self._source(split, records))
+        return CaptionImages(records, self._source(role, records))
 
-    def _source(self, split: str, records: list[ImageRecord]) -> ImageSource | SplitFeatures:
+    def _source(self, role: str, records: list[ImageRecord]) -> ImageSource | SplitFeatures:
         """Where the model inputs of `records` come from: the cached features, or the image files."""
         if self.features_dir is None:
             return ImageSource(self.image_size)
-        features = SplitFeatures(self.features_dir, self.split_names[split])
+        features = SplitFeatures(self.features_dir, self.split(role).name)
         features.require(records)
         return features
 
@@ -401,10 +289,10 @@ class CaptionDataModule(pl.LightningDataModule):
         if self.features_dir is not None:
             check_meta(self.features_dir, settings)
 
-    def image_dataloader(self, split: str) -> DataLoader:
-        """Every image of `split` once, as eval batches of decoded `images` (even with
+    def image_dataloader(self, role: str) -> DataLoader:
+        """Every image of `role`'s split once, as eval batches of decoded `images` (even with
         `features_dir`): the input of feature extraction."""
-        records = self.records(split)
+        records = self.records(role)
         images = CaptionImages(records, ImageSource(self.image_size))
         return self._loader(images, batch_size=self.eval_batch_size, collate_fn=collate_images)
 

@@ -271,11 +271,11 @@ def read_boxes(instances_json: str | Path) -> dict[int, list[Box]]:
 
 def coco_layout(data_dir: str | Path, split: str) -> dict[str, Path]:
     """Where the official COCO layout keeps split `split` under `data_dir`: its "images"
-    folder, its "annotations" (captions) file and its "instances" file."""
+    folder, its "captions" file and its "instances" file."""
     data_dir = Path(data_dir)
     return {
         "images": data_dir / split,
-        "annotations": data_dir / "annotations" / f"captions_{split}.json",
+        "captions": data_dir / "annotations" / f"captions_{split}.json",
         "instances": data_dir / "annotations" / f"instances_{split}.json",
     }
 
@@ -294,7 +294,7 @@ def read_split(
     "karpathy") of the Karpathy file `karpathy_json` whose image paths are under `data_dir`."""
     if format == "coco":
         paths = coco_layout(data_dir, split)
-        return read_coco(paths["images"], paths["annotations"], split)
+        return read_coco(paths["images"], paths["captions"], split)
     if karpathy_json is None:
         raise CaptionerError('format "karpathy" needs the path of the dataset_*.json file')
     return karpathy_split(read_karpathy(karpathy_json, data_dir), split, karpathy_json)

@@ -291,7 +291,7 @@ def write_dataset(
             image_id += 1
             image, texts, objects = sample(np.random.default_rng([seed, image_id]), size)
             file_name = f"{image_id:012d}.png"
-            # Level 3 encodes ~3x faster than Pillow's default 6 for the same file size here.
+            # Level 3 encodes faster than Pillow's default 6 for about the same file size here.
             image.save(out / split / file_name, format="PNG", compress_level=3)
             images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
             sentences = []

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from captioner.errors import CaptionerError, require_positive
 from captioner.inference.checkpoint import load_checkpoint
-from captioner.models import Decoder, DecoderConfig, SequenceEncoder, SequenceEncoderConfig
-from captioner.models.search import DecodingConfig, decode_captions
+from captioner.models import DecoderConfig, FusedDecoder, SequenceEncoder, SequenceEncoderConfig
+from captioner.models.captioner import ShowAttendTell
+from captioner.models.search import DecodingConfig
 from captioner.vocab import SPECIALS, Vocabulary
 
 OUTPUT_CHARS = "0123456789-"
@@ -75,8 +76,9 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-class DatesModel(nn.Module):
-    """tokens (B, T_x) -> encoder features (B, T_x, D) and mask -> decoder -> output characters.
+class DatesModel(ShowAttendTell):
+    """The image captioner's model with a `SequenceEncoder` for its encoder: tokens (B, T_x)
+    -> annotations (features (B, T_x, D), mask) -> the same decoder -> output characters.
 
     input_chars: the input alphabet (from the training data); max_input_len: longest input
     accepted, in characters after `normalize`.
@@ -89,19 +91,12 @@ class DatesModel(nn.Module):
         decoder: DecoderConfig,
         max_input_len: int = 64,
     ) -> None:
-        super().__init__()
         require_positive(max_input_len=max_input_len)
-        self.source = source_vocabulary(input_chars)
-        self.target = TARGET_VOCAB
+        source = source_vocabulary(input_chars)
+        sequence = SequenceEncoder(encoder, len(source), pad_id=source.pad_id)
+        super().__init__(sequence, FusedDecoder(decoder, len(TARGET_VOCAB), sequence.out_dim))
+        self.source, self.target = source, TARGET_VOCAB
         self.max_input_len = max_input_len
-        self.encoder = SequenceEncoder(encoder, len(self.source), pad_id=self.source.pad_id)
-        self.decoder = Decoder(decoder, len(self.target), self.encoder.out_dim)
-
-    def forward(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher forcing: inputs (B, T_x), targets (B, T_y) starting with <start>
-        -> logits (B, T_y, V), alphas (B, T_y, T_x)."""
-        features, mask = self.encoder(inputs)
-        return self.decoder(features, targets, mask)
 
     def check_texts(self, texts: list[str]) -> list[str]:
         """`texts` normalised. Raises CaptionerError for an empty text, one longer than
@@ -130,9 +125,8 @@ class DatesModel(nn.Module):
     def decode(self, inputs: Tensor, settings: DecodingConfig) -> list[tuple[str, Tensor, float]]:
         """inputs (B, T_x) -> per row: output text, alphas (L, T_x), score. Greedy for beam_size 1;
         at most ten characters and <end>, whatever `settings.max_len` says."""
-        features, mask = self.encoder(inputs)
         settings = dataclasses.replace(settings, max_len=OUTPUT_LEN + 1)
-        captions = decode_captions(self.decoder, features, self.target, settings, mask)
+        captions = self.caption(self.encode(inputs), self.target, settings)
         return [("".join(self.target.decode_tokens(c.tokens)), c.alphas, c.score) for c in captions]
 
     def translate(self, texts: list[str], settings: DecodingConfig) -> list[Translation]:

@@ -71,7 +71,7 @@ class DatesModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         targets = batch["targets"]
-        logits, alphas = self.model(batch["inputs"], targets[:, :-1])
+        logits, alphas = self.model(self.model.encode(batch["inputs"]), targets[:, :-1])
         loss = caption_loss(
             logits, targets[:, 1:], alphas, self.model.target.pad_id, self.hparams.attention_lambda
         ).total

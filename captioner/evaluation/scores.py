@@ -10,7 +10,9 @@ Scores are the COCO caption metrics, the captions' mean length and the share tha
 word that cannot end an English caption (`dangling_endings`: "a", "an", "the", "and" or a
 comma; what a degenerate caption looks like after self-critical training), plus, where the
 split has boxes, the grounding scores and how many words they were computed over
-(`grounded_words`), so a pointing game over 3 words is not mistaken for one over 3,000.
+(`grounded_words`), so a pointing game over 3 words is not mistaken for one over 3,000; and,
+when the images carry their erasure tests, the erasure aggregates (`erasure_faithfulness`, ...;
+`object_erasure_*` where the split has boxes; see `captioner.evaluation.erasure`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from captioner.data.records import Box
 from captioner.evaluation.captions import caption_scores
+from captioner.evaluation.erasure import WordErasure, erasure_scores
 from captioner.evaluation.grounding import GroundingSample, coco_category_words, grounding_scores
 
 DANGLING_WORDS = frozenset({"a", "an", "the", "and", ","})
@@ -32,7 +35,7 @@ class DecodedImage:
     """One evaluated image: its caption, references, and the attention behind each word.
 
     alphas: (L, P) float CPU tensor, one row per word of `words`; size: the image's (W, H)
-    before resizing, the pixels its boxes are given in.
+    before resizing, the pixels its boxes are given in; erasure: its words' erasure tests, when run.
     """
 
     image_id: int
@@ -41,6 +44,7 @@ class DecodedImage:
     words: tuple[str, ...]
     alphas: torch.Tensor
     size: tuple[int, int]
+    erasure: WordErasure | None = None
 
 
 def gather_across_ranks(images: list[DecodedImage], world_size: int) -> list[DecodedImage]:
@@ -63,7 +67,8 @@ def score_images(
     """COCO caption metrics over the images (each image id once), and with `boxes` (image id ->
     boxes; empty when the split has none) `pointing_game`, `attention_in_box`,
     `chance_pointing_game` and `grounded_words`; always `mean_length` (words) and
-    `dangling_endings` (share of captions). {} when there are no images."""
+    `dangling_endings` (share of captions); the erasure aggregates when every image has its
+    erasure test. {} when there are no images."""
     by_image = {image.image_id: image for image in images}
     if not by_image:
         return {}
@@ -78,11 +83,21 @@ def score_images(
         bool(caption) and caption[-1].lower() in DANGLING_WORDS for caption in words
     ) / len(words)
     if boxes:
-        samples = [
-            GroundingSample(image.words, image.alphas, grid, image.size, boxes.get(image.image_id, []))
-            for image in by_image.values()
-        ]
+        scores.update(grounding_of(list(by_image.values()), boxes, grid))
+    if all(image.erasure is not None for image in by_image.values()):
+        erasures = [image.erasure for image in by_image.values()]
         categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
-        grounding = grounding_scores(samples, coco_category_words(categories))
-        scores.update({name: float(value) for name, value in grounding.items()})
+        scores.update(erasure_scores(words, erasures, coco_category_words(categories) if boxes else None))
     return scores
+
+
+def grounding_of(
+    images: Sequence[DecodedImage], boxes: Mapping[int, Sequence[Box]], grid: tuple[int, int]
+) -> dict[str, float]:
+    """The grounding scores (`grounding_scores`) of decoded images against their boxes."""
+    samples = [
+        GroundingSample(image.words, image.alphas, grid, image.size, boxes.get(image.image_id, [])) for image in images
+    ]
+    categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
+    grounding = grounding_scores(samples, coco_category_words(categories))
+    return {name: float(value) for name, value in grounding.items()}

@@ -30,10 +30,11 @@ from PIL import Image
 from captioner.data import ImageLoadError, image_transform, load_image
 from captioner.data.images import load_image_for, to_upright_rgb
 from captioner.errors import CaptionerError, require_positive
+from captioner.evaluation.erasure import WordErasure, erase_words
 from captioner.inference.checkpoint import LoadedModel, load_model
-from captioner.inference.precision import Encode, check_precision, inference_models
-from captioner.models import Decoder
-from captioner.models.search import Caption, DecodingConfig, decode_captions
+from captioner.inference.precision import check_precision, inference_model
+from captioner.models.captioner import ShowAttendTell
+from captioner.models.search import Caption, DecodingConfig
 
 ImageInput = str | os.PathLike | Image.Image | torch.Tensor
 
@@ -52,6 +53,8 @@ class CaptionResult:
             P grid cells while word t was emitted; each row sums to 1.
         grid: (rows, cols) of the attention grid, P = rows·cols, cells row-major over the
             whole image (see `captioner.viz.overlay.attention_map`).
+        erasure: per word, p(word) as decoded, after erasing where it looked and after erasing
+            as many random cells (`captioner.evaluation.erasure`); None unless asked for.
     """
 
     tokens: list[int]
@@ -60,6 +63,7 @@ class CaptionResult:
     score: float
     alphas: torch.Tensor
     grid: tuple[int, int]
+    erasure: WordErasure | None = None
 
 
 @dataclass(frozen=True)
@@ -92,18 +96,17 @@ class Captioner:
         calibration: ImageInput | Iterable[ImageInput] | None = None,
     ):
         check_precision(precision, device)
-        self.model = model
+        self.model = model.model  # float32, on `device` once prepared
         self.device = device
         self.precision = precision
         self.vocab = model.vocab
         self.image_size = model.image_size
         self.decoding = model.decoding
-        self.grid = model.encoder.config.grid_shape
+        self.grid = model.model.encoder.config.grid_shape
         self._transform = image_transform(model.image_size)
-        # encoder: images (B, 3, S, S) -> features (B, P, D) in `precision`; decoder likewise.
-        # Both are None only for int8 before its first batch has calibrated them.
-        self.encoder: Encode | None = None
-        self.decoder: Decoder | None = None
+        # The model with its encoder in `precision` (`inference_model`); None only for int8
+        # before its first batch has calibrated it.
+        self.runtime: ShowAttendTell | None = None
         if calibration is not None:
             self._prepare(torch.stack([self.to_tensor(image) for image in _flatten(calibration)]))
         elif precision != "int8":
@@ -122,9 +125,7 @@ class Captioner:
         return cls(load_model(path), resolve_device(device), precision=precision, calibration=calibration)
 
     def _prepare(self, calibration: torch.Tensor | None) -> None:
-        self.encoder, self.decoder = inference_models(
-            self.model.encoder, self.model.decoder, self.precision, self.device, calibration
-        )
+        self.runtime = inference_model(self.model, self.precision, self.device, calibration)
 
     def open_image(self, image: str | os.PathLike | Image.Image) -> Image.Image:
         """RGB, upright, at its own size: a path through `load_image`, a PIL image converted alike."""
@@ -155,11 +156,13 @@ class Captioner:
         images: ImageInput | Iterable[ImageInput],
         *,
         batch_size: int = 16,
+        erasure: bool = False,
         **decoding: int | bool | None,
     ) -> list[CaptionResult]:
         """Caption `images` (one item or a sequence; a (B, 3, S, S) tensor counts as B images).
 
-        Returns one result per image, in order. `decoding` keywords (beam_size, max_len,
+        Returns one result per image, in order; with `erasure`, each with its per-word erasure
+        test (costs about one more decoding pass). `decoding` keywords (beam_size, max_len,
         length_normalize, allow_unk; see `DecodingConfig`) override the checkpoint's settings;
         None keeps them; `beam_size=1` decodes greedily. Images are read and decoded
         `batch_size` at a time. Raises `ImageLoadError` for an unreadable path (use
@@ -172,10 +175,10 @@ class Captioner:
         for image in _flatten(images):
             batch.append(self.to_tensor(image))
             if len(batch) == batch_size:
-                results.extend(self._decode(torch.stack(batch), settings))
+                results.extend(self._decode(torch.stack(batch), settings, erasure))
                 batch = []
         if batch:
-            results.extend(self._decode(torch.stack(batch), settings))
+            results.extend(self._decode(torch.stack(batch), settings, erasure))
         return results
 
     def decoding_settings(self, **overrides: int | bool | None) -> DecodingConfig:
@@ -217,12 +220,19 @@ class Captioner:
             yield FileCaption(path, image, None if image is None else next(results), error)
 
     @torch.inference_mode()
-    def _decode(self, images: torch.Tensor, settings: DecodingConfig) -> list[CaptionResult]:
+    def _decode(self, images: torch.Tensor, settings: DecodingConfig, erasure: bool = False) -> list[CaptionResult]:
         """images (B, 3, S, S) -> B results."""
-        if self.encoder is None:  # int8 without calibration images: calibrate on this first batch
+        if self.runtime is None:  # int8 without calibration images: calibrate on this first batch
             self._prepare(images)
-        features = self.encoder(images.to(self.device))
-        return [self._result(caption) for caption in decode_captions(self.decoder, features, self.vocab, settings)]
+        annotations = self.runtime.encode(images.to(self.device))
+        captions = self.runtime.caption(annotations, self.vocab, settings)
+        if not erasure:
+            return [self._result(caption) for caption in captions]
+        tokens = [caption.tokens for caption in captions]
+        erased = erase_words(
+            self.runtime.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask
+        )
+        return [dataclasses.replace(self._result(c), erasure=e) for c, e in zip(captions, erased)]
 
     def _result(self, caption: Caption) -> CaptionResult:
         # Decoding returns the words only (no <start>/<end>), one α row each.

@@ -1,14 +1,15 @@
 """Loading a trained checkpoint safely, without Lightning.
 
-    model = load_model("runs/demo/checkpoints/best.ckpt")
-    features = model.encoder(images)          # (B, P, D)
+    loaded = load_model("runs/demo/checkpoints/best.ckpt")
+    annotations = loaded.model.encode(images)   # features (B, P, D)
 
 A checkpoint is a file anyone may hand us, and a pickle can run code while it is read. So
 every checkpoint is opened with `torch.load(..., weights_only=True)`, which only rebuilds
 tensors and plain containers and refuses anything else; there is no fallback that trusts
 the file. The model is then rebuilt from the plain-data `hyper_parameters` (the settings
-dataclasses as dicts, the vocabulary as a list of words) and the `encoder.*` / `decoder.*`
-entries of `state_dict`. Every way this can go wrong is one `CaptionerError` naming the file.
+dataclasses as dicts, the vocabulary as a list of words) and the `model.*` entries of
+`state_dict` (`encoder.*` / `decoder.*` in checkpoints written before the model was one object).
+Every way this can go wrong is one `CaptionerError` naming the file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 import torch
 
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig, PlainConfig
+from captioner.models import DecoderConfig, EncoderConfig, PlainConfig
+from captioner.models.captioner import ShowAttendTell
 from captioner.models.search import DecodingConfig
 from captioner.vocab import Vocabulary
 
@@ -35,14 +37,13 @@ _FORBIDDEN_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """The networks (in eval mode, on CPU) and the settings a checkpoint carries.
+    """The model (in eval mode, on CPU) and the settings a checkpoint carries.
 
-    `encoder.config.grid_shape` is (rows, cols) of the attention grid: α rows of length
+    `model.encoder.config.grid_shape` is (rows, cols) of the attention grid: α rows of length
     P = rows·cols are laid out row-major over it.
     """
 
-    encoder: Encoder
-    decoder: Decoder
+    model: ShowAttendTell
     vocab: Vocabulary
     decoding: DecodingConfig
     image_size: int
@@ -109,46 +110,87 @@ def load_model(path: str | Path) -> LoadedModel:
         # The state dict replaces every weight, so never fetch pretrained ones here.
         encoder_config = dataclasses.replace(_settings(EncoderConfig, hparams, "encoder"), weights=None)
         decoding = _settings(DecodingConfig, hparams, "decoding")
-        encoder = Encoder(encoder_config)
-        decoder = Decoder(_settings(DecoderConfig, hparams, "decoder"), len(vocab), encoder.out_channels)
+        model = ShowAttendTell.for_images(encoder_config, _settings(DecoderConfig, hparams, "decoder"), len(vocab))
         image_size = int(hparams["image_size"])
     except (TypeError, ValueError) as error:  # CaptionerError is a ValueError
         raise _incompatible(path, f"its hyper-parameters do not describe a model ({error})") from None
 
-    _load_networks(path, checkpoint["state_dict"], encoder, decoder)
+    _load_model(path, checkpoint["state_dict"], model)
     return LoadedModel(
-        encoder=encoder.eval(),
-        decoder=decoder.eval(),
+        model=model.eval(),
         vocab=vocab,
         decoding=decoding,
         image_size=image_size,
     )
 
 
-def load_weights(path: str | Path, encoder: Encoder, decoder: Decoder, vocab: Vocabulary) -> None:
-    """Copy the encoder and decoder weights of the checkpoint at `path` into `encoder` and
-    `decoder` (to fine-tune it, e.g. with another objective). The checkpoint must have the same
-    vocabulary and architecture; otherwise CaptionerError names what differs."""
+def load_weights(path: str | Path, model: ShowAttendTell, vocab: Vocabulary) -> None:
+    """Copy the weights of the checkpoint at `path` into `model` (to fine-tune it, e.g. with
+    another objective). The checkpoint must have the same vocabulary and architecture;
+    otherwise CaptionerError names what differs."""
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    words = checkpoint["hyper_parameters"].get("vocab_words")
-    if words is None or list(words) != vocab.words:
-        raise CaptionerError(
-            f"checkpoint {path} was trained with another vocabulary ({len(words or [])} words; this run has "
-            f"{len(vocab)}); start from a checkpoint trained on the same data (and data.vocab_path)"
-        )
-    _load_networks(path, checkpoint["state_dict"], encoder, decoder)
+    check_vocabulary(checkpoint["hyper_parameters"].get("vocab_words") or [], vocab, path)
+    _load_model(path, checkpoint["state_dict"], model)
 
 
-def _load_networks(path: Path, state: dict[str, Any], encoder: Encoder, decoder: Decoder) -> None:
-    """Load the `encoder.*` and `decoder.*` entries of a state dict, strictly."""
-    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            module.load_state_dict(part, strict=True)
-        except RuntimeError as error:
-            detail = " ".join(str(error).split())
-            raise _incompatible(path, f"its {prefix[:-1]} weights do not fit the model ({detail[:300]})") from None
+def check_vocabulary(words: list[str], vocab: Vocabulary, path: str | Path) -> None:
+    """Raise CaptionerError when the checkpoint at `path`, trained with `words`, has another
+    vocabulary than this run's: its output layer would not fit, or fit with every id meaning
+    another word."""
+    if list(words) == vocab.words:
+        return
+    same_size = " (same size, other words)" if len(words) == len(vocab) else ""
+    raise CaptionerError(
+        f"{path} was trained with a vocabulary of {len(words)} words, but the data gives one of "
+        f"{len(vocab)} words{same_size}; use the data (and data.vocab_path) the checkpoint was trained with, "
+        "or train from scratch"
+    )
+
+
+# Checkpoints written before the model was one object kept its parts and the hard-attention
+# baseline at the top of the state dict.
+_RENAMED = {"encoder.": "model.encoder.", "decoder.": "model.decoder.", "hard_baseline.": "objective.baseline."}
+
+
+def model_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A Lightning state dict in today's layout, then only the `model.` entries, renamed to
+    start with `prefix` instead ("model." keeps the system's layout, "" gives the state dict of
+    `ShowAttendTell` itself); the other entries are kept as they are when prefix is "model."."""
+    renamed = {}
+    for key, value in state.items():
+        old = next((old for old in _RENAMED if key.startswith(old)), None)
+        renamed[key if old is None else _RENAMED[old] + key[len(old) :]] = value
+    if prefix == "model.":
+        return renamed
+    return {prefix + key[len("model.") :]: value for key, value in renamed.items() if key.startswith("model.")}
+
+
+# Settings that moved into a group of their own since checkpoints first carried them: the
+# optimiser's into `optimizer`; the runtime switches (compile, tf32) left the model for the
+# CLI's `runtime` section, and are not the checkpoint's to decide.
+_GROUPED = {"optimizer": ("decoder_lr", "encoder_lr", "weight_decay", "lr_schedule", "lr_decay", "lr_patience")}
+_DROPPED = ("compile", "tf32")
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A captioning checkpoint's hyper-parameters in today's layout (older checkpoints kept the
+    optimiser's settings flat and the runtime switches among them)."""
+    hparams = {key: value for key, value in hparams.items() if key not in _DROPPED}
+    for group, names in _GROUPED.items():
+        moved = {name: hparams.pop(name) for name in names if name in hparams}
+        if moved:
+            hparams[group] = {**moved, **(hparams.get(group) or {})}
+    return hparams
+
+
+def _load_model(path: Path, state: dict[str, Any], model: ShowAttendTell) -> None:
+    """Load the model's entries of a Lightning state dict, strictly."""
+    try:
+        model.load_state_dict(model_state(state), strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise _incompatible(path, f"its weights do not fit the model ({detail[:300]})") from None
 
 
 def _settings(kind: type[PlainConfig], hparams: dict[str, Any], key: str) -> Any:

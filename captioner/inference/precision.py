@@ -1,6 +1,6 @@
 """Inference precision: the encoder and decoder of a trained model in fp32, bf16 or int8.
 
-    encode, decoder = inference_models(encoder, decoder, "int8", device, calibration=images)
+    fast = inference_model(model, "int8", device, calibration=images)   # a ShowAttendTell
     features = encode(images)                      # (B, P, D)
 
 - fp32: the networks as trained; the reference.
@@ -10,9 +10,8 @@
   uint8 activations), through torch.ao's FX graph mode on PyTorch's x86 engine. Activation
   ranges are calibrated once on a handful of images. CPU only.
 
-The decoder stays float32 in every precision, and features reach it as float32: measured on
-the demo's 200 test images with beam 3, a bfloat16 decoder changed 17% of the captions
-(whichever the encoder), while a bfloat16 encoder changed 1.5% and an int8 one 3.5%
+The decoder stays float32 in every precision, and features reach it as float32: a bfloat16
+decoder changes far more captions than a bfloat16 or int8 encoder does (docs/performance.md)
 (`benchmarks/precision.py`). Beam search ranks hypotheses whose scores differ in the third
 digit, and bfloat16 keeps about two.
 """
@@ -21,20 +20,18 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from captioner.errors import CaptionerError
-from captioner.models import Decoder, Encoder
+from captioner.models import Encoder
+from captioner.models.captioner import ShowAttendTell
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # Observing activations costs a forward pass; more than this many calibration images gain
 # nothing measurable in the ranges of min/max observers and only slow the start.
 MAX_CALIBRATION_IMAGES = 16
-
-Encode = Callable[[Tensor], Tensor]
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -77,33 +74,39 @@ def int8_supported(device: torch.device) -> bool:
     return device.type == "cpu" and "x86" in torch.backends.quantized.supported_engines
 
 
-def inference_models(
-    encoder: Encoder,
-    decoder: Decoder,
-    precision: str,
-    device: torch.device,
-    calibration: Tensor | None = None,
-) -> tuple[Encode, Decoder]:
-    """The encoder as a function images (B, 3, S, S) -> float32 features (B, P, D) in
-    `precision`, and the decoder, both on `device`. The decoder, and the encoder for fp32, are
-    the models passed in (moved to `device`); bf16 and int8 use converted copies of the encoder.
+def inference_model(
+    model: ShowAttendTell, precision: str, device: torch.device, calibration: Tensor | None = None
+) -> ShowAttendTell:
+    """`model` on `device` with its encoder in `precision`, giving float32 features (B, P, D).
+    fp32 returns `model` itself (moved); bf16 and int8 share its decoder and convert a copy of
+    its encoder.
 
     int8 needs `calibration`: (N, 3, S, S) images prepared like the ones to caption; at most
     MAX_CALIBRATION_IMAGES of them are used.
     """
     check_precision(precision, device)
-    decoder = decoder.to(device)
+    model = model.to(device)
     if precision == "fp32":
-        return encoder.to(device), decoder
+        return model
     if precision == "bf16":
-        fast = copy.deepcopy(encoder).to(device, torch.bfloat16)
+        fast = copy.deepcopy(model.encoder).to(device, torch.bfloat16)
         fast.trunk.to(memory_format=torch.channels_last)
         fast.channels_last = True
-        return lambda images: fast(images.to(device, torch.bfloat16)).float(), decoder
+        return ShowAttendTell(_Bfloat16Encoder(fast), model.decoder)
     if calibration is None or len(calibration) == 0:
         raise CaptionerError("precision int8 needs calibration images to set its activation ranges")
-    quantized = quantize_encoder(encoder, calibration[:MAX_CALIBRATION_IMAGES])
-    return lambda images: quantized(images.to(device)), decoder
+    return ShowAttendTell(quantize_encoder(model.encoder, calibration[:MAX_CALIBRATION_IMAGES]), model.decoder)
+
+
+class _Bfloat16Encoder(nn.Module):
+    """A bfloat16 encoder behind a float32 interface: images are cast in, features out."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.encoder(images.to(torch.bfloat16)).float()
 
 
 def quantize_encoder(encoder: Encoder, calibration: Tensor) -> Encoder:

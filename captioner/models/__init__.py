@@ -2,20 +2,24 @@
 sequence encoder that puts the same decoder to work on text."""
 
 from captioner.models.attention import SoftAttention
+from captioner.models.captioner import Annotations, ShowAttendTell
 from captioner.models.config import DecoderConfig, EncoderConfig, PlainConfig, SequenceEncoderConfig
-from captioner.models.decoder import GATES, Decoder
+from captioner.models.decoder import Decoder
 from captioner.models.encoder import Encoder, supported_backbones
+from captioner.models.fused import FusedDecoder
 from captioner.models.sequence import SequenceEncoder
 
 __all__ = [
-    "GATES",
+    "Annotations",
     "Decoder",
     "DecoderConfig",
     "Encoder",
     "EncoderConfig",
+    "FusedDecoder",
     "PlainConfig",
     "SequenceEncoder",
     "SequenceEncoderConfig",
+    "ShowAttendTell",
     "SoftAttention",
     "supported_backbones",
 ]

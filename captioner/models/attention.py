@@ -31,8 +31,8 @@ class SoftAttention(nn.Module):
     def forward(
         self, features: Tensor, projected: Tensor, hidden: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """features (B, P, D), projected (B, P, A), hidden (B, H) or (B, K, H), mask (B, P) bool
-        (True = may attend) -> context (B, D) / (B, K, D), alpha (B, P) / (B, K, P)."""
+        """features (B, P, D), projected (B, P, A), hidden (B, H) or (B, K, H), mask (B, P) or,
+        with beams, (B, K, P) bool (True = may attend) -> context (B, D) / (B, K, D), alpha (B, P) / (B, K, P)."""
         return self.attend(features, projected, self.hidden_proj(hidden), mask)
 
     def attend(
@@ -47,7 +47,7 @@ class SoftAttention(nn.Module):
             hidden_projected = hidden_projected.unsqueeze(1)
         scores = energies(projected, hidden_projected, self.score.weight[0])  # (B, K, P)
         if mask is not None:
-            scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+            scores = scores.masked_fill(~(mask.unsqueeze(1) if mask.dim() == 2 else mask), float("-inf"))
         alpha = scores.softmax(dim=-1)
         context = torch.bmm(alpha.to(features.dtype), features)  # (B, K, P) @ (B, P, D): Σ_i α_i a_i per beam
         if not beams:
@@ -56,12 +56,12 @@ class SoftAttention(nn.Module):
 
 
 # tanh(u) = 2σ(2u) − 1, and softmax ignores the constant −Σw that this leaves, so
-# e_i = 2w·σ(2u_i) gives the same α. Why: on CPU, PyTorch's tanh is ~2-8x slower than sigmoid.
+# e_i = 2w·σ(2u_i) gives the same α. Why: on CPU, PyTorch's tanh is several times slower than sigmoid.
 #
-# The (B, K, P, A) tensor of sigmoids is the largest one of every step (over 100 MB at beam
+# The (B, K, P, A) tensor of sigmoids is the largest one of every step (hundreds of MB at beam
 # search sizes), and the work on it is memory-bound: it is computed a few images at a time
 # in one reused buffer of at most CHUNK_FLOATS floats, which stays in cache from the add to
-# the product with w. This is ~2x faster on CPU than one pass over the whole tensor.
+# the product with w. This is faster on CPU than one pass over the whole tensor.
 CHUNK_FLOATS = 2**21
 
 

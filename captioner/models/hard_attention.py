@@ -20,8 +20,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-HARD_DECODING = ("expected", "argmax")
-
 
 class HardChoice(NamedTuple):
     """One training step of hard attention (or all T steps at once), shapes (B, [T,] ...)."""

@@ -6,18 +6,34 @@ every returned word (for overlays and grounding metrics).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from captioner.errors import require_positive
+from captioner.errors import CaptionerError, require_positive
 from captioner.models.config import PlainConfig
 from captioner.models.decoder import Decoder
 from captioner.vocab import Vocabulary
 
 NEG_INF = float("-inf")
+# The most any caller may ask for (the CLI, the Python API, training configs; the service may
+# set lower bounds): beam search holds beam_size hypotheses per image for max_len steps, so time
+# and memory grow with both, and wider beams or longer captions than these do not caption better.
+DECODING_LIMITS = {"beam_size": 10, "max_len": 60}
+
+
+def check_decoding_limits(values: Mapping[str, int | None], label: Callable[[str], str] = str) -> None:
+    """Raise CaptionerError naming the first of `values` (beam_size, max_len; None = unset) above
+    its DECODING_LIMITS bound; `label` turns a setting's name into the name the user typed."""
+    for name, value in values.items():
+        high = DECODING_LIMITS[name]
+        if value is not None and not isinstance(value, bool) and isinstance(value, int) and value > high:
+            raise CaptionerError(
+                f"{label(name)} must be at most {high}, got {value}; wider beams and longer captions cost time "
+                "and memory without captioning better (captioner.models.search.DECODING_LIMITS)"
+            )
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class DecodingConfig(PlainConfig):
 
     def __post_init__(self) -> None:
         require_positive(beam_size=self.beam_size, max_len=self.max_len)
+        check_decoding_limits({"beam_size": self.beam_size, "max_len": self.max_len})
 
 
 @dataclass

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from captioner import __version__
 from captioner.serve.batching import Busy
+from captioner.serve.budget import PixelBudget
 from captioner.serve.limits import Limits, RequestRejected
 from captioner.serve.model import CaptionModel
 from captioner.serve.routes import STATIC_DIR, router
@@ -29,6 +30,8 @@ def create_app(model: CaptionModel, limits: Limits | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Made here: its asyncio primitives belong to the serving loop.
+        app.state.budget = PixelBudget(limits.max_pixels_in_flight, limits.max_decode_wait_s)
         async with model:
             yield
 

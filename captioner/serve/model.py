@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from captioner.data.images import ImageLoadError, decode_image
+from captioner.data.images import ImageLoadError, decode_image, header_pixels
 from captioner.inference.api import Captioner, CaptionResult
 from captioner.models.search import DecodingConfig
 from captioner.serve.batching import Batcher, BatchSettings
+from captioner.serve.budget import PixelBudget
+from captioner.viz.overlay import HEATMAP
 
 # Attention weights are sent rounded: 6 decimals keep every row's sum within 1e-4 of 1 and
 # halve the JSON of a 14x14 grid.
@@ -67,24 +69,35 @@ class CaptionModel:
         await self.batcher.stop()
 
     def prepare(self, upload: Upload, max_pixels: int) -> Prepared:
-        """Decode one upload (upright RGB, at most `max_pixels`) into model input; raises ImageLoadError."""
-        image = decode_image(upload.data, upload.filename or "upload", max_pixels=max_pixels)
-        return Prepared(self.captioner.to_tensor(image), image.size)
+        """Decode one upload (upright RGB, at most `max_pixels`, shrunk early to about the model's
+        input size; see `decode_image`) into model input; raises ImageLoadError."""
+        image, size = decode_image(
+            upload.data, upload.filename or "upload", max_pixels=max_pixels, target=self.captioner.image_size
+        )
+        return Prepared(self.captioner.to_tensor(image), size)
 
     async def caption_uploads(
-        self, uploads: list[Upload], options: Mapping[str, int], max_pixels: int
+        self, uploads: list[Upload], options: Mapping[str, int], max_pixels: int, budget: PixelBudget
     ) -> list[dict[str, Any]]:
-        """One JSON entry per upload, in order: its caption, or `error` with the reason it was not read."""
+        """One JSON entry per upload, in order: its caption, or `error` with the reason it was not read.
+
+        Each decoding holds its pixels of `budget`; raises Busy when they do not fit in time.
+        """
         prepared: list[Prepared | ImageLoadError] = []
         for upload in uploads:  # decoded off the event loop, one at a time per request
+            pixels = header_pixels(upload.data)
             try:
-                prepared.append(await to_thread.run_sync(self.prepare, upload, max_pixels))
+                # An image over max_pixels is refused from its header, without decoding it.
+                async with budget.reserve(pixels if pixels <= max_pixels else 0):
+                    prepared.append(await to_thread.run_sync(self.prepare, upload, max_pixels))
             except ImageLoadError as error:
                 prepared.append(error)
         good = [item for item in prepared if isinstance(item, Prepared)]
-        # Requests with equal settings share batches: the frozen DecodingConfig is the batching key.
-        settings = self.captioner.decoding_settings(**options)
-        results = iter(await self.batcher.submit(settings, [item.tensor for item in good]) if good else [])
+        # Requests with equal settings share batches: the frozen DecodingConfig and whether to test
+        # erasure are the batching key.
+        decoding = {name: value for name, value in options.items() if name != "erasure"}
+        key = (self.captioner.decoding_settings(**decoding), bool(options.get("erasure")))
+        results = iter(await self.batcher.submit(key, [item.tensor for item in good]) if good else [])
         entries = []
         for index, (upload, item) in enumerate(zip(uploads, prepared)):
             entry: dict[str, Any] = {"index": index, "filename": upload.filename}
@@ -95,14 +108,15 @@ class CaptionModel:
             entries.append(entry)
         return entries
 
-    def _decode(self, settings: DecodingConfig, tensors: list[torch.Tensor]) -> list[CaptionResult]:
+    def _decode(self, key: tuple[DecodingConfig, bool], tensors: list[torch.Tensor]) -> list[CaptionResult]:
         """Runs in the batcher's worker thread: one decoding call for the whole batch."""
-        return self.captioner.caption(tensors, batch_size=len(tensors), **settings.to_dict())
+        settings, erasure = key
+        return self.captioner.caption(tensors, batch_size=len(tensors), erasure=erasure, **settings.to_dict())
 
     def _result_json(self, result: CaptionResult, size: tuple[int, int]) -> dict[str, Any]:
         rows, cols = result.grid
         attention = np.round(result.alphas.numpy().reshape(-1, rows, cols).astype(np.float64), ATTENTION_DECIMALS)
-        return {
+        entry = {
             "caption": result.caption,
             "tokens": result.words,
             "token_ids": result.tokens,
@@ -111,6 +125,9 @@ class CaptionModel:
             "grid": {"rows": rows, "cols": cols},
             "image": {"width": size[0], "height": size[1]},
         }
+        if result.erasure is not None:  # per word: p, p_looked_erased, p_random_erased, cells_erased, spread, faithful
+            entry["erasure"] = result.erasure.as_json()
+        return entry
 
     def _describe(self) -> dict[str, Any]:
         """What `GET /v1/model` reports: architecture, grid, vocabulary, and the test metrics when present."""
@@ -122,6 +139,8 @@ class CaptionModel:
             "image_size": self.captioner.image_size,
             "vocab_size": len(self.captioner.vocab),
             "decoding_defaults": dict(self.defaults),
+            # Colour-bar ticks of the page's heat maps for this grid: [position on the 0..1 scale, α label].
+            "legend": [[at, label] for at, label in HEATMAP.legend(rows * cols)],
             "metrics": _read_metrics(self.checkpoint.parent / "metrics.json"),
         }
 

@@ -7,11 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
-from captioner.serve.limits import OPTION_BOUNDS, Limits, RequestRejected, parse_options
-from captioner.serve.model import CaptionModel, Upload
+from captioner.serve.form import read_form
+from captioner.serve.limits import FLAGS, OPTION_BOUNDS, Limits, parse_options
+from captioner.serve.model import CaptionModel
 from captioner.viz.overlay import HEATMAP
 
 router = APIRouter()
@@ -28,6 +27,7 @@ _UPLOAD_SCHEMA = {
                     "properties": {
                         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         **{name: {"type": "integer", "minimum": 1} for name in OPTION_BOUNDS},
+                        **{name: {"type": "integer", "enum": [0, 1]} for name in FLAGS},
                     },
                 }
             }
@@ -59,46 +59,19 @@ async def overlay_style() -> dict[str, Any]:
 
 @router.post("/v1/captions", openapi_extra=_UPLOAD_SCHEMA)
 async def captions(request: Request) -> JSONResponse:
-    """Caption every file of the multipart field `images`; options beam_size and max_len.
+    """Caption every file of the multipart field `images`; options beam_size and max_len, and
+    erasure=1 for each word's erasure test.
 
     200 when at least one image was captioned (unreadable ones carry `error`), 422 when none was.
     """
     model, limits = _model(request), _limits(request)
-    uploads, fields = await _read_form(request, limits)
+    uploads, fields = await read_form(request, limits)
     options = parse_options(fields, model.defaults, limits)
-    results = await model.caption_uploads(uploads, options, limits.max_pixels)
+    results = await model.caption_uploads(uploads, options, limits.max_pixels, request.app.state.budget)
     body: dict[str, Any] = {"options": options, "results": results}
     if all("error" in entry for entry in results):
         return JSONResponse({"detail": "no uploaded image could be read; see results", **body}, status_code=422)
     return JSONResponse(body)
-
-
-async def _read_form(request: Request, limits: Limits) -> tuple[list[Upload], dict[str, str]]:
-    """The uploaded files of `images` and the text fields, or RequestRejected saying what is wrong."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise RequestRejected(415, "send multipart/form-data with the image files in the field `images`")
-    try:
-        form = await request.form(max_files=limits.max_images, max_fields=len(OPTION_BOUNDS) + 2, max_part_size=1024)
-    except HTTPException as error:
-        if str(error.detail).startswith("Too many files"):
-            raise RequestRejected(413, f"too many images: at most {limits.max_images} per request") from None
-        raise RequestRejected(400, f"the multipart body could not be read: {error.detail}") from None
-    uploads, fields = [], {}
-    try:
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile) != (name == "images"):
-                raise RequestRejected(422, f"field {name!r}: image files go in `images`, options are text fields")
-            if isinstance(value, UploadFile):
-                uploads.append(Upload(value.filename or "", await value.read()))
-            elif name in fields:
-                raise RequestRejected(422, f"option {name!r} was sent twice")
-            else:
-                fields[name] = value
-    finally:
-        await form.close()
-    if not uploads:
-        raise RequestRejected(422, "no images: send one or more files in the multipart field `images`")
-    return uploads, fields
 
 
 def _model(request: Request) -> CaptionModel:

@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from captioner.errors import require_positive
+from captioner.training.objectives import batch_annotations
 from captioner.viz.overlay import draw_attention
 
 __all__ = ["AttentionOverlayCallback"]
@@ -26,11 +27,9 @@ class AttentionOverlayCallback(pl.Callback):
     the sanity check, and only with a TensorBoard logger (any other logger: nothing logged).
     Figures go to ``attention/<i>`` at the current global step.
 
-    The module must provide ``caption_images(images (B,3,H,W), DecodingConfig) ->
-    list[Caption]`` (``.tokens``, ``.alphas`` (L, P)), ``vocab.decode_tokens(tokens)`` and
-    ``grid_shape -> (rows, cols)``. When the batches carry cached ``features`` (B, P, D)
-    instead of images, it captions them with ``caption_features`` (same contract) and draws
-    over the image files named by the batches' ``paths``.
+    The module must provide ``model`` (a `ShowAttendTell` over an image grid), ``vocab`` and
+    ``decoding``. When the batches carry cached ``features`` (B, P, D) instead of images, it
+    captions those and draws over the image files named by the batches' ``paths``.
     """
 
     def __init__(self, num_images: int = 4, every_n_epochs: int = 1, beam_size: int = 1) -> None:
@@ -51,18 +50,19 @@ class AttentionOverlayCallback(pl.Callback):
         if self._inputs is None:
             self._inputs = self._first_inputs(trainer.val_dataloaders)
         settings = dataclasses.replace(pl_module.decoding, beam_size=self.beam_size)
-        with torch.no_grad():
-            if "features" in self._inputs:
-                features = self._inputs["features"].to(pl_module.device)
-                captions = pl_module.caption_features(features, settings)
-                pictures = [load_image(path) for path in self._inputs["paths"]]
-            else:
-                images = self._inputs["images"].to(pl_module.device)
-                captions = pl_module.caption_images(images, settings)
-                pictures = [_to_pil(image) for image in self._inputs["images"]]
+        model = pl_module.model
+        key = "features" if "features" in self._inputs else "images"
+        with torch.inference_mode():
+            annotations = batch_annotations(model, {key: self._inputs[key].to(pl_module.device)})
+            captions = model.caption(annotations, pl_module.vocab, settings)
+        if key == "features":
+            pictures = [load_image(path) for path in self._inputs["paths"]]
+        else:
+            pictures = [_to_pil(image) for image in self._inputs["images"]]
+        grid = model.encoder.config.grid_shape
         for index, (picture, caption) in enumerate(zip(pictures, captions)):
             words = pl_module.vocab.decode_tokens(caption.tokens)
-            figure = draw_attention(picture, words, caption.alphas, pl_module.grid_shape, title=" ".join(words))
+            figure = draw_attention(picture, words, caption.alphas, grid, title=" ".join(words))
             for logger in loggers:
                 # add_figure renders the figure, then closes it.
                 logger.experiment.add_figure(f"attention/{index}", figure, global_step=trainer.global_step)

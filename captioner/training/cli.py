@@ -22,8 +22,10 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 
 from captioner.data import CaptionDataModule
 from captioner.errors import CaptionerError
+from captioner.inference.checkpoint import load_checkpoint, upgrade_hparams
 from captioner.training.checkpoint_io import AtomicCheckpointIO
 from captioner.training.predictions import CaptionWriter
+from captioner.training.runtime import Runtime
 from captioner.training.system import CaptioningModule
 
 
@@ -52,6 +54,7 @@ class CaptionerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.link_data_to_model(parser)
         self.add_checkpoints(parser)
+        parser.add_lightning_class_args(Runtime, "runtime")
         parser.add_lightning_class_args(CaptionWriter, "predictions")
 
     def link_data_to_model(self, parser: LightningArgumentParser) -> None:
@@ -77,6 +80,58 @@ class CaptionerCLI(LightningCLI):
                 "last_checkpoint.enable_version_counter": False,
             }
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
+        """Lightning reads a --ckpt_path file right after parsing (for its hyper-parameters): check
+        it first, with the inference commands' words (`load_checkpoint`), so a missing, damaged or
+        foreign file is one error line rather than torch's traceback."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        named = ckpt_path in (None, "last", "best", "hpc") or str(ckpt_path).startswith("registry")
+        if not named and "://" not in str(ckpt_path):  # remote paths are Lightning's to fetch
+            load_checkpoint(ckpt_path)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's: the checkpoint's hyper-parameters become the model's settings; here read
+        through `load_checkpoint` and brought to today's layout (`upgrade_hparams`), so that
+        checkpoints written by earlier versions still test, validate and predict."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = load_checkpoint(ckpt_path)["hyper_parameters"]
+        hparams.pop("_instantiator", None)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": upgrade_hparams(hparams)}}, self.config)
+
+    def before_fit(self) -> None:
+        self._check_resume()
+
+    def before_validate(self) -> None:
+        self._check_resume()
+
+    def before_test(self) -> None:
+        self._check_resume()
+
+    def before_predict(self) -> None:
+        self._check_resume()
+
+    def _check_resume(self) -> None:
+        """`--ckpt_path last` must find a last.ckpt, where Lightning would only warn (with a hint
+        about `save_last` that does not apply here) and start from scratch."""
+        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+            return
+        found = set().union(
+            *(callback._find_last_checkpoints(self.trainer) for callback in self.trainer.checkpoint_callbacks)
+        )
+        if not found:
+            folders = sorted({str(callback.dirpath) for callback in self.trainer.checkpoint_callbacks})
+            raise CaptionerError(
+                f"--ckpt_path last: there is nothing to resume, no last.ckpt in {', '.join(folders) or 'the run'}; "
+                "drop --ckpt_path to train from scratch, or pass the checkpoints folder of the run to resume "
+                "(--checkpoint.dirpath)"
+            )
 
     def after_predict(self) -> None:
         writer = next(c for c in self.trainer.callbacks if isinstance(c, CaptionWriter))

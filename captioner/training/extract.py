@@ -7,6 +7,7 @@ processes (GPUs, nodes) each takes its share of the images and writes its own sh
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,27 @@ from torch import nn
 
 from captioner.data.datamodule import ROLES, CaptionDataModule
 from captioner.data.features import ShardWriter, write_meta
+from captioner.models import Encoder
+
+
+def encoder_settings(encoder: Encoder, image_size: int) -> dict[str, Any]:
+    """What decides the encoder's output, as plain data: cached features made with other settings
+    do not fit a model. The SHA-256 of its weights also tells two randomly initialised encoders
+    (weights null, another seed) apart."""
+    digest = hashlib.sha256()
+    for name, tensor in encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    config = encoder.config
+    return {
+        "backbone": config.backbone,
+        "weights": config.weights,
+        "stages": config.stages,
+        "grid_size": config.grid_size,
+        "coord_channels": config.coord_channels,
+        "image_size": image_size,
+        "encoder_sha256": digest.hexdigest(),
+    }
 
 
 class EncoderPredictor(pl.LightningModule):
@@ -64,11 +86,11 @@ def extract_features(
     # `CaptionWriter`) must not see them.
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, BasePredictionWriter)]
     counts: dict[str, int] = {}
-    for split in ROLES:
-        name = datamodule.split_names[split]
+    for role in ROLES:
+        name = datamodule.split(role).name
         if name in counts:
             continue
-        loader = datamodule.image_dataloader(split)
+        loader = datamodule.image_dataloader(role)
         writer = FeatureWriter(out_dir / name, len(loader.dataset))
         trainer.callbacks.append(writer)
         try:

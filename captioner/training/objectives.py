@@ -16,14 +16,16 @@ losses here are surrogates whose gradient is that estimate (negated, for minimis
   frequencies from the training references), the baseline the reward of the greedy caption,
   or, with several samples per image, the mean reward of the image's other samples.
 
-Nothing here knows Lightning; `captioner.training.system.CaptioningModule` calls these.
+Each objective is an object with one shape, `objective(model, batch) -> (loss, logs)`:
+`CrossEntropy`, `HardAttention` and `SelfCriticalObjective`. Nothing here knows Lightning;
+`captioner.training.system.CaptioningModule` picks one and calls it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 
 from captioner.errors import CaptionerError
 from captioner.evaluation.cider import CiderD
+from captioner.models.captioner import Annotations, ShowAttendTell
 from captioner.models.config import PlainConfig
 from captioner.models.decoder import Decoder, HardForward
 from captioner.models.search import greedy_decode, sample_captions
@@ -332,3 +335,73 @@ def _first_occurrences(image_ids: Tensor) -> tuple[list[int], Tensor]:
     for row, image_id in enumerate(image_ids.tolist()):
         seen.setdefault(image_id, row)
     return list(seen), torch.tensor(list(seen.values()), dtype=torch.long, device=image_ids.device)
+
+
+# ---------------------------------------------------------------------------- objectives
+
+Logs = dict[str, Tensor]
+
+
+def batch_annotations(model: ShowAttendTell, batch: dict[str, Any]) -> Annotations:
+    """The batch's cached `features` (B, P, D), else the model's encoder over its `images`."""
+    return Annotations(batch["features"]) if "features" in batch else model.encode(batch["images"])
+
+
+class CrossEntropy(nn.Module):
+    """Teacher-forced cross-entropy plus the doubly stochastic term (`caption_loss`).
+
+    batch: images (B, 3, S, S) or features (B, P, D), tokens (B, T) starting with <start>."""
+
+    def __init__(self, pad_id: int, attention_lambda: float, attention_entropy: float = 0.0) -> None:
+        super().__init__()
+        self.pad_id, self.attention_lambda, self.attention_entropy = pad_id, attention_lambda, attention_entropy
+
+    def forward(self, model: ShowAttendTell, batch: dict[str, Any]) -> tuple[Tensor, Logs]:
+        tokens = batch["tokens"]
+        # Under mixed precision the decoder runs its autograd path with autocast's matmuls.
+        logits, alphas = model(batch_annotations(model, batch), tokens[:, :-1])
+        parts = caption_loss(
+            logits.float(), tokens[:, 1:], alphas.float(), self.pad_id, self.attention_lambda, self.attention_entropy
+        )
+        logs = {"cross_entropy": parts.cross_entropy, "attention_penalty": parts.attention}
+        return parts.total, logs | {"attention_entropy": parts.entropy}
+
+
+class HardAttention(nn.Module):
+    """The hard-attention lower bound (`hard_attention_loss`) with its moving-average baseline,
+    a buffer that travels in checkpoints."""
+
+    def __init__(
+        self, pad_id: int, attention_lambda: float, config: HardAttentionConfig, attention_entropy: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.pad_id, self.attention_lambda, self.attention_entropy = pad_id, attention_lambda, attention_entropy
+        self.config = config
+        self.baseline = MovingAverageBaseline(config.baseline_decay)
+
+    def forward(self, model: ShowAttendTell, batch: dict[str, Any]) -> tuple[Tensor, Logs]:
+        tokens = batch["tokens"]
+        out = model.forward_hard(
+            batch_annotations(model, batch),
+            tokens[:, :-1],
+            expected_prob=self.config.expected_prob,
+            with_expected_logits=self.config.expected_context_baseline,
+        )
+        total, parts, hard = hard_attention_loss(
+            out, tokens[:, 1:], self.pad_id, self.attention_lambda, self.baseline, self.config, self.attention_entropy
+        )
+        logs = {"cross_entropy": parts.cross_entropy, "attention_penalty": parts.attention}
+        return total, logs | {"attention_entropy": hard.entropy, "log_likelihood_baseline": hard.baseline}
+
+
+class SelfCriticalObjective(nn.Module):
+    """SCST (`SelfCritical`) on a batch: batch images or features, and its image_ids (B,)."""
+
+    def __init__(self, critic: SelfCritical) -> None:
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, model: ShowAttendTell, batch: dict[str, Any]) -> tuple[Tensor, Logs]:
+        parts = self.critic.loss(model.decoder, batch_annotations(model, batch).features, batch["image_ids"])
+        logs = {"reward": parts.reward, "baseline_reward": parts.baseline, "sample_length": parts.sample_length}
+        return parts.loss, logs

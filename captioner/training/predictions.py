@@ -6,7 +6,8 @@
 Each process appends its captions, with their index in the data set, to its own part file
 beside `path` as each batch finishes. When predicting ends, rank 0 merges the parts into
 `path` in data-set order, each image exactly once (a distributed sampler that pads its
-shards with repeated images makes duplicates; they are dropped), and deletes them. With
+shards with repeated images makes duplicates; they are dropped), and deletes them. When
+predicting fails, each process deletes its own part and `path` is left as it was. With
 several machines, `path` must be on a file system they all see.
 """
 
@@ -64,12 +65,21 @@ class CaptionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._part.close()
+        self._part = None
         trainer.strategy.barrier()  # every part is complete
         if trainer.is_global_zero:
             self.written = merge_parts(
                 [self._part_path(trainer, rank) for rank in range(trainer.world_size)], self.output_path(trainer)
             )
         trainer.strategy.barrier()  # nobody reads `path` before it is there
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # A failed predict must not leave this rank's part file beside `path`.
+        if self._part is None:
+            return
+        self._part.close()
+        self._part = None
+        self._part_path(trainer, trainer.global_rank).unlink(missing_ok=True)
 
 
 def merge_parts(parts: list[Path], out: Path) -> Path:

@@ -15,30 +15,35 @@ image exactly once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
 
 from captioner.data.records import Box, ImageRecord
 from captioner.errors import CaptionerError
-from captioner.evaluation.scores import DecodedImage, gather_across_ranks, score_images
-from captioner.inference.checkpoint import load_weights
-from captioner.models import Decoder, DecoderConfig, Encoder, EncoderConfig
-from captioner.models.search import Caption, DecodingConfig, decode_captions
-from captioner.training.loss import caption_loss
+from captioner.evaluation.erasure import erase_words
+from captioner.evaluation.scores import DecodedImage, gather_across_ranks, grounding_of, score_images
+from captioner.inference.checkpoint import check_vocabulary, load_weights, model_state
+from captioner.models import DecoderConfig, Encoder, EncoderConfig
+from captioner.models.captioner import ShowAttendTell
+from captioner.models.search import DecodingConfig
+from captioner.training.extract import encoder_settings
 from captioner.training.objectives import (
+    CrossEntropy,
+    HardAttention,
     HardAttentionConfig,
-    MovingAverageBaseline,
     ScstConfig,
     SelfCritical,
-    hard_attention_loss,
+    SelfCriticalObjective,
+    batch_annotations,
 )
+from captioner.training.optimization import OptimizerConfig, configure_optimizer
 from captioner.vocab import Vocabulary
 
 
@@ -61,7 +66,7 @@ class CaptionData(Protocol):
 
 
 class CaptioningModule(pl.LightningModule):
-    """Encoder + attention decoder, the loss, the optimisers and caption-metric validation.
+    """The model (`ShowAttendTell`), its objective, the optimisers and caption-metric validation.
 
     Args:
         vocab_words: index → word, specials first. Linked from the data module by the CLI;
@@ -82,16 +87,16 @@ class CaptioningModule(pl.LightningModule):
         init_from: a checkpoint whose encoder and decoder weights this run starts from (same
             vocabulary and architecture); read when fitting starts, not when resuming with
             `--ckpt_path`, which restores everything.
-        decoder_lr, encoder_lr: Adam learning rates; the encoder's is used only when fine-tuning.
-        weight_decay: Adam weight decay for both groups.
-        lr_schedule: "plateau" (× `lr_decay` when val/CIDEr stops improving for `lr_patience`
-            epochs, as in common SAT recipes), "cosine" (to 0 over the run) or "constant".
+        optimizer: Adam's learning rates, weight decay and schedule (`OptimizerConfig`).
+        keep_if_grounded: for a second stage (`init_from`) on data with boxes: the largest drop
+            of the val pointing game below the starting model's that a checkpoint may have.
+            Validation then logs `val/grounded_CIDEr`, the CIDEr of epochs whose grounding holds
+            and 0 for the others, for `checkpoint.monitor`; a stage that never holds says so.
+            Without boxes it warns and stays off (the erasure score is the box-free check).
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
-        compile: `torch.compile` the encoder and the decoder's per-step core when the trainer
-            sets the model up (the first step then pays for compiling).
-        tf32: on CUDA, float32 matmuls and cuDNN convolutions use TensorFloat-32 (GPUs from
-            Ampere on; several times faster, about 3 significant digits per product, as PyTorch
-            advises for training); false keeps full float32. Applies to the whole process.
+        validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
+            validation too and log `val/erasure_*`; the test stage always does. Off by default: it
+            adds from a tenth to over half of validation time (docs/attention.md).
         skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
             backward, so no weight or Adam-state update; Lightning still counts the step), warn
             and count it in `train/nonfinite_skips`, instead of stopping the run with an error.
@@ -110,15 +115,10 @@ class CaptioningModule(pl.LightningModule):
         hard_attention: HardAttentionConfig = HardAttentionConfig(),  # noqa: B008
         scst: ScstConfig | None = None,
         init_from: str | None = None,
-        decoder_lr: float = 4e-4,
-        encoder_lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["plateau", "cosine", "constant"] = "plateau",
-        lr_decay: float = 0.8,
-        lr_patience: int = 8,
+        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+        keep_if_grounded: float | None = None,
         spice: bool = False,
-        compile: bool = False,
-        tf32: bool = True,
+        validation_erasure: bool = False,
         skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
@@ -127,6 +127,7 @@ class CaptioningModule(pl.LightningModule):
         decoding = DecodingConfig.from_dict(decoding)
         hard_attention = HardAttentionConfig.from_dict(hard_attention)
         scst = None if scst is None else ScstConfig.from_dict(scst)
+        optimizer = OptimizerConfig.from_dict(optimizer)
         hard = decoder.attention == "hard"
         if hard and hard_attention.expected_context_baseline and decoder.attend_from != "current":
             raise CaptionerError(
@@ -141,24 +142,28 @@ class CaptioningModule(pl.LightningModule):
             decoding=decoding.to_dict(),
             hard_attention=hard_attention.to_dict(),
             scst=None if scst is None else scst.to_dict(),
+            optimizer=optimizer.to_dict(),
         )
-        self.hard_attention, self.scst = hard_attention, scst
+        self.scst, self.optimizer_config = scst, optimizer
         self.vocab = Vocabulary(list(vocab_words))
         self.decoding = decoding
-        self.encoder = Encoder(encoder)
-        self.decoder = Decoder(decoder, len(self.vocab), self.encoder.out_channels)
-        _warn_if_grid_repeats(self.encoder, image_size)
-        self.hard_baseline = MovingAverageBaseline(hard_attention.baseline_decay) if hard else None
-        self._self_critical: SelfCritical | None = None
+        self.model = ShowAttendTell.for_images(encoder, decoder, len(self.vocab))
+        _warn_if_grid_repeats(self.model.encoder, image_size)
+        # SCST needs the training references, so its objective is made in `setup`.
+        self.objective: nn.Module | None = None
+        if scst is None and hard:
+            self.objective = HardAttention(self.vocab.pad_id, attention_lambda, hard_attention, attention_entropy)
+        elif scst is None:
+            self.objective = CrossEntropy(self.vocab.pad_id, attention_lambda, attention_entropy)
         self._eval_images: list[DecodedImage] = []
         self._boxes_by_stage: dict[str, dict[int, list[Box]]] = {}
-        self._compiled = False
         self._nonfinite_skips = 0
+        self._start_pointing: float | None = None  # the pointing game of `init_from`, for keep_if_grounded
 
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(rows, cols) of the attention grid; α rows are laid out row-major over it."""
-        return self.encoder.config.grid_shape
+        return self.model.encoder.config.grid_shape
 
     @property
     def data(self) -> CaptionData | None:
@@ -167,36 +172,11 @@ class CaptioningModule(pl.LightningModule):
         return datamodule if isinstance(datamodule, CaptionData) else None
 
     def encoder_settings(self) -> dict[str, Any]:
-        """What decides the encoder's output, as plain data; cached features made with other
-        settings do not fit this model. The SHA-256 of its weights also tells two randomly
-        initialised encoders (weights null, another seed) apart."""
-        digest = hashlib.sha256()
-        for name, tensor in self.encoder.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        config = self.encoder.config
-        return {
-            "backbone": config.backbone,
-            "weights": config.weights,
-            "stages": config.stages,
-            "grid_size": config.grid_size,
-            "coord_channels": config.coord_channels,
-            "image_size": self.hparams.image_size,
-            "encoder_sha256": digest.hexdigest(),
-        }
+        """What decides the encoder's output (`captioner.training.extract.encoder_settings`)."""
+        return encoder_settings(self.model.encoder, self.hparams.image_size)
 
     def setup(self, stage: str) -> None:
         self._boxes_by_stage = {}  # a new fit/validate/test may bring another data module
-        precision = str(self.trainer.precision)
-        if precision in HALF_WEIGHTS:
-            raise CaptionerError(
-                f"trainer.precision={precision} keeps the weights themselves in {HALF_WEIGHTS[precision]}, which "
-                "captioner does not support (Adam's small updates would round away, and the decoder's "
-                f"hand-written time loop is float32); use trainer.precision={precision.split('-')[0]}-mixed, "
-                "and `captioner caption --precision bf16` for fast inference"
-            )
-        if self.trainer.strategy.root_device.type == "cuda":
-            use_tf32(self.hparams.tf32)
         if stage == "fit" and self.hparams.skip_nonfinite_loss and self.trainer.world_size > 1:
             raise CaptionerError(
                 "model.skip_nonfinite_loss works with one process only (Lightning cannot skip a step on "
@@ -216,8 +196,8 @@ class CaptioningModule(pl.LightningModule):
         """Start from `init_from`'s weights (unless resuming), and for SCST build the CIDEr-D
         scorer from the training references once (every process builds the same one)."""
         if self.hparams.init_from and self.trainer.ckpt_path is None:
-            load_weights(self.hparams.init_from, self.encoder, self.decoder, self.vocab)
-        if self.scst is not None and self._self_critical is None:
+            load_weights(self.hparams.init_from, self.model, self.vocab)
+        if self.scst is not None and self.objective is None:
             data = self.data
             if data is None:
                 raise CaptionerError(
@@ -225,76 +205,24 @@ class CaptioningModule(pl.LightningModule):
                     "train with captioner.data.CaptionDataModule (or a data module keeping CaptionData)"
                 )
             references = {record.image_id: list(record.captions) for record in data.records("train")}
-            self._self_critical = SelfCritical.from_references(references, self.vocab, self.scst, self.decoding.max_len)
+            critic = SelfCritical.from_references(references, self.vocab, self.scst, self.decoding.max_len)
+            self.objective = SelfCriticalObjective(critic)
 
     def require_frozen_encoder(self, why: str) -> None:
         """Raise CaptionerError when fine-tuning trains the encoder; `why` says what needs it frozen."""
-        if any(p.requires_grad for p in self.encoder.parameters()):
+        if any(p.requires_grad for p in self.model.encoder.parameters()):
             raise CaptionerError(
-                f"model.encoder.fine_tune={self.encoder.config.fine_tune!r} trains the encoder, but {why}"
+                f"model.encoder.fine_tune={self.model.encoder.config.fine_tune!r} trains the encoder, but {why}"
             )
-
-    def configure_model(self) -> None:
-        """With `compile`: compile the encoder and the decoder's per-step core, once. Both are
-        compiled in place (no `_orig_mod.` wrapper), so state-dict keys do not change."""
-        if self.hparams.compile and not self._compiled:
-            self.encoder.compile()
-            self.decoder._advance = torch.compile(self.decoder._advance)
-            self._compiled = True
-
-    def _features(self, batch: dict[str, Any]) -> torch.Tensor:
-        """features (B, P, D): the batch's cached `features`, else the encoder over its `images`."""
-        return batch["features"] if "features" in batch else self.encoder(batch["images"])
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         """batch: images (B,3,S,S) or features (B,P,D), tokens (B,T) starting with <start>, padded with <pad>."""
-        tokens = batch["tokens"]
-        features = self._features(batch)
-        logs: dict[str, torch.Tensor] = {}
-        if self._self_critical is not None:
-            parts = self._self_critical.loss(self.decoder, features, batch["image_ids"])
-            total = parts.loss
-            logs = {"reward": parts.reward, "baseline_reward": parts.baseline, "sample_length": parts.sample_length}
-        elif self.hard_baseline is not None:
-            out = self.decoder.forward_hard(
-                features,
-                tokens[:, :-1],
-                expected_prob=self.hard_attention.expected_prob,
-                with_expected_logits=self.hard_attention.expected_context_baseline,
-            )
-            total, loss, hard = hard_attention_loss(
-                out,
-                tokens[:, 1:],
-                self.vocab.pad_id,
-                self.hparams.attention_lambda,
-                self.hard_baseline,
-                self.hard_attention,
-                self.hparams.attention_entropy,
-            )
-            logs = {"cross_entropy": loss.cross_entropy, "attention_penalty": loss.attention}
-            logs |= {"attention_entropy": hard.entropy, "log_likelihood_baseline": hard.baseline}
-        else:
-            # Under mixed precision the decoder runs its autograd path with autocast's matmuls.
-            logits, alphas = self.decoder(features, tokens[:, :-1])
-            loss = caption_loss(
-                logits.float(),
-                tokens[:, 1:],
-                alphas.float(),
-                self.vocab.pad_id,
-                self.hparams.attention_lambda,
-                self.hparams.attention_entropy,
-            )
-            total = loss.total
-            logs = {
-                "cross_entropy": loss.cross_entropy,
-                "attention_penalty": loss.attention,
-                "attention_entropy": loss.entropy,
-            }
+        total, logs = self.objective(self.model, batch)
         if not torch.isfinite(total):
             self._nonfinite(total, batch_idx)
             return None  # Lightning then skips backward and the optimizer step
-        batch_size = tokens.shape[0]
+        batch_size = batch["tokens"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         for name, value in logs.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
@@ -326,56 +254,37 @@ class CaptioningModule(pl.LightningModule):
             torch.manual_seed(int(np.random.SeedSequence([int(seed), self.current_epoch]).generate_state(1)[0]))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose vocabulary is not this run's: its output layer would not fit,
-        or worse, fit with every word id meaning another word."""
+        """Refuse a checkpoint whose vocabulary is not this run's (its output layer would not fit,
+        or worse, fit with every word id meaning another word), and read the weights of
+        checkpoints written before the model was one object."""
         words = checkpoint.get("hyper_parameters", {}).get("vocab_words")
-        if words is not None and list(words) != self.vocab.words:
+        if words is not None:
             path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
-            raise CaptionerError(
-                f"{path} was trained with a vocabulary of {len(words)} words, but the data gives one of "
-                f"{len(self.vocab)} words{' (same size, other words)' if len(words) == len(self.vocab) else ''}; "
-                "use the data (and data.vocab_path) the checkpoint was trained with, or train from scratch "
-                "without --ckpt_path"
-            )
+            check_vocabulary(words, self.vocab, path)
+        checkpoint["state_dict"] = model_state(checkpoint["state_dict"], prefix="model.")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = [{"params": self.decoder.parameters(), "lr": self.hparams.decoder_lr}]
-        encoder_params = [p for p in self.encoder.parameters() if p.requires_grad]
-        if encoder_params:
-            groups.append({"params": encoder_params, "lr": self.hparams.encoder_lr})
-        # fused: one kernel for all parameters, several times faster per step on CPU too.
-        optimizer = torch.optim.Adam(groups, weight_decay=self.hparams.weight_decay, fused=True)
-        schedule = self.hparams.lr_schedule
-        if schedule == "constant":
-            return {"optimizer": optimizer}
-        if schedule == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if schedule == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max", factor=self.hparams.lr_decay, patience=self.hparams.lr_patience
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/CIDEr", "strict": False},
-            }
-        raise CaptionerError(f"model.lr_schedule must be 'plateau', 'cosine' or 'constant', got {schedule!r}")
+        steps = int(self.trainer.estimated_stepping_batches) if self.optimizer_config.lr_schedule == "cosine" else 0
+        return configure_optimizer(self.optimizer_config, self.model.encoder, self.model.decoder, steps, "val/CIDEr")
 
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
-    def caption_images(self, images: torch.Tensor, settings: DecodingConfig | None = None) -> list[Caption]:
-        """Caption a batch of normalised images (B,3,S,S); one `Caption` per image, α per word.
-        `settings` default to the model's `decoding`."""
-        return self.caption_features(self.encoder(images), settings)
+    def _captions(self, batch: dict[str, Any]) -> list:
+        """One `Caption` per image of the batch, decoded with `decoding`."""
+        return self.model.caption(batch_annotations(self.model, batch), self.vocab, self.decoding)
 
-    @torch.inference_mode()
-    def caption_features(self, features: torch.Tensor, settings: DecodingConfig | None = None) -> list[Caption]:
-        """Caption encoder features (B,P,D), e.g. cached ones; one `Caption` per image, α per word."""
-        return decode_captions(self.decoder, features, self.vocab, settings or self.decoding)
-
-    def _decode_batch(self, batch: dict[str, Any]) -> list[DecodedImage]:
-        captions = self.caption_features(self._features(batch))
+    def _decode_batch(self, batch: dict[str, Any], erasure: bool = False) -> list[DecodedImage]:
+        """The batch's images decoded; with `erasure`, each word's erasure test too
+        (`captioner.evaluation.erasure`), scored with the captions."""
+        with torch.inference_mode():
+            annotations = batch_annotations(self.model, batch)
+            captions = self.model.caption(annotations, self.vocab, self.decoding)
+        tokens = [caption.tokens for caption in captions]
+        erasures = (
+            erase_words(self.model.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask)
+            if erasure
+            else [None] * len(tokens)
+        )
         return [
             DecodedImage(
                 image_id=int(batch["image_ids"][i]),
@@ -384,22 +293,54 @@ class CaptioningModule(pl.LightningModule):
                 words=tuple(self.vocab.decode_tokens(caption.tokens)),
                 alphas=caption.alphas.float().cpu(),
                 size=tuple(batch["sizes"][i].tolist()),
+                erasure=erasures[i],
             )
             for i, caption in enumerate(captions)
         ]
 
     # ------------------------------------------------------ validation and test
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch))
+        self._eval_images.extend(self._decode_batch(batch, self.hparams.validation_erasure))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch))
+        self._eval_images.extend(self._decode_batch(batch, erasure=True))
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
+
+    def on_fit_start(self) -> None:
+        if self.hparams.keep_if_grounded is None or not self.hparams.init_from or self.trainer.ckpt_path:
+            return
+        if not self._boxes("val"):
+            rank_zero_warn(
+                "model.keep_if_grounded needs boxes (instances_*.json) in the val split; without them every "
+                "checkpoint is kept on CIDEr alone: check the erasure score of the result instead"
+            )
+            return
+        self._start_pointing = self._pointing_game_now()
+        rank_zero_warn(f"the starting model points at the named object in {self._start_pointing:.3f} of val words")
+
+    def _pointing_game_now(self) -> float:
+        """The val pointing game of the model as it is, every process decoding the whole val split."""
+        training = self.model.training
+        self.model.eval()
+        images: list[DecodedImage] = []
+        for batch in self.trainer.datamodule.val_dataloader():
+            images.extend(self._decode_batch(self.transfer_batch_to_device(batch, self.device, 0)))
+        self.model.train(training)
+        return grounding_of(images, self._boxes("val"), self.grid_shape)["pointing_game"]
+
+    def on_fit_end(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if self._start_pointing is not None and callback is not None and callback.best_model_score == 0:
+            rank_zero_warn(
+                f"this stage lowered the val pointing game more than model.keep_if_grounded="
+                f"{self.hparams.keep_if_grounded} below its start ({self._start_pointing:.3f}) at every validation: "
+                f"keep the model it started from, {self.hparams.init_from}"
+            )
 
     def _log_scores(self, stage: str) -> None:
         """Score this epoch's captions once over all ranks (on rank 0) and log `stage/<metric>`."""
@@ -409,6 +350,9 @@ class CaptioningModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             scores = score_images(images, self._boxes(stage), self.grid_shape, spice=self.hparams.spice)
         scores = self.trainer.strategy.broadcast(scores, src=0)
+        if stage == "val" and self._start_pointing is not None and "pointing_game" in scores:
+            holds = scores["pointing_game"] >= self._start_pointing - self.hparams.keep_if_grounded
+            scores["grounded_CIDEr"] = scores["CIDEr"] if holds else 0.0
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("CIDEr", "BLEU-4"), sync_dist=False)
 
@@ -422,7 +366,7 @@ class CaptioningModule(pl.LightningModule):
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """One dict per image: image_id, path, caption, score."""
-        captions = self.caption_features(self._features(batch))
+        captions = self._captions(batch)
         return [
             {
                 "image_id": int(batch["image_ids"][i]),
@@ -432,18 +376,6 @@ class CaptioningModule(pl.LightningModule):
             }
             for i, caption in enumerate(captions)
         ]
-
-
-# Trainer precisions that cast the weights, not just the matmuls, to 16 bits.
-HALF_WEIGHTS = {"bf16-true": "bfloat16", "16-true": "float16"}
-
-
-def use_tf32(enabled: bool) -> None:
-    """TensorFloat-32 (True) or full IEEE float32 (False) for CUDA float32 matmuls and cuDNN
-    convolutions, process-wide."""
-    mode = "tf32" if enabled else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = mode
-    torch.backends.cudnn.conv.fp32_precision = mode
 
 
 def _warn_if_grid_repeats(encoder: Encoder, image_size: int) -> None:

@@ -1,6 +1,7 @@
 // The attention page: caption an image through POST /v1/captions and draw where each word
-// looked, from the JSON grid, with the drawing rules of GET /v1/overlay (captioner/overlay.py:
-// the same as `captioner attend` and `captioner gallery`).
+// looked, from the JSON grid, with the drawing rules of GET /v1/overlay (captioner/viz/overlay.py:
+// the same as `captioner attend` and `captioner gallery`): one colour scale for every word, shown
+// by the legend, and beside the map the word's spread and erasure test (docs/attention.md).
 "use strict";
 
 // The canvases hold at most this many pixels on their longest side: enough for the screen,
@@ -8,7 +9,7 @@
 const MAX_SIDE = 640;
 
 const page = {
-  style: null,        // drawing rules: smooth_sigma_cells, opacity, lut [[r, g, b] x N]
+  style: null,        // drawing rules: smooth_sigma_cells, opacity, scale, lut [[r, g, b] x N]
   file: null,         // the image being shown
   bitmap: null,
   result: null,       // its entry of the last response
@@ -38,21 +39,41 @@ async function start() {
     const beam = $("beam");
     beam.max = model.limits.max_beam_size;
     beam.value = model.decoding_defaults.beam_size;
+    drawLegend(style.lut, model.legend);
     $("model-info").textContent =
       `${model.backbone}, ${model.grid.rows}×${model.grid.cols} attention grid, ` +
       `${model.vocab_size} words` + describeMetrics(model.metrics);
     document.body.dataset.state = "ready";
   } catch (error) {
+    drawLegend(style.lut, model.legend);
     $("model-info").textContent = "";
     setStatus(`The service did not answer (${error.message}). Is \`captioner serve\` running?`, true);
     document.body.dataset.state = "error";
   }
 }
 
+// The colour bar: the LUT low to high, left to right, with α at the ticks GET /v1/model gives.
+function drawLegend(lut, ticks) {
+  const step = Math.max(1, Math.floor(lut.length / 32));
+  const stops = [];
+  for (let i = 0; i < lut.length; i += step) stops.push(`rgb(${lut[i].join(",")}) ${((100 * i) / (lut.length - 1)).toFixed(1)}%`);
+  stops.push(`rgb(${lut[lut.length - 1].join(",")}) 100%`);
+  $("legend-bar").style.background = `linear-gradient(to right, ${stops.join(", ")})`;
+  $("legend-ticks").replaceChildren(
+    ...ticks.map(([at, label]) => {
+      const tick = document.createElement("span");
+      tick.textContent = label.replace("\n", " ");
+      tick.style.left = `${100 * at}%`;
+      tick.classList.toggle("end", at > 0.9);
+      return tick;
+    })
+  );
+}
+
 function describeMetrics(metrics) {
   if (!metrics) return "";
   const shown = Object.entries(metrics)
-    .filter(([name]) => /bleu.?4|cider|pointing/i.test(name))
+    .filter(([name]) => /bleu.?4|cider|pointing|object_erasure_faithfulness/i.test(name))
     .map(([name, value]) => `${name.replace(/^test\//, "")} ${value.toFixed(3)}`);
   return shown.length ? ` · ${shown.join(", ")}` : "";
 }
@@ -72,6 +93,7 @@ async function caption(file) {
   const form = new FormData();
   form.append("images", file, file.name);
   form.append("beam_size", $("beam").value);
+  form.append("erasure", "1");
   let body;
   let ok = false;
   try {
@@ -130,6 +152,7 @@ function showResult(entry) {
   );
   $("score").textContent = `score ${entry.score.toFixed(3)} (log-probability per word)`;
   $("looking").textContent = "";
+  $("erasure").textContent = "";
   $("result").hidden = false;
   setStatus(`${entry.image.width}×${entry.image.height} image: hover, tap or focus a word.`);
   document.body.dataset.state = "captioned";
@@ -186,6 +209,7 @@ function drawAttention(index) {
   if (index === null) {
     context.clearRect(0, 0, width, height);
     $("looking").textContent = "";
+    $("erasure").textContent = "";
     return;
   }
   const grid = page.result.attention[index];
@@ -204,6 +228,7 @@ function drawAttention(index) {
   const heat = new Float64Array(height * width);
   let low = Infinity;
   let high = -Infinity;
+  const cells = rows * cols;
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) {
       let sum = 0;
@@ -217,7 +242,7 @@ function drawAttention(index) {
   const size = lut.length;
   const pixels = context.createImageData(width, height);
   for (let p = 0; p < heat.length; p++) {
-    const scaled = high > low ? (heat[p] - low) / (high - low) : 0;
+    const scaled = scaleOf(heat[p], cells, low, high);
     const colour = lut[Math.min(Math.max(Math.floor(scaled * size), 0), size - 1)];
     pixels.data[4 * p] = colour[0];
     pixels.data[4 * p + 1] = colour[1];
@@ -226,6 +251,25 @@ function drawAttention(index) {
   }
   context.putImageData(pixels, 0, 0);
   $("looking").textContent = `· showing where “${page.result.tokens[index]}” looked`;
+  $("erasure").textContent = describeErasure(page.result.erasure && page.result.erasure[index]);
+}
+
+// HeatmapStyle.scaled: "relative" is log(α·P) / log(P) clipped to 0..1 (uniform and below: 0,
+// α = 1: 1), the same range for every word; "word" stretches each map to its own low..high.
+function scaleOf(value, cells, low, high) {
+  if (page.style.scale === "word") return high > low ? (value - low) / (high - low) : 0;
+  if (cells < 2 || value <= 0) return 0;
+  return Math.min(Math.max(Math.log(value * cells) / Math.log(cells), 0), 1);
+}
+
+function describeErasure(entry) {
+  if (!entry) return "";
+  const p = (value) => (value === null ? "n/a" : value.toFixed(2));
+  return (
+    `half of α on ${Math.round(100 * entry.spread)}% of the image · ` +
+    `erasing where it looked: ${p(entry.p)} → ${p(entry.p_looked_erased)}; ` +
+    `erasing as many random cells: ${p(entry.p)} → ${p(entry.p_random_erased)}`
+  );
 }
 
 function wordOf(target) {
