@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := data/shapes
 DEMO_RUN := runs/demo
 
-.PHONY: install test lint demo bench gpu-check clean system-deps
+.PHONY: install test lint demo notebook bench gpu-check clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ demo: $(STAMP) system-deps
 	$(CAPTIONER) gallery --ckpt $(BEST) --data $(DEMO_DATA) --split test --n 24 --out $(DEMO_RUN)/gallery
 	@echo "metrics: $(DEMO_RUN)/checkpoints/metrics.json  overlays: $(DEMO_RUN)/attention/  gallery: $(DEMO_RUN)/gallery/index.html"
 
+# The walkthrough (notebooks/walkthrough.ipynb, stored without outputs) from a fresh kernel; the
+# executed copy, with outputs and figures, goes to runs/walkthrough.ipynb, its files to runs/walkthrough/.
+notebook: $(STAMP)
+	@mkdir -p runs
+	$(PY) -c "import nbclient, nbformat; nb = nbformat.read('notebooks/walkthrough.ipynb', as_version=4); \
+		nbclient.NotebookClient(nb, timeout=1200, kernel_name='python3').execute(); \
+		nbformat.write(nb, 'runs/walkthrough.ipynb')"
+	@echo "executed notebook: runs/walkthrough.ipynb"
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
@@ -68,4 +77,4 @@ gpu-check: $(STAMP)
 	$(PY) -m benchmarks.gpu_check --out runs/gpu_check.json
 
 clean:
-	rm -rf $(DEMO_RUN) $(DEMO_DATA) lightning_logs
+	rm -rf $(DEMO_RUN) $(DEMO_DATA) lightning_logs runs/walkthrough runs/walkthrough.ipynb
