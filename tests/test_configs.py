@@ -131,7 +131,7 @@ def test_small_scratch_draws_each_cell_where_its_feature_comes_from(synth_data, 
     """Grounding and overlays put cell i's attention at (i + 0.5)·S/grid; the recipe's trunk must
     compute that cell's feature from a region centred there (within the half pixel of rounding)."""
     _, cli = _instantiate(Path(__file__).parents[1] / "configs" / "small_scratch.yaml", synth_data, tmp_path)
-    encoder, size = cli.model.encoder, cli.model.hparams.image_size
+    encoder, size = cli.model.model.encoder, cli.model.hparams.image_size
     drawn = [(i + 0.5) * size / encoder.grid_size for i in range(encoder.grid_size)]
     assert encoder.feature_centres(size) == pytest.approx(drawn, abs=0.5)
 

@@ -44,8 +44,8 @@ def test_export_writes_weights_config_card_and_metrics(exported):
     # The weights are exactly the checkpoint's networks, and the file is smaller than the checkpoint.
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     weights = load_file(out / "model.safetensors")
-    assert set(weights) == {k for k in state if k.startswith(("encoder.", "decoder."))}
-    assert all(torch.equal(weights[k], state[k]) for k in weights)
+    assert {f"model.{k}" for k in weights} == {k for k in state if k.startswith("model.")}
+    assert all(torch.equal(weights[k], state[f"model.{k}"]) for k in weights)
     assert (out / "model.safetensors").stat().st_size < ckpt.stat().st_size
 
 

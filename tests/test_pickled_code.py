@@ -58,5 +58,5 @@ def test_the_training_cli_names_it(evil, synth_data, tmp_path, capsys):
     args = ["train", "test", "--data.data_dir", str(synth_data), *TINY_TRAINING]
     assert main([*args, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(evil)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: the --ckpt_path checkpoint was refused")
+    assert len(err) == 1 and err[0].startswith(f"error: checkpoint {evil} was refused")
     assert f"{SYSTEM}, that loading would call" in err[0]
