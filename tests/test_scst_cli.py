@@ -14,8 +14,8 @@ from captioner.vocab import Vocabulary
 from tests.fixtures import TINY_TRAINING
 
 
-def _scst_run(synth_data: Path, out: Path, init_from: Path, *extra: str) -> Path:
-    cli_main(
+def _scst_cli(synth_data: Path, out: Path, init_from: Path, *extra: str):
+    return cli_main(
         [
             "fit",
             "--data.data_dir",
@@ -40,6 +40,10 @@ def _scst_run(synth_data: Path, out: Path, init_from: Path, *extra: str) -> Path
             *extra,
         ]
     )
+
+
+def _scst_run(synth_data: Path, out: Path, init_from: Path, *extra: str) -> Path:
+    _scst_cli(synth_data, out, init_from, *extra)
     return out / "checkpoints" / "best.ckpt"
 
 
@@ -70,36 +74,9 @@ def test_init_from_refuses_another_vocabulary(tiny_checkpoint):
 
 def _guarded_run(synth_data: Path, out: Path, init_from: Path, tolerance: str):
     """A one-epoch SCST stage validated on boxes, keeping checkpoints on val/grounded_CIDEr."""
-    return cli_main(
-        [
-            "fit",
-            "--data.data_dir",
-            str(synth_data),
-            *TINY_TRAINING,
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "2",
-            "--trainer.limit_val_batches",
-            "1",
-            "--checkpoint.monitor",
-            "val/grounded_CIDEr",
-            "--trainer.default_root_dir",
-            str(out),
-            "--checkpoint.dirpath",
-            str(out / "checkpoints"),
-            "--model.init_from",
-            str(init_from),
-            "--model.scst.samples",
-            "2",
-            "--model.scst.baseline",
-            "mean",
-            "--model.decoding.max_len",
-            "8",
-            "--model.keep_if_grounded",
-            tolerance,
-        ]
-    )
+    validated = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    guard = ["--checkpoint.monitor", "val/grounded_CIDEr", "--model.keep_if_grounded", tolerance]
+    return _scst_cli(synth_data, out, init_from, *validated, *guard)
 
 
 def test_keep_if_grounded_scores_cider_only_where_the_pointing_game_holds(tiny_checkpoint, synth_data, tmp_path):
