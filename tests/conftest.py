@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from captioner.data import synth
+
+# Hypothesis keeps no example database: it would land in the working directory at collection,
+# before any fixture moves the test into a temporary folder.
+settings.register_profile("captioner", database=None)
+settings.load_profile("captioner")
 
 SYNTH_COUNTS = {"train": 24, "val": 8, "test": 8}
 SYNTH_SIZE = 64
