@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from captioner.data import synth
 
-# Hypothesis keeps no example database: it would land in the working directory at collection,
-# before any fixture moves the test into a temporary folder.
-settings.register_profile("captioner", database=None)
-settings.load_profile("captioner")
+# Hypothesis keeps its files (example database, caches) in a temporary folder: by default they
+# land in the working directory at collection, before any fixture moves the test elsewhere.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="captioner-hypothesis-"))
 
 SYNTH_COUNTS = {"train": 24, "val": 8, "test": 8}
 SYNTH_SIZE = 64
