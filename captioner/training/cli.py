@@ -82,24 +82,17 @@ class CaptionerCLI(LightningCLI):
             }
         )
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
-        """Lightning reads a --ckpt_path file right after parsing (for its hyper-parameters): check
-        it first, with the inference commands' words (`load_checkpoint`), so a missing, damaged or
-        foreign file is one error line rather than torch's traceback."""
-        super().parse_arguments(parser, args)
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's: a --ckpt_path file's hyper-parameters become the model's settings. Here the
+        file is read once, through `load_checkpoint`, so a missing, damaged or foreign file is one
+        error line in the inference commands' words rather than torch's traceback, and the
+        settings are brought to today's layout (`upgrade_hparams`), so that checkpoints written
+        by earlier versions still test, validate and predict. Named checkpoints ("last", ...)
+        and remote paths are Lightning's to resolve later."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         named = ckpt_path in (None, "last", "best", "hpc") or str(ckpt_path).startswith("registry")
-        if not named and "://" not in str(ckpt_path):  # remote paths are Lightning's to fetch
-            load_checkpoint(ckpt_path)
-
-    def _parse_ckpt_path(self) -> None:
-        """Lightning's: the checkpoint's hyper-parameters become the model's settings; here read
-        through `load_checkpoint` and brought to today's layout (`upgrade_hparams`), so that
-        checkpoints written by earlier versions still test, validate and predict."""
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if named or "://" in str(ckpt_path):
             return
         hparams = load_checkpoint(ckpt_path)["hyper_parameters"]
         hparams.pop("_instantiator", None)
