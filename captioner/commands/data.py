@@ -3,26 +3,30 @@
 captioner data synth --out data/shapes --train 2000 --val 200 --test 200 --size 128 --seed 0
 captioner data synth --kind glyphs --out data/glyphs --size 96
 captioner data synth --kind scenes --out data/scenes --size 96
+captioner data synth --kind photos --out data/photos --size 96
 """
 
 from __future__ import annotations
 
 import argparse
 
-from captioner.data import glyphs, scenes, synth
+from captioner.data import glyphs, photos, scenes, synth
 
 # --kind -> (generator module, what it draws); shapes is the demo's family.
 KINDS = {
     "shapes": (synth, "coloured shapes"),
     "glyphs": (glyphs, "grey digits, told apart by shape alone"),
     "scenes": (scenes, "two to five objects of two sizes on a cluttered ground"),
+    "photos": (photos, "one to four figures told apart by shape alone, on crops of real photographs"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     make = sub.add_parser(
-        "synth", help="write a synthetic data set (shapes, glyphs or scenes)", description=__doc__.splitlines()[0]
+        "synth",
+        help="write a synthetic data set (shapes, glyphs, scenes or photos)",
+        description=__doc__.splitlines()[0],
     )
     make.add_argument("--out", required=True, help="output folder (created if needed)")
     make.add_argument(

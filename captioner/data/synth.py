@@ -19,7 +19,7 @@ Layout under `out_dir` (the official COCO layout, plus a Karpathy-split file):
     annotations/instances_<split>.json          COCO instances: box, polygon, area per shape
     dataset_shapes.json                         Karpathy-split file over the same images
 
-`write_dataset` is that writer for any family (see `captioner.data.glyphs` for the other one).
+`write_dataset` is that writer for any family (`captioner.data.glyphs`, `.scenes` and `.photos` use it too).
 
 Image ids are unique across splits. Image `i` is drawn from its own generator seeded with
 `(seed, i)`, so the output is byte-identical for a seed.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -270,13 +270,15 @@ def write_dataset(
     *,
     kind: str,
     categories: Sequence[str],
-    sample: Sampler,
+    sample: Sampler | Mapping[str, Sampler],
     counts: dict[str, int],
     size: int,
     seed: int,
 ) -> Path:
     """Write a synthetic family under `out_dir` (layout in the module docstring, Karpathy file
-    `dataset_<kind>.json`); image `i` comes from `sample` called with a generator seeded `(seed, i)`."""
+    `dataset_<kind>.json`); image `i` comes from `sample` called with a generator seeded `(seed, i)`.
+    `sample` may be a mapping split -> sampler, for a family whose splits draw from different
+    sources (photos: the test split's grounds come from photographs training never sees)."""
     if any(n < 0 for n in counts.values()) or counts["train"] < 1:
         raise CaptionerError(f"image counts must be >= 0 and train >= 1, got {counts}")
     out = Path(out_dir)
@@ -286,10 +288,11 @@ def write_dataset(
     image_id = caption_id = instance_id = 0
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
+        split_sample = sample[split] if isinstance(sample, Mapping) else sample
         images, captions, instances = [], [], []
         for _ in range(counts[split]):
             image_id += 1
-            image, texts, objects = sample(np.random.default_rng([seed, image_id]), size)
+            image, texts, objects = split_sample(np.random.default_rng([seed, image_id]), size)
             file_name = f"{image_id:012d}.png"
             # Level 3 encodes faster than Pillow's default 6 for about the same file size here.
             image.save(out / split / file_name, format="PNG", compress_level=3)
