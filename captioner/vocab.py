@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from captioner.errors import CaptionerError, require_positive
+from captioner.files import write_text_atomic
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -134,10 +135,9 @@ class Vocabulary:
         return " ".join(self.decode_tokens(ids))
 
     def save(self, path: str | Path) -> None:
-        """Write the vocabulary as plain JSON: `{"words": [...]}`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"words": self.words}, ensure_ascii=False, indent=0), encoding="utf-8")
+        """Write the vocabulary as plain JSON, `{"words": [...]}`, atomically (a run that stops
+        mid-write leaves no half file for the next run to load)."""
+        write_text_atomic(path, json.dumps({"words": self.words}, ensure_ascii=False, indent=0))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
