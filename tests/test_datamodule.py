@@ -283,7 +283,7 @@ def test_per_split_paths_override_the_data_dir_convention_one_by_one(synth_data,
         str(synth_data), test=Split("test", captions=splits["val"].captions, images=str(synth_data / "val"))
     )
     assert [r.image_id for r in dm.records("test")] == [r.image_id for r in dm.records("val")]
-    path = lambda role, kind: dm.collection.reader.path(dm.split(role), kind)  # noqa: E731
+    path = lambda role, kind: dm.collection.reader.path(dm.split(role), kind)
     assert path("train", "images") == synth_data / "train"
     assert path("val", "instances") == synth_data / "annotations" / "instances_val.json"
     assert path("test", "captions") == Path(splits["val"].captions)

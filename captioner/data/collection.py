@@ -82,14 +82,13 @@ class CaptionCollection:
 
     @staticmethod
     def _check_split_paths(taken: frozenset[str], splits: dict[str, Split]) -> None:
-        given = [f"data.{role}.{kind}" for role, split in splits.items() for kind in SPLIT_PATHS if getattr(split, kind)]
+        given = [f"data.{role}.{kind}" for role, s in splits.items() for kind in SPLIT_PATHS if getattr(s, kind)]
         refused = [name for name in given if name.rsplit(".", 1)[1] not in taken]
         if refused:
             kinds = {name.rsplit(".", 1)[1] for name in refused}
             takers = " or ".join(f'"{f}"' for f in READERS if kinds <= reader_class(f).split_paths) or "none"
             raise CaptionerError(
-                f"{', '.join(refused)} only apply to format {takers}; "
-                "the other formats find a split's files themselves"
+                f"{', '.join(refused)} only apply to format {takers}; the other formats find a split's files themselves"
             )
 
     def split(self, role: str) -> Split:

@@ -24,7 +24,7 @@ SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val", "restval": "
 
 
 def canonical_split(name: str) -> str:
-    """"validation", "dev", ... -> "val"; "restval" -> "train"; other names unchanged."""
+    """ "validation", "dev", ... -> "val"; "restval" -> "train"; other names unchanged."""
     return SPLIT_ALIASES.get(name.lower(), name)
 
 

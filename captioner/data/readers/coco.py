@@ -1,8 +1,8 @@
 """COCO format: official captions files (`captions_<split>.json`), read with pycocotools.
 
-    DIR/<split>/...                              the split's images
-    DIR/annotations/captions_<split>.json        {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}
-    DIR/annotations/instances_<split>.json       optional: object boxes, for the grounding scores
+    DIR/<split>/...                          the split's images
+    DIR/annotations/captions_<split>.json    {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}
+    DIR/annotations/instances_<split>.json   optional: object boxes, for the grounding scores
 
 Each split's images folder, captions file and instances file can be given apart from DIR
 (`data.train.images`, `data.train.captions`, `data.train.instances`, ...). The synthetic
@@ -183,12 +183,10 @@ class CocoReader(Reader):
                 f"no COCO captions files under {self.location.root}/annotations (captions_<split>.json); "
                 "check data.data_dir, or pick the format that the data is in (data.format)"
             )
-        return read_coco(
-            self.path(split, "images"), self.path(split, "captions"), split.name, skip_missing=self.location.skip_missing
-        )
+        images, captions = self.path(split, "images"), self.path(split, "captions")
+        return read_coco(images, captions, split.name, skip_missing=self.location.skip_missing)
 
     def boxes(self, split: Split) -> dict[int, list[Box]]:
         """From the split's instances file; {} when that is the data_dir convention's file and it is absent."""
         path = self.path(split, "instances")
         return read_boxes(path) if path.exists() else {}
-

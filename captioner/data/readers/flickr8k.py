@@ -22,7 +22,11 @@ from captioner.data.records import DataWarning
 from captioner.errors import CaptionerError
 
 TOKEN_FILE = "Flickr8k.token.txt"
-SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+SPLIT_LISTS = {
+    "train": "Flickr_8k.trainImages.txt",
+    "val": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
 IMAGE_FOLDERS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images", "")
 
 
@@ -78,9 +82,7 @@ class Flickr8kReader(RowReader):
             key, tab, caption = text.partition("\t")
             name, hash_, _ = key.rpartition("#")
             if not tab or not hash_ or not name.strip():
-                raise CaptionerError(
-                    f"{token} line {line} is not 'NAME.jpg#N<TAB>caption' (it starts {text[:40]!r})"
-                )
+                raise CaptionerError(f"{token} line {line} is not 'NAME.jpg#N<TAB>caption' (it starts {text[:40]!r})")
             entries.append((line, name.strip(), caption))
         first = entries[0][1] if entries else None
         images = token.parent

@@ -98,9 +98,7 @@ class KarpathyReader(Reader):
         found = _files(self.root())
         if len(found) != 1:
             problem = f"{len(found)} files dataset_*.json" if found else "no file dataset_*.json"
-            raise CaptionerError(
-                f"format karpathy: {problem} in {self.root()}; name the file with data.annotations"
-            )
+            raise CaptionerError(f"format karpathy: {problem} in {self.root()}; name the file with data.annotations")
         return found[0]
 
     def image_root(self) -> Path:
