@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from captioner.data.readers import READERS, Location, reader_class, recognise
+from captioner.data.readers.base import common_folder
 from captioner.data.records import Box, ImageRecord
 from captioner.data.splits import HELD_OUT, ROLES, Holdout, MadeSplit, Split, SplitFile
 from captioner.errors import CaptionerError, require_choice
@@ -96,13 +97,6 @@ class CaptionCollection:
         require_choice("role", role, ROLES)
         return self.splits[role]
 
-    def _key(self, record: ImageRecord) -> str:
-        """An image's name in a made split: its path under the data folder."""
-        base = self.root.parent if self.root is not None and self.root.is_file() else self.root
-        if base is not None and record.path.is_relative_to(base):
-            return record.path.relative_to(base).as_posix()
-        return str(record.path)
-
     def held_out(self) -> tuple[str, ...]:
         """The roles whose images are drawn by the holdout rule: all three for data in one pile,
         else "val" / "test" when the data lacks a split of that name."""
@@ -140,16 +134,20 @@ class CaptionCollection:
         pile = held == ROLES
         records = self.reader.read(None if pile else self.splits["train"])
         drawn_from = None if pile else self.splits["train"].name
+        # An image's name in the split: its path under the folder holding all the images, the
+        # same whichever form the data is kept in.
+        base = common_folder(r.path for r in records)
+        key = lambda record: record.path.relative_to(base).as_posix()
         if self.split_file is not None and self.split_file.path.exists():
             self.made = self.split_file.read(self.holdout)
             source = f"split file {self.split_file.path}"
         else:
-            keys = [self._key(r) for r in records]
+            keys = [key(r) for r in records]
             self.made = MadeSplit(self.holdout.draw(keys, [r for r in HELD_OUT if r in held]), self.holdout, drawn_from)
             if self.split_file is not None:
                 self.split_file.write(self.made)
             source = "the split made"
-        made = self.made.apply(records, self._key, source)
+        made = self.made.apply(records, key, source)
         return {role: made[role] for role in ("train", *held)}
 
     def boxes(self, role: str) -> dict[int, list[Box]]:
