@@ -26,6 +26,7 @@ from captioner.data.readers.text import (
     IMAGE_COLUMNS,
     SPLIT_COLUMN,
     delimiter_of,
+    first_line,
     header_problem,
     pick,
     read_text,
@@ -37,14 +38,9 @@ SUFFIXES = (".csv", ".tsv")
 WHAT = "caption table"
 
 
-def _first_line(path: Path) -> str:
-    with open(path, "rb") as file:
-        return file.readline(65536).decode("utf-8-sig", errors="replace").lstrip("\ufeff")
-
-
 def _columns(path: Path) -> tuple[str, str] | None:
     """(image column, caption column) named by the header of `path`, or None."""
-    header = _first_line(path)
+    header = first_line(path)
     columns = next(csv.reader([header], delimiter=delimiter_of(header, path)), [])
     image, caption = pick(columns, IMAGE_COLUMNS), pick(columns, CAPTION_COLUMNS)
     return (image, caption) if image and caption else None

@@ -23,6 +23,14 @@ SPLIT_COLUMN = "split"
 DELIMITERS = (",", "\t", "|", ";")
 
 
+def first_line(path: Path) -> str:
+    """The first line of a text file, for telling its format (undecodable bytes replaced)."""
+    with open(path, "rb") as file:
+        head = file.read(65536)
+    encoding = "utf-16" if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    return head.decode(encoding, errors="replace").splitlines()[0] if head else ""
+
+
 def read_text(path: Path, what: str) -> str:
     """The text of `path` (module docstring); a CaptionerError naming `what` and the file otherwise."""
     try:
@@ -70,7 +78,7 @@ def delimiter_of(header: str, path: Path) -> str:
 def table_rows(text: str, path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     """(line where the row starts, its fields) of every non-blank row of a delimited text,
     the header included; quoted fields may hold the delimiter and line breaks."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=delimiter != "\t")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     start = 1
     try:
         for fields in reader:
