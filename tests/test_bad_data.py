@@ -35,8 +35,11 @@ def all_records(path, **settings):
 
 def test_a_table_without_the_image_column_lists_the_columns_it_has(tmp_path):
     path = table(tmp_path, "picture,caption\na.png,a cat\n")
-    with pytest.raises(CaptionerError, match=r"captions.csv line 1 has no image column \(its columns: 'picture', "
-                       r"'caption'\); name the image column one of image, file_name"):
+    with pytest.raises(
+        CaptionerError,
+        match=r"captions.csv line 1 has no image column \(its columns: 'picture', "
+        r"'caption'\); name the image column one of image, file_name",
+    ):
         CaptionCollection(path, format="csv").records("train")
     path = table(tmp_path, "image,words\na.png,a cat\n")
     with pytest.raises(CaptionerError, match=r"has no caption column \(its columns: 'image', 'words'\)"):
@@ -45,8 +48,11 @@ def test_a_table_without_the_image_column_lists_the_columns_it_has(tmp_path):
 
 def test_a_row_naming_a_missing_image_is_named_with_its_line_or_skipped_with_a_count(tmp_path):
     path = table(tmp_path, "image,caption\na.png,a cat\nb.png,a dog\ngone.png,a cow\nc.png,a hen\nd.png,a pig\n")
-    with pytest.raises(CaptionerError, match=r"1 of 5 images listed in .*captions.csv are missing .*gone.png "
-                       r"\(captions.csv line 4\).*skip_missing_images"):
+    with pytest.raises(
+        CaptionerError,
+        match=r"1 of 5 images listed in .*captions.csv are missing .*gone.png "
+        r"\(captions.csv line 4\).*skip_missing_images",
+    ):
         read_all(path)
     with pytest.warns(DataWarning, match="skipping 1 of 5 images listed in .*captions.csv"):
         records = all_records(path, skip_missing=True)
@@ -92,8 +98,11 @@ def test_utf16_with_its_mark_is_read(tmp_path):
 
 def test_an_image_in_two_splits_names_both_lines(tmp_path):
     path = table(tmp_path, "image,caption,split\na.png,a cat,train\nb.png,a dog,val\na.png,a cat again,test\n")
-    with pytest.raises(CaptionerError, match=r"image .*a.png is in split 'train' \(.*captions.csv line 2\) and in "
-                       r"split 'test' \(.*captions.csv line 4\); an image belongs in one split only"):
+    with pytest.raises(
+        CaptionerError,
+        match=r"image .*a.png is in split 'train' \(.*captions.csv line 2\) and in "
+        r"split 'test' \(.*captions.csv line 4\); an image belongs in one split only",
+    ):
         read_all(path)
 
 
@@ -124,8 +133,11 @@ def test_imagefolder_and_sidecar_name_their_problems(tmp_path):
     with pytest.raises(CaptionerError, match=r"metadata.jsonl line 2 is not valid JSON"):
         read_all(tmp_path)
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "label": "cat"}\n')
-    with pytest.raises(CaptionerError, match=r"metadata.jsonl line 1 has no caption column \(its columns: "
-                       r"'file_name', 'label'\)"):
+    with pytest.raises(
+        CaptionerError,
+        match=r"metadata.jsonl line 1 has no caption column \(its columns: "
+        r"'file_name', 'label'\)",
+    ):
         read_all(tmp_path)
     side = tmp_path / "side"
     for name in ("a.png", "b.png", "c.png", "d.png", "e.png"):

@@ -126,7 +126,9 @@ class CaptionCollection:
                     f"split {split.name!r} is not in {self.root} (it has {sorted(own)}); pick one of those "
                     f"for data.{role}.name"
                 )
-            self._records[role] = self.reader.read(split)
+            # Roles may share a split (COCO 2014 tests on val2014): read it once.
+            shared = next((r for r in self._records if r in ROLES and self.splits[r] == split), None)
+            self._records[role] = self._records[shared] if shared else self.reader.read(split)
         return self._records[role]
 
     def _made(self, held: tuple[str, ...]) -> dict[str, list[ImageRecord]]:

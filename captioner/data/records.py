@@ -23,7 +23,15 @@ from captioner.vocab import has_words
 
 
 class DataWarning(UserWarning):
-    """Data was skipped or changed on the way in (missing images, empty or over-long captions)."""
+    """Data was skipped or changed on the way in (missing images, empty or over-long captions).
+
+    `missing` holds the image files a warning about missing images is about, for
+    `captioner data check` to count and name them.
+    """
+
+    def __init__(self, message: str, *, missing: tuple[Path, ...] = ()):
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -103,18 +111,15 @@ def drop_missing(
     missing = [r for r in records if not r.path.is_file()]
     if not missing:
         return records
+    at = (lambda r: f" ({source.name} line {lines[r.image_id]})") if lines else (lambda r: "")
+    examples = ", ".join(f"{r.path}{at(r)}" for r in missing[:3])
     if not skip_missing:
-        at = (lambda r: f" ({source.name} line {lines[r.image_id]})") if lines else (lambda r: "")
-        examples = ", ".join(f"{r.path}{at(r)}" for r in missing[:3])
         raise CaptionerError(
             f"{len(missing)} of {len(records)} images listed in {source} are missing under {image_dir} "
             f"(e.g. {examples}); fix the image folder or pass skip_missing_images=True to skip them"
         )
-    warnings.warn(
-        f"skipping {len(missing)} of {len(records)} images listed in {source}: not found under {image_dir}",
-        DataWarning,
-        stacklevel=3,
-    )
+    message = f"skipping {len(missing)} of {len(records)} images listed in {source}: not found under {image_dir}"
+    warnings.warn(DataWarning(f"{message} (e.g. {examples})", missing=tuple(r.path for r in missing)), stacklevel=3)
     gone = {r.image_id for r in missing}
     return [r for r in records if r.image_id not in gone]
 

@@ -62,10 +62,17 @@ def read_karpathy(
     clean = CaptionCleaner()
     records = [_karpathy_image(entry, i, dataset_json, image_root, clean) for i, entry in enumerate(data["images"])]
     seen: set[int] = set()
-    for record in records:
+    where: dict[Path, int] = {}
+    for i, record in enumerate(records):
         if record.image_id in seen:
             raise CaptionerError(f"{WHAT} {dataset_json} is malformed: image id {record.image_id} appears twice")
         seen.add(record.image_id)
+        first = where.setdefault(record.path, i)
+        if first != i and records[first].split != record.split:
+            raise CaptionerError(
+                f"{WHAT} {dataset_json}: image {record.path} is in split {records[first].split!r} (images[{first}]) "
+                f"and in split {record.split!r} (images[{i}]); an image belongs in one split only"
+            )
     clean.warn(dataset_json)
     records = drop_missing(records, dataset_json, image_root, skip_missing)
     splits: dict[str, list[ImageRecord]] = {}
