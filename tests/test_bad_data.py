@@ -13,10 +13,10 @@ from captioner.errors import CaptionerError
 from .formats import collection, write_csv, write_image
 
 
-def table(root, text: str, *, images=("a.png", "b.png", "c.png", "d.png"), name="captions.csv", data: bytes = None):
+def table(root, text: str, *, images=("a.png", "b.png", "c.png", "d.png"), data: bytes | None = None):
     for image in images:
         write_image(root / image, f"img{len(image):02d}")
-    path = root / name
+    path = root / "captions.csv"
     if data is None:
         path.write_text(text, encoding="utf-8")
     else:

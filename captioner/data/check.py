@@ -148,6 +148,9 @@ def _held(collection: CaptionCollection) -> tuple[str, ...]:
 
 def _split_report(collection: CaptionCollection, role: str, records: list[ImageRecord]) -> dict[str, Any]:
     per_image = [len(r.captions) for r in records]
+    spread = (
+        {"min": min(per_image), "mean": round(float(np.mean(per_image)), 2), "max": max(per_image)} if per_image else {}
+    )
     source = "made" if role in _held(collection) else f"the data's split {collection.split(role).name!r}"
     return {
         "source": source,
