@@ -157,13 +157,7 @@ def _split_report(collection: CaptionCollection, role: str, records: list[ImageR
         "images": len(records),
         "captions": sum(per_image),
         "images_without_captions": sum(1 for n in per_image if n == 0),
-        "captions_per_image": {
-            "min": min(per_image),
-            "mean": round(float(np.mean(per_image)), 2),
-            "max": max(per_image),
-        }
-        if per_image
-        else {},
+        "captions_per_image": spread,
     }
 
 
