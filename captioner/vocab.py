@@ -22,6 +22,10 @@ from captioner.errors import CaptionerError, require_positive
 from captioner.files import write_text_atomic
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+# The defaults of `data.min_word_count` and `data.max_caption_len` (the data module's and
+# `captioner data check`'s): words seen fewer times become <unk>; longer captions are cut.
+MIN_WORD_COUNT = 1
+MAX_CAPTION_LEN = 20
 SPECIALS = (PAD, START, END, UNK)
 _APOSTROPHES = "'\u2019"
 
@@ -86,7 +90,7 @@ class Vocabulary:
         self._index = {word: i for i, word in enumerate(words)}
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+    def build(cls, captions: Iterable[str], min_count: int = MIN_WORD_COUNT) -> Vocabulary:
         """Vocabulary of every token seen at least `min_count` times, most frequent first.
 
         Ties are broken alphabetically so the same captions always give the same ids.

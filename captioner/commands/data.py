@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -67,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     look.add_argument("--holdout-test", type=float, help="data.holdout.test")
     look.add_argument("--holdout-seed", type=int, help="data.holdout.seed")
     look.add_argument("--split-path", help="data.split_path: a split file to use")
+    look.add_argument("--skip-missing-images", action="store_true", help="data.skip_missing_images")
     look.add_argument("--decode", action="store_true", help="open every image to find unreadable ones (slow)")
     look.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
@@ -88,25 +88,28 @@ def synth_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def data_settings(args: argparse.Namespace) -> dict:
-    """The data settings in force: the data module's defaults, the recipe's, then the flags."""
-    from captioner.data.datamodule import CaptionDataModule
+# The data settings the check applies, each by its name under `data:` in a recipe.
+CHECKED = ("format", "annotations", "karpathy_json", "split_path", "skip_missing_images", "min_word_count")
+CHECKED += ("max_caption_len", "holdout", "train", "val", "test")
 
-    parameters = inspect.signature(CaptionDataModule.__init__).parameters
-    settings = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+
+def data_settings(args: argparse.Namespace) -> dict:
+    """The data settings given: the recipe's (--config), then the flags; the rest keep their defaults."""
+    settings = {}
     if args.config:
         recipe = yaml.safe_load(Path(resolve(args.config)).read_text(encoding="utf-8")) or {}
-        settings.update((recipe.get("data") or {}) if isinstance(recipe, dict) else {})
+        data = (recipe.get("data") or {}) if isinstance(recipe, dict) else {}
+        settings = {key: value for key, value in data.items() if key in CHECKED}
     flags = {"format": args.format, "annotations": args.annotations, "split_path": args.split_path}
     flags |= {"min_word_count": args.min_word_count, "max_caption_len": args.max_caption_len}
     settings.update({k: v for k, v in flags.items() if v is not None})
-    holdout = settings["holdout"]
-    holdout = holdout if isinstance(holdout, Holdout) else Holdout(**holdout)
-    changes = {"val": args.holdout_val, "test": args.holdout_test, "seed": args.holdout_seed}
-    settings["holdout"] = Holdout(**{**holdout.__dict__, **{k: v for k, v in changes.items() if v is not None}})
+    if args.skip_missing_images:
+        settings["skip_missing_images"] = True
+    holdout = {**settings.get("holdout", {}), "val": args.holdout_val, "test": args.holdout_test}
+    holdout["seed"] = args.holdout_seed
+    settings["holdout"] = Holdout(**{k: v for k, v in holdout.items() if v is not None})
     for role in ("train", "val", "test"):
-        split = settings[role]
-        settings[role] = split if isinstance(split, Split) else Split(**{"name": role, **split})
+        settings[role] = Split(**{"name": role, **settings.get(role, {})})
     return settings
 
 
@@ -114,16 +117,17 @@ def check_command(args: argparse.Namespace) -> int:
     settings = data_settings(args)
     collection = CaptionCollection(
         args.path,
-        format=settings["format"],
-        annotations=settings["annotations"] or settings.get("karpathy_json"),
+        format=settings.get("format", "auto"),
+        annotations=settings.get("annotations") or settings.get("karpathy_json"),
         splits={role: settings[role] for role in ("train", "val", "test")},
         holdout=settings["holdout"],
-        split_path=settings["split_path"],
+        split_path=settings.get("split_path"),
         skip_missing=True,  # counted and named here; training stops on them unless told to skip
     )
-    report = check(collection, CheckSettings(settings["min_word_count"], settings["max_caption_len"], args.decode))
+    given = {key: settings[key] for key in ("min_word_count", "max_caption_len") if key in settings}
+    report = check(collection, CheckSettings(**given, decode=args.decode))
     stops = problems(report)
-    if report["images"]["missing"] and not settings["skip_missing_images"]:
+    if report["images"]["missing"] and not settings.get("skip_missing_images"):
         stops.append(f"{report['images']['missing']} listed images are missing; set data.skip_missing_images true")
     report["problems"] = stops
     print(json.dumps(report, indent=1) if args.json else "\n".join(describe(report)))

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from captioner.data.collection import CaptionCollection
-from captioner.data.images import ImageLoadError, load_image
 from captioner.data.records import DataWarning, ImageRecord
 from captioner.data.splits import ROLES
-from captioner.vocab import SPECIALS, tokenize
+from captioner.vocab import MAX_CAPTION_LEN, MIN_WORD_COUNT, SPECIALS, tokenize
 
 EXAMPLES = 5  # files named per problem
 HEAD = 65536  # bytes read of same-size files to tell them apart before hashing them whole
@@ -33,8 +32,8 @@ HEAD = 65536  # bytes read of same-size files to tell them apart before hashing 
 class CheckSettings:
     """The data settings the check applies as training would (`data.min_word_count`, ...)."""
 
-    min_word_count: int
-    max_caption_len: int
+    min_word_count: int = MIN_WORD_COUNT
+    max_caption_len: int = MAX_CAPTION_LEN
     decode: bool = False
 
 
@@ -96,6 +95,8 @@ def check(collection: CaptionCollection, settings: CheckSettings) -> dict[str, A
     sizes = {path: os.stat(path).st_size for path in listed}
     unreadable = {path: "empty file" for path, size in sizes.items() if size == 0}
     if settings.decode:
+        from captioner.data.images import ImageLoadError, load_image
+
         for path in listed:
             if path not in unreadable:
                 try:

@@ -34,7 +34,7 @@ from captioner.data.readers import FORMATS
 from captioner.data.records import Box, DataWarning, ImageRecord
 from captioner.data.splits import ROLES, Holdout, Split, SplitFile
 from captioner.errors import CaptionerError, require_choice, require_non_negative, require_positive
-from captioner.vocab import Vocabulary, tokenize
+from captioner.vocab import MAX_CAPTION_LEN, MIN_WORD_COUNT, Vocabulary, tokenize
 
 __all__ = ["ROLES", "CaptionDataModule", "Holdout", "Split"]
 
@@ -98,8 +98,8 @@ class CaptionDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        min_word_count: int = 1,
-        max_caption_len: int = 20,
+        min_word_count: int = MIN_WORD_COUNT,
+        max_caption_len: int = MAX_CAPTION_LEN,
         vocab_path: str | None = None,
         skip_missing_images: bool = False,
         seed: int = 0,
