@@ -119,7 +119,7 @@ def check(collection: CaptionCollection, settings: CheckSettings) -> dict[str, A
         "splits": {role: _split_report(collection, role, records[role]) for role in ROLES},
         "split_made": collection.made.summary() if collection.made else None,
         "images_in_two_splits": len(shared),
-        "images_in_two_splits_examples": [str(p) for p in shared[:EXAMPLES]],
+        "images_in_two_splits_examples": shared[:EXAMPLES],
         "skipped": [str(w) for w in skipped],
     }
     report["captions"] = _caption_report(records["train"], settings)
@@ -132,13 +132,15 @@ def check(collection: CaptionCollection, settings: CheckSettings) -> dict[str, A
     return report
 
 
-def _shared_images(collection: CaptionCollection, records: dict[str, list[ImageRecord]]) -> list[Path]:
+def _shared_images(collection: CaptionCollection, records: dict[str, list[ImageRecord]]) -> list[str]:
     """Files in two different splits (roles that read the same split do not count)."""
-    split_of: dict[Path, set[str]] = {}
+    split_of: dict[str, set[str]] = {}
+    names = {role: role if role in _held(collection) else collection.split(role).name for role in records}
     for role, role_records in records.items():
-        name = collection.split(role).name if role not in _held(collection) else role
+        if names[role] in [names[r] for r in ROLES[: ROLES.index(role)]]:
+            continue  # the same split as an earlier role
         for record in role_records:
-            split_of.setdefault(Path(os.path.normpath(record.path)), set()).add(name)
+            split_of.setdefault(os.path.normpath(record.path), set()).add(names[role])
     return sorted(p for p, names in split_of.items() if len(names) > 1)
 
 
