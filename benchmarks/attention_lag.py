@@ -87,7 +87,7 @@ def summarise(records: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from captioner.data.records import coco_layout, read_boxes, read_split
+    from captioner.data.collection import showing
     from captioner.evaluation.grounding import coco_category_words
     from captioner.inference.api import Captioner
 
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     args = parser.parse_args(argv)
     captioner = Captioner.from_checkpoint(args.checkpoint)
-    images = read_split(args.data_dir, args.split)
-    boxes = read_boxes(coco_layout(args.data_dir, args.split)["instances"])
+    data = showing(args.data_dir, args.split, format="coco")
+    images, boxes = data.records("test"), data.boxes("test")
     categories = coco_category_words(sorted({box.category for image_boxes in boxes.values() for box in image_boxes}))
     results = captioner.caption([image.path for image in images], beam_size=1)
     records = []

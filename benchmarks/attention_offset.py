@@ -176,14 +176,14 @@ def summarise_offsets(records: list[dict], cell: float) -> dict:
 def peaks_report(checkpoint: Path, data_dir: Path, split: str, limit: int | None) -> dict:
     from PIL import Image
 
-    from captioner.data.records import coco_layout, read_boxes, read_split
+    from captioner.data.collection import showing
     from captioner.evaluation.grounding import coco_category_words
     from captioner.inference.api import Captioner
 
     captioner = Captioner.from_checkpoint(checkpoint, device="cpu")
     encoder = captioner.model.encoder
-    images = read_split(data_dir, split)[:limit]
-    boxes = read_boxes(coco_layout(data_dir, split)["instances"])
+    data = showing(data_dir, split, format="coco")
+    images, boxes = data.records("test")[:limit], data.boxes("test")
     categories = coco_category_words(sorted({box.category for image_boxes in boxes.values() for box in image_boxes}))
     results = captioner.caption([image.path for image in images], beam_size=1)
     image_size, grid = captioner.image_size, encoder.grid_size
@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         shifts = {size: round(resize_shift(size, 64), 3) for size in args.data_sizes}
         print(json.dumps({"resize_to_64_dot_shift_px": shifts}))
     elif args.mode == "oracle":
-        from captioner.data.records import coco_layout, load_json, read_boxes
+        from captioner.data.readers.coco import coco_layout, read_boxes
+        from captioner.data.records import load_json
 
         instances = coco_layout(args.data_dir, args.split)["instances"]
         (data_size,) = {image["width"] for image in load_json(instances, "COCO instances file")["images"]}

@@ -1,6 +1,7 @@
 """Caption images with Show, Attend and Tell, see where each word looked, and train models.
 
   captioner data synth --out data/shapes                       make a small data set
+  captioner data check my_photos/                             what training would see in your data
   captioner train fit --config shapes                         train (the Lightning CLI)
   captioner recipes                                            the recipes --config can name
   captioner caption --ckpt best.ckpt photos/                   caption images
@@ -26,7 +27,7 @@ from captioner.errors import CaptionerError
 # when their subcommand runs, so `captioner caption` does not pay for Lightning's import.
 COMMANDS = {
     "train": ("train", "train / validate / test / predict through the Lightning CLI"),
-    "data": ("data", "make or inspect data sets (data synth)"),
+    "data": ("data", "make or check data sets (data synth, data check)"),
     "caption": ("caption", "caption images with a trained checkpoint"),
     "attend": ("attend", "draw where each word looked, one PNG per image"),
     "gallery": ("gallery", "write a static HTML gallery of captions and attention"),

@@ -19,8 +19,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from captioner.errors import CaptionerError, require_positive
+from captioner.files import write_text_atomic
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+# The defaults of `data.min_word_count` and `data.max_caption_len` (the data module's and
+# `captioner data check`'s): words seen fewer times become <unk>; longer captions are cut.
+MIN_WORD_COUNT = 1
+MAX_CAPTION_LEN = 20
 SPECIALS = (PAD, START, END, UNK)
 _APOSTROPHES = "'\u2019"
 
@@ -85,7 +90,7 @@ class Vocabulary:
         self._index = {word: i for i, word in enumerate(words)}
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+    def build(cls, captions: Iterable[str], min_count: int = MIN_WORD_COUNT) -> Vocabulary:
         """Vocabulary of every token seen at least `min_count` times, most frequent first.
 
         Ties are broken alphabetically so the same captions always give the same ids.
@@ -134,10 +139,9 @@ class Vocabulary:
         return " ".join(self.decode_tokens(ids))
 
     def save(self, path: str | Path) -> None:
-        """Write the vocabulary as plain JSON: `{"words": [...]}`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"words": self.words}, ensure_ascii=False, indent=0), encoding="utf-8")
+        """Write the vocabulary as plain JSON, `{"words": [...]}`, atomically (a run that stops
+        mid-write leaves no half file for the next run to load)."""
+        write_text_atomic(path, json.dumps({"words": self.words}, ensure_ascii=False, indent=0))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

@@ -71,3 +71,12 @@ def test_jpeg_benchmark_reports_rates_and_the_draft_error():
     for name in ("pillow_full", "full", "draft"):
         assert results[f"{name}_images_per_s_per_core"] > 0
     assert 0 < results["draft_vs_full_decode_mean_abs"] < results["jpeg_q90_vs_lossless_mean_abs"]
+
+
+def test_data_check_benchmark_checks_every_image_and_caption_it_made():
+    from benchmarks import data_check
+
+    results = data_check.main(["--tiny"])
+    assert results["checked_images"] == results["images"] == 200
+    assert results["checked_captions"] == results["captions"] > 5 * 200
+    assert 0 < results["seconds"] < 60 and results["peak_rss_mb"] > 0

@@ -35,9 +35,17 @@ def write_split(root: Path, split: str, captions: dict[int, list[str]], *, missi
     (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(data), encoding="utf-8")
 
 
+def with_eval_splits(root: Path) -> None:
+    """One-image val and test splits beside a test's train split: a COCO folder without them
+    would have them held out of its train split."""
+    write_split(root, "val", {1001: ["a val image"]})
+    write_split(root, "test", {1002: ["a test image"]})
+
+
 def test_vocab_is_ready_after_init_and_built_from_train_only(tmp_path):
     write_split(tmp_path, "train", {1: ["a red dog", "a dog"], 2: ["a cat"]})
     write_split(tmp_path, "val", {3: ["a purple zebra"]})
+    write_split(tmp_path, "test", {4: ["a purple cat"]})
     dm = CaptionDataModule(str(tmp_path), min_word_count=2)
     assert dm.vocab_words == ["<pad>", "<start>", "<end>", "<unk>", "a", "dog"]
     assert "zebra" not in dm.vocab and dm.vocab is dm.vocab  # built once, cached
@@ -45,6 +53,7 @@ def test_vocab_is_ready_after_init_and_built_from_train_only(tmp_path):
 
 def test_vocab_path_saved_then_loaded(tmp_path):
     write_split(tmp_path, "train", {1: ["a red dog"]})
+    with_eval_splits(tmp_path)
     path = tmp_path / "out" / "vocab.json"
     _ = CaptionDataModule(str(tmp_path), vocab_path=str(path)).vocab
     assert Vocabulary.load(path).words[4:] == ["a", "dog", "red"]
@@ -119,11 +128,13 @@ def test_boxes_from_instances_file_or_empty(synth_data, tmp_path):
     assert sorted(boxes) == [r.image_id for r in CaptionDataModule(str(synth_data)).records("val")]
     assert all(isinstance(b, Box) for bs in boxes.values() for b in bs)
     write_split(tmp_path, "train", {1: ["a dog"]})
+    with_eval_splits(tmp_path)
     assert CaptionDataModule(str(tmp_path)).boxes("train") == {}
 
 
 def test_long_captions_are_truncated_with_a_counted_warning(tmp_path):
     write_split(tmp_path, "train", {1: ["one two three four five six", "one two"], 2: ["a b c d e"]})
+    with_eval_splits(tmp_path)
     dm = CaptionDataModule(str(tmp_path), max_caption_len=4, batch_size=8)
     with pytest.warns(DataWarning, match=r"truncating 2 of 3 training captions to max_caption_len=4"):
         loader = dm.train_dataloader()
@@ -134,6 +145,7 @@ def test_long_captions_are_truncated_with_a_counted_warning(tmp_path):
 
 def test_empty_captions_are_skipped_with_a_counted_warning(tmp_path):
     write_split(tmp_path, "train", {1: ["a dog", "", " ... "], 2: ["Ein Mädchen", "!"]})
+    with_eval_splits(tmp_path)
     with pytest.warns(DataWarning, match="skipped 3 empty or punctuation-only captions"):
         dm = CaptionDataModule(str(tmp_path), batch_size=8)
         batch = next(iter(dm.train_dataloader()))
@@ -142,6 +154,7 @@ def test_empty_captions_are_skipped_with_a_counted_warning(tmp_path):
 
 def test_missing_images_raise_at_setup_or_are_skipped(tmp_path):
     write_split(tmp_path, "train", {1: ["a dog"], 2: ["a cat"], 3: ["a cow"]}, missing=(2,))
+    with_eval_splits(tmp_path)
     with pytest.raises(CaptionerError, match="1 of 3 images listed in .*captions_train.json are missing"):
         _ = CaptionDataModule(str(tmp_path)).vocab
     dm = CaptionDataModule(str(tmp_path), skip_missing_images=True, batch_size=8)
@@ -151,8 +164,10 @@ def test_missing_images_raise_at_setup_or_are_skipped(tmp_path):
 
 
 def test_missing_folder_and_malformed_annotations_are_clear_errors(tmp_path):
-    with pytest.raises(CaptionerError, match="captions_train.json does not exist"):
-        _ = CaptionDataModule(str(tmp_path)).vocab
+    with pytest.raises(CaptionerError, match="no caption data recognised at .*looked for .*coco: annotations/"):
+        CaptionDataModule(str(tmp_path))
+    with pytest.raises(CaptionerError, match="no COCO captions files under .*annotations"):
+        _ = CaptionDataModule(str(tmp_path), format="coco").vocab
     write_split(tmp_path, "train", {1: ["a dog"]})
     (tmp_path / "annotations" / "captions_val.json").write_text('{"images": [}')
     with pytest.raises(CaptionerError, match="captions_val.json is not valid JSON"):
@@ -166,6 +181,7 @@ def test_missing_folder_and_malformed_annotations_are_clear_errors(tmp_path):
 
 def test_unreadable_training_image_is_left_out_with_a_counted_warning(tmp_path):
     write_split(tmp_path, "train", {1: ["a dog"], 2: ["a cat", "a cat sits"], 3: ["a cow"]}, corrupt=(2,))
+    with_eval_splits(tmp_path)
     loader = CaptionDataModule(str(tmp_path), batch_size=4, image_size=8).train_dataloader()
     with pytest.warns(DataWarning, match=r"skipping training image .*2\.png .*; 1 unreadable training image"):
         (batch,) = list(loader)
@@ -175,6 +191,7 @@ def test_unreadable_training_image_is_left_out_with_a_counted_warning(tmp_path):
 
 def test_batch_of_only_unreadable_images_is_an_error(tmp_path):
     write_split(tmp_path, "train", {1: ["a dog"], 2: ["a cat"]}, corrupt=(1, 2))
+    with_eval_splits(tmp_path)
     loader = CaptionDataModule(str(tmp_path), batch_size=2, image_size=8).train_dataloader()
     with pytest.warns(DataWarning), pytest.raises(CaptionerError, match="none of the 2 training images"):
         next(iter(loader))
@@ -201,8 +218,8 @@ def test_worker_processes_get_the_same_batches(synth_data):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(format="yaml"), "data.format must be one of 'coco', 'karpathy'; got 'yaml'"),
-        (dict(format="karpathy"), "needs karpathy_json"),
+        (dict(format="yaml"), "data.format must be one of 'auto', .*'coco', 'karpathy', .*; got 'yaml'"),
+        (dict(karpathy_json="a.json", annotations="b.json"), "karpathy_json is the older name of data.annotations"),
         (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
         (dict(max_caption_len=0), "max_caption_len must be an integer >= 1"),
         (dict(min_word_count=0), "min_word_count must be an integer >= 1"),
@@ -266,16 +283,18 @@ def test_per_split_paths_override_the_data_dir_convention_one_by_one(synth_data,
         str(synth_data), test=Split("test", captions=splits["val"].captions, images=str(synth_data / "val"))
     )
     assert [r.image_id for r in dm.records("test")] == [r.image_id for r in dm.records("val")]
-    assert dm.path("train", "images") == synth_data / "train"
-    assert dm.path("val", "instances") == synth_data / "annotations" / "instances_val.json"
-    assert dm.path("test", "captions") == Path(splits["val"].captions)
-    assert dm.path("test", "instances") == synth_data / "annotations" / "instances_test.json"
+    path = lambda role, kind: dm.collection.reader.path(dm.split(role), kind)
+    assert path("train", "images") == synth_data / "train"
+    assert path("val", "instances") == synth_data / "annotations" / "instances_val.json"
+    assert path("test", "captions") == Path(splits["val"].captions)
+    assert path("test", "instances") == synth_data / "annotations" / "instances_test.json"
 
 
 def test_split_names_choose_the_data_dir_files(synth_data):
     dm = CaptionDataModule(str(synth_data), test=Split("val"))
-    assert dm.path("test", "images") == synth_data / "val"
-    assert dm.path("test", "captions") == synth_data / "annotations" / "captions_val.json"
+    reader = dm.collection.reader
+    assert reader.path(dm.split("test"), "images") == synth_data / "val"
+    assert reader.path(dm.split("test"), "captions") == synth_data / "annotations" / "captions_val.json"
     assert dm.records("test") == dm.records("val") and dm.boxes("test") == dm.boxes("val")
 
 

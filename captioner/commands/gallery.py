@@ -2,7 +2,8 @@
 
     captioner gallery --ckpt runs/demo/checkpoints/best.ckpt --data data/shapes --split test --n 24 --out gallery/
     captioner gallery --ckpt best.ckpt --data /data/coco --format karpathy \\
-        --karpathy-json /data/coco/dataset_coco.json --split test --out gallery/
+        --annotations /data/coco/dataset_coco.json --split test --out gallery/
+    captioner gallery --ckpt best.ckpt --data my_photos/captions.csv --split test --out gallery/
 
 Captions the first N images of the split, scores each against its references with CIDEr
 (computed over those N images), draws its attention overlay and writes `OUT/index.html`
@@ -22,7 +23,8 @@ from captioner.commands.common import (
     model_source,
     open_captioner,
 )
-from captioner.data.records import read_split
+from captioner.data.collection import showing
+from captioner.data.readers import FORMATS
 from captioner.errors import CaptionerError
 from captioner.evaluation.captions import per_image_cider
 from captioner.viz.gallery import GalleryItem, write_gallery
@@ -30,12 +32,22 @@ from captioner.viz.overlay import save_attention
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, help="data set folder (as data.data_dir in training)")
+    parser.add_argument("--data", required=True, type=Path, help="the data set (as data.data_dir in training)")
     parser.add_argument(
-        "--format", choices=("coco", "karpathy"), default="coco", help="annotation format (default coco)"
+        "--format", choices=FORMATS, default="auto", help="annotation format (default auto: recognised at --data)"
     )
-    parser.add_argument("--karpathy-json", type=Path, help="Karpathy split file, for --format karpathy")
-    parser.add_argument("--split", default="test", help="split name to show, e.g. test or val2014 (default test)")
+    parser.add_argument(
+        "--annotations",
+        "--karpathy-json",
+        type=Path,
+        help="the captions file when apart from --data (as data.annotations in training)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="split to show, e.g. test or val2014; data without one of that name is split as training does "
+        "with the default data.holdout (default test)",
+    )
     parser.add_argument("--n", type=int, default=24, help="number of images, from the start of the split (default 24)")
     parser.add_argument("--out", required=True, type=Path, help="folder for index.html and its images")
     add_decoding_arguments(parser)
@@ -46,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CaptionerError(f"--n must be at least 1, got {args.n}")
     captioner = open_captioner(args)
-    records = read_split(args.data, args.split, format=args.format, karpathy_json=args.karpathy_json)[: args.n]
+    records = showing(args.data, args.split, format=args.format, annotations=args.annotations).records("test")[: args.n]
     if not records:
         raise CaptionerError(f"split {args.split!r} of {args.data} has no images; pick another --split")
     by_path = {record.path: record for record in records}

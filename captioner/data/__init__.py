@@ -1,8 +1,8 @@
-"""Data: annotation readers, robust image loading, the synthetic shapes set, datasets and the
-DataModule.
+"""Data: one reader per annotation format (`captioner.data.readers`), splits, robust image
+loading, the synthetic families, datasets and the DataModule.
 
-`CaptionDataModule` and its `Split` are imported on first use, so code that only needs to read records or
-load images (e.g. `captioner caption`) does not pay for importing Lightning.
+`CaptionDataModule` is imported on first use, so code that only needs to read records or load
+images (e.g. `captioner caption`) does not pay for importing Lightning.
 """
 
 from captioner.data.images import (
@@ -14,7 +14,10 @@ from captioner.data.images import (
     load_image,
     load_image_for,
 )
-from captioner.data.records import Box, DataWarning, ImageRecord, read_boxes, read_coco, read_karpathy
+from captioner.data.readers.coco import read_boxes, read_coco
+from captioner.data.readers.karpathy import read_karpathy
+from captioner.data.records import Box, DataWarning, ImageRecord
+from captioner.data.splits import Holdout, Split
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -22,6 +25,7 @@ __all__ = [
     "Box",
     "CaptionDataModule",
     "DataWarning",
+    "Holdout",
     "ImageLoadError",
     "ImageRecord",
     "Split",
@@ -36,8 +40,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("CaptionDataModule", "Split"):
+    if name == "CaptionDataModule":
         from captioner.data import datamodule
 
-        return getattr(datamodule, name)
+        return datamodule.CaptionDataModule
     raise AttributeError(f"module 'captioner.data' has no attribute {name!r}")

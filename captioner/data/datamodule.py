@@ -1,24 +1,26 @@
 """The `LightningDataModule`: records -> vocabulary -> datasets -> batches.
 
-Training yields one (image, caption) pair per reference caption; validation, test and
-predict yield each image once with all its references, for free-running decoding and the
-COCO metrics (batch shapes and what happens to an unreadable image: `captioner.data.datasets`).
-Every listed image is checked to exist when the records are read (an error, or a counted
-warning and a skip with `skip_missing_images`).
+The records come from `captioner.data.collection.CaptionCollection`, whichever format the data
+is in; this module knows none by name. Training yields one (image, caption) pair per reference
+caption; validation, test and predict yield each image once with all its references, for
+free-running decoding and the COCO metrics (batch shapes and what happens to an unreadable
+image: `captioner.data.datasets`). Every listed image is checked to exist when the records are
+read (an error, or a counted warning and a skip with `skip_missing_images`).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Literal, get_args
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from captioner.data.collection import CaptionCollection
 from captioner.data.datasets import (
     CaptionImages,
     CaptionPairs,
@@ -28,65 +30,40 @@ from captioner.data.datasets import (
     collate_pairs,
 )
 from captioner.data.features import SplitFeatures, check_meta
-from captioner.data.records import (
-    Box,
-    DataWarning,
-    ImageRecord,
-    coco_layout,
-    karpathy_split,
-    read_boxes,
-    read_coco,
-    read_karpathy,
-)
+from captioner.data.readers import FORMATS
+from captioner.data.records import Box, DataWarning, ImageRecord
+from captioner.data.splits import ROLES, Holdout, Split, SplitFile
 from captioner.errors import CaptionerError, require_choice, require_non_negative, require_positive
-from captioner.vocab import Vocabulary, tokenize
+from captioner.vocab import MAX_CAPTION_LEN, MIN_WORD_COUNT, Vocabulary, tokenize
 
-ROLES = ("train", "val", "test")
-Format = Literal["coco", "karpathy"]
+__all__ = ["ROLES", "CaptionDataModule", "Holdout", "Split"]
 
-
-@dataclass(frozen=True)
-class Split:
-    """The split of the data set that one role (train, val or test) reads.
-
-    Args:
-        name: COCO format: the split's images are in `data_dir/<name>/`, its captions in
-            `data_dir/annotations/captions_<name>.json` and its boxes (optional, for the
-            grounding scores) in `data_dir/annotations/instances_<name>.json`. Karpathy format:
-            the file's `split` value ("train", "val", "test", "restval"). Roles may share a split.
-        images: COCO format: the split's image folder, in place of `data_dir/<name>/` (splits may
-            share one folder). Must exist if given.
-        captions: COCO format: the split's captions file, in place of the data_dir one. Must
-            exist if given.
-        instances: The split's COCO instances file, in place of the data_dir one. Must exist if
-            given.
-    """
-
-    name: str
-    images: str | None = None
-    captions: str | None = None
-    instances: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise CaptionerError("a data split needs a name (e.g. data.train.name: train2014)")
+# The name of the split file written beside a run whose split was made (data.split_path unset).
+SPLIT_FILE = "split.json"
 
 
 class CaptionDataModule(pl.LightningDataModule):
-    """Caption data from a COCO-format folder or a Karpathy-split file.
+    """Caption data in any format `captioner.data.readers` reads.
 
     Args:
-        data_dir: Root of the data. COCO format: the folder the splits' default places are in
-            (see `Split`); with every split's images and captions given, it may be left out.
-            Karpathy format: the image root that the file's `filepath/filename` entries are
-            relative to.
-        format: "coco" (official annotation files, read with pycocotools) or "karpathy".
-        karpathy_json: The Karpathy-split file (`dataset_coco.json`, ...); required for
-            format "karpathy".
-        train: The split used for training (its name, and where its files are if not under
-            data_dir); e.g. `--data.train.name train2014`, `--data.val.captions PATH`.
+        data_dir: The data set: its folder, or its file for formats kept in one (a CSV, a
+            Flickr8k token file, a Karpathy file). COCO format: the folder the splits' default
+            places are in (see `Split`); with every split's images and captions given, it may
+            be left out.
+        format: "auto" (default): recognised from what is at data_dir, said in one line; or a
+            format by name, one of `captioner.data.readers.READERS` (docs/datasets.md shows each).
+        annotations: The captions file when it is not where data_dir implies, e.g. a Karpathy
+            file kept apart from its images (data_dir is then the image root).
+        karpathy_json: The older name of `annotations`, kept so that existing configs work.
+        train: The split used for training (its name, and for COCO where its files are if not
+            under data_dir); e.g. `--data.train.name train2014`, `--data.val.captions PATH`.
         val: The split used for validation.
         test: The split used for testing and prediction.
+        holdout: How validation and test images are drawn when the data has no such splits
+            (`Holdout`: fractions or numbers of images, and a seed).
+        split_path: JSON file of a drawn split: used if it exists (checked against `holdout`),
+            else written there. None = drawn, and written as split.json in the trainer's
+            default_root_dir when fitting.
         image_size: Side S in pixels that images are resized to (S x S).
         batch_size: Training batch size, in (image, caption) pairs.
         eval_batch_size: Validation/test/predict batch size in images; None = batch_size.
@@ -109,57 +86,55 @@ class CaptionDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        format: Format = "coco",
+        format: str = "auto",
+        annotations: str | None = None,
         karpathy_json: str | None = None,
         train: Split = Split("train"),
         val: Split = Split("val"),
         test: Split = Split("test"),
+        holdout: Holdout = Holdout(),
+        split_path: str | None = None,
         image_size: int = 448,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        min_word_count: int = 1,
-        max_caption_len: int = 20,
+        min_word_count: int = MIN_WORD_COUNT,
+        max_caption_len: int = MAX_CAPTION_LEN,
         vocab_path: str | None = None,
         skip_missing_images: bool = False,
         seed: int = 0,
         features_dir: str | None = None,
     ):
         super().__init__()
-        require_choice("data.format", format, get_args(Format))
+        require_choice("data.format", format, FORMATS)
         require_positive(
             image_size=image_size, batch_size=batch_size, min_word_count=min_word_count, max_caption_len=max_caption_len
         )
         if eval_batch_size is not None:
             require_positive(eval_batch_size=eval_batch_size)
         require_non_negative(num_workers=num_workers)
+        if karpathy_json is not None:
+            if annotations is not None and annotations != karpathy_json:
+                raise CaptionerError("data.karpathy_json is the older name of data.annotations; set only one")
+            annotations = karpathy_json
         splits = {"train": train, "val": val, "test": test}
-        if format == "karpathy":
-            if not karpathy_json:
-                raise CaptionerError('format "karpathy" needs karpathy_json: the path of the dataset_*.json file')
-            given = [
-                f"data.{role}.{kind}"
-                for role, split in splits.items()
-                for kind in ("images", "captions")
-                if getattr(split, kind)
-            ]
-            if given:
-                raise CaptionerError(
-                    f'{", ".join(given)} only apply to format "coco"; with a Karpathy file the image paths '
-                    "are data_dir/filepath/filename"
-                )
-        if data_dir is None and (format == "karpathy" or not all(s.images and s.captions for s in splits.values())):
-            raise CaptionerError(
-                'data_dir is not set; give the data set folder (data.data_dir), or for format "coco" every '
-                "split's images and captions (data.train.images, data.train.captions, ...)"
-            )
+        self.collection = CaptionCollection(
+            data_dir,
+            format=format,
+            annotations=annotations,
+            splits=splits,
+            holdout=holdout,
+            split_path=split_path,
+            skip_missing=skip_missing_images,
+        )
+        rank_zero_info(f"data: {self.collection.found}")
         self.save_hyperparameters()
         # Checkpoints carry plain data only (they are loaded with weights_only=True).
         self.hparams.update({role: asdict(split) for role, split in splits.items()})
+        self.hparams["holdout"] = asdict(holdout)
         self.data_dir = None if data_dir is None else Path(data_dir)
-        self._splits = splits
-        self.format = format
-        self.karpathy_json = karpathy_json
+        self.format = self.collection.format
+        self.split_path = split_path
         self.image_size = image_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -167,11 +142,8 @@ class CaptionDataModule(pl.LightningDataModule):
         self.min_word_count = min_word_count
         self.max_caption_len = max_caption_len
         self.vocab_path = vocab_path
-        self.skip_missing_images = skip_missing_images
         self.seed = seed
         self.features_dir = features_dir
-        self._records: dict[str, list[ImageRecord]] = {}
-        self._karpathy: dict[str, list[ImageRecord]] | None = None
         self._vocab: Vocabulary | None = None
         self._datasets: dict[str, Dataset] = {}
 
@@ -179,46 +151,15 @@ class CaptionDataModule(pl.LightningDataModule):
 
     def split(self, role: str) -> Split:
         """The split that `role` ("train", "val" or "test") reads."""
-        require_choice("role", role, ROLES)
-        return self._splits[role]
+        return self.collection.split(role)
 
     def records(self, role: str) -> list[ImageRecord]:
         """Records of the split that `role` ("train", "val" or "test") reads, cached."""
-        if role not in self._records:
-            name = self.split(role).name
-            if self.format == "coco":
-                self._records[role] = read_coco(
-                    self.path(role, "images"),
-                    self.path(role, "captions"),
-                    name,
-                    skip_missing=self.skip_missing_images,
-                )
-            else:
-                if self._karpathy is None:
-                    self._karpathy = read_karpathy(
-                        self.karpathy_json, self.data_dir, skip_missing=self.skip_missing_images
-                    )
-                self._records[role] = karpathy_split(self._karpathy, name, self.karpathy_json)
-        return self._records[role]
-
-    def path(self, role: str, kind: str) -> Path:
-        """Where the "images" folder, "captions" file or "instances" file of `role`'s split is:
-        the one given for it (which must exist), else its place under data_dir (COCO layout)."""
-        split = self.split(role)
-        given = getattr(split, kind)
-        if given is not None:
-            if not Path(given).exists():
-                raise CaptionerError(f"data.{role}.{kind} {given} does not exist; check the path or leave it unset")
-            return Path(given)
-        if self.data_dir is None:
-            raise CaptionerError(f"no {kind} for the {role} split: set data.{role}.{kind} or data.data_dir")
-        return coco_layout(self.data_dir, split.name)[kind]
+        return self.collection.records(role)
 
     def boxes(self, role: str) -> dict[int, list[Box]]:
-        """Image id -> boxes from the instances file of `role`'s split (`path(role, "instances")`);
-        {} when that is the data_dir convention's file and it is absent."""
-        path = self.path(role, "instances")
-        return read_boxes(path) if path.exists() else {}
+        """Image id -> boxes of `role`'s images; {} when the data has none."""
+        return self.collection.boxes(role)
 
     @property
     def vocab(self) -> Vocabulary:
@@ -316,6 +257,18 @@ class CaptionDataModule(pl.LightningDataModule):
             raise CaptionerError(f"unknown stage {stage!r}; expected one of {sorted(stages)}")
         for key in stages[stage] if stage else ("train", "val", "test", "predict"):
             self._dataset(key)
+        if stage == "fit":
+            self._record_split()
+
+    def _record_split(self) -> None:
+        """A drawn split, when no data.split_path keeps it, is written beside the run (rank 0)."""
+        made = self.collection.made
+        if made is None:
+            return
+        rank_zero_info(f"split: {made.summary()}")
+        if self.split_path is None and self.trainer is not None and self.trainer.is_global_zero:
+            path = SplitFile(Path(self.trainer.default_root_dir) / SPLIT_FILE).write(made)
+            rank_zero_info(f"split: written to {path}; --data.split_path {path} trains or tests on it again")
 
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
         return DataLoader(

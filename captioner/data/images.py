@@ -14,13 +14,15 @@ import stat
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2.functional import resize
 
 from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -225,14 +227,20 @@ class ImageToTensor:
     The bilinear, antialiased resize runs on the uint8 pixels with torch's vectorised kernel,
     faster than Pillow's on a 640x480 photo (the two differ by under 0.001 in normalised
     units, mean absolute); the rest is torchvision's ToTensor and Normalize, op for op, so an
-    image already S x S gives the same floats bit for bit."""
+    image already S x S gives the same floats bit for bit. Torch is imported here, not with the
+    module, so that reading data (`captioner data check`) does not pay for it."""
 
     def __init__(self, image_size: int) -> None:
+        import torch
+
         self.size = [image_size, image_size]
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        import torch
+        from torchvision.transforms.v2.functional import resize
+
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W), HWC in memory
         if list(pixels.shape[1:]) != self.size:
             pixels = resize(pixels, self.size, antialias=True)  # fastest on HWC memory; keeps it
