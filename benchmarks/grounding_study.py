@@ -99,7 +99,7 @@ ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
 SCST_STAGE = "configs/small_scratch_scst.yaml"
 WITH_SCST = {"recipe_scst", "hard_recipe_scst", "recipe_scst_unaligned"}
 # Family -> the side its study data is drawn at; scenes is larger than the recipes' image_size on purpose.
-FAMILIES = {"shapes": 64, "glyphs": 64, "scenes": 96}
+FAMILIES = {"shapes": 64, "glyphs": 64, "scenes": 96, "photos": 96}
 METRICS = (
     "BLEU-4",
     "CIDEr",
