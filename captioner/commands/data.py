@@ -15,7 +15,7 @@ from captioner.data import glyphs, scenes, synth
 KINDS = {
     "shapes": (synth, "coloured shapes"),
     "glyphs": (glyphs, "grey digits, told apart by shape alone"),
-    "scenes": (scenes, "two to five objects of two sizes on a cluttered ground"),
+    "scenes": (scenes, "two to four objects of two sizes on a cluttered ground"),
 }
 
 
