@@ -116,7 +116,10 @@ def format_value(value: Any) -> str:
     """A default as it is written in a config or on the command line: null, true, 0.0004, resnet101."""
     if isinstance(value, str):
         return value if value else '""'
-    return json.dumps(value)
+    try:
+        return json.dumps(value)
+    except TypeError:  # an object: its class (a config names it by class_path)
+        return type(value).__qualname__
 
 
 def table() -> str:
