@@ -436,9 +436,9 @@ def name_problems(page: Path) -> list[str]:
 # -- files -----------------------------------------------------------------------------------
 
 # A path from the repository's root: captioner/models/search.py, configs/dates.yaml, captioner/serve/,
-# tests/test_export.py::test_name
+# tests/test_export.py::test_name, tests/test_docs_*.py
 REPO_PATH = re.compile(
-    r"(?<![\w/.-])((?:captioner|configs|benchmarks|tests|docs|notebooks|tools)/[\w./-]*(?:::\w+)?|train\.py|Makefile)"
+    r"(?<![\w/.-])((?:captioner|configs|benchmarks|tests|docs|notebooks|tools)/[\w./*-]*(?:::\w+)?|train\.py|Makefile)"
 )
 # A file named by the end of its path: fused.py, models/attention.py, small_scratch.yaml
 FILE_END = re.compile(r"(?<![\w/.-])([\w-]+(?:/[\w-]+)*\.(?:py|yaml))\b")
@@ -460,7 +460,7 @@ def file_problems(page: Path) -> list[str]:
     for number, line in enumerate(text.splitlines(), start=1):
         for named in REPO_PATH.findall(line):
             path, _, test = named.rstrip(".,;:)").partition("::")
-            if not (ROOT / path).exists():
+            if not (any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
                 out.append(f"{page_id(page)}:{number}: `{path}` does not exist")
             elif test and not re.search(rf"^def {test}\(", (ROOT / path).read_text(), re.MULTILINE):
                 out.append(f"{page_id(page)}:{number}: {path} has no `{test}`")
