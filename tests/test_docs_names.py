@@ -16,15 +16,16 @@ from __future__ import annotations
 import ast
 import builtins
 import collections.abc
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import re
+import types
 import typing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -89,6 +90,13 @@ class Bound:
     function: Any
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """A bare name captioner defines in several places (`DEFAULT_RECIPE`): any of `values`."""
+
+    values: tuple
+
+
 class NotFound(Exception):
     pass
 
@@ -135,12 +143,13 @@ def global_name(name: str) -> Any:
         return None if EXTERNAL[name] is None else import_path(EXTERNAL[name])
     if name in MODULE_ROOTS:
         return importlib.import_module(name)
+    found = []
     for module, owner in captioner_definitions().get(name, []):
         value = importlib.import_module(module)
-        if owner is None:
-            return getattr(value, name)
-        return Bound(getattr(getattr(value, owner), name))
-    raise NotFound(f"`{name}` is defined nowhere in captioner/ (a name from elsewhere goes into EXTERNAL)")
+        found.append(getattr(value, name) if owner is None else Bound(getattr(getattr(value, owner), name)))
+    if not found:
+        raise NotFound(f"`{name}` is defined nowhere in captioner/ (a name from elsewhere goes into EXTERNAL)")
+    return found[0] if len(found) == 1 else OneOf(tuple(found))
 
 
 def has_member(cls: type, name: str) -> bool:
@@ -156,7 +165,7 @@ def has_member(cls: type, name: str) -> bool:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
-        if re.search(rf"self\.{name}\b\s*(:[^=]+)?=", source):
+        if re.search(rf"self\.{name}\b\s*(:[^=]+)?=(?!=)", source):
             return True
     return False
 
@@ -167,7 +176,7 @@ def type_of(hint: Any) -> Any:
     if origin in (list, tuple, set, collections.abc.Iterator, collections.abc.Iterable, collections.abc.Sequence):
         args = typing.get_args(hint)
         return Many(type_of(args[0])) if args and origin is not tuple else None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         return type_of(kinds[0]) if len(kinds) == 1 else None
     return Instance(hint) if isinstance(hint, type) else None
@@ -182,7 +191,15 @@ def hints(function: Any) -> dict[str, Any]:
 
 def member(base: Any, name: str) -> Any:
     """`base.name` for a module, class, instance or plain value; NotFound when it has none."""
-    if isinstance(base, ModuleType):
+    if isinstance(base, OneOf):
+        found = []
+        for value in base.values:
+            with contextlib.suppress(NotFound):
+                found.append(member(value, name))
+        if not found:
+            raise NotFound(f"none of the {len(base.values)} definitions of that name has `{name}`")
+        return found[0]
+    if isinstance(base, types.ModuleType):
         if hasattr(base, name):
             return getattr(base, name)
         try:
@@ -267,7 +284,7 @@ class Checker:
                 self.assign(target, value)
         elif isinstance(node, ast.For):
             items = self.value(node.iter)
-            self.assign(node.target, Instance(items.item.cls) if isinstance(items, Many) and items.item else None)
+            self.assign(node.target, items.item if isinstance(items, Many) else None)
             for inner in node.body:
                 self.statement(inner)
         else:
