@@ -20,6 +20,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 from captioner.errors import CaptionerError
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("train", "dates"):
         # These run a LightningCLI, which owns its own argument parsing.
-        module = importlib.import_module(f"captioner.commands.{COMMANDS[argv[0]][0]}")
+        module = _command_module(argv[0])
         return _run(lambda: module.main(argv[1:]))
 
     parser = argparse.ArgumentParser(
@@ -55,11 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints usage and exits 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(f"captioner.commands.{COMMANDS[name][0]}")
-    command_parser = argparse.ArgumentParser(prog=f"captioner {name}", description=COMMANDS[name][1])
-    module.add_arguments(command_parser)
-    args = command_parser.parse_args(rest)
-    return _run(lambda: module.run(args))
+    args = command_parser(name).parse_args(rest)
+    return _run(lambda: _command_module(name).run(args))
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The argument parser of subcommand `name` (all but `train` and `dates`, whose Lightning CLIs
+    parse their own arguments)."""
+    parser = argparse.ArgumentParser(prog=f"captioner {name}", description=COMMANDS[name][1])
+    _command_module(name).add_arguments(parser)
+    return parser
+
+
+def _command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"captioner.commands.{COMMANDS[name][0]}")
 
 
 def _run(command: Callable[[], int | None]) -> int:

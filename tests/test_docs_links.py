@@ -1,4 +1,5 @@
-"""The README and docs/*.md point at files and headings that exist, and list what they should."""
+"""The README and docs/*.md point at files and headings that exist, and list what they should.
+(Files named in the text, not linked: tests/test_docs_names.py.)"""
 
 from __future__ import annotations
 
@@ -7,15 +8,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+from tests.docs_pages import PAGES, README, ROOT
 
 FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
-# A file or folder of this repository named in prose: captioner/models/search.py, configs/dates.yaml, captioner/serve/
-REPO_PATH = re.compile(r"(?<![\w/.])((?:captioner|configs|benchmarks)/[\w/]*\.(?:py|yaml)|captioner/\w+/)")
 
 
 def prose(text: str) -> str:
@@ -45,8 +42,6 @@ def test_the_link_finder_sees_links_and_skips_code(tmp_path):
     )
     assert links(page) == ["a.md", "b.png"]
     assert anchors(page) == {"speed-make-bench", "a-b", "a-b-1"}
-    named = "`captioner/serve/` and captioner/models/search.py, configs/dates.yaml; not x/captioner/a.py"
-    assert REPO_PATH.findall(named) == ["captioner/serve/", "captioner/models/search.py", "configs/dates.yaml"]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -76,11 +71,3 @@ def test_the_readme_configs_table_names_every_config():
     table = re.findall(r"^\| `(configs/[^`]+\.yaml)` \|", README.read_text(encoding="utf-8"), re.MULTILINE)
     shipped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml"))
     assert sorted(table) == shipped
-
-
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_repository_path_named_exists(page):
-    """Code moves; the prose that names `captioner/...`, `configs/...` or `benchmarks/...` must follow."""
-    named = REPO_PATH.findall(page.read_text(encoding="utf-8"))
-    missing = sorted({path for path in named if not (ROOT / path).exists()})
-    assert not missing, f"{page.relative_to(ROOT)} names paths that do not exist: {missing}"

@@ -28,7 +28,7 @@ from captioner.recipes import resolve
 KINDS = {
     "shapes": ("captioner.data.synth", "coloured shapes"),
     "glyphs": ("captioner.data.glyphs", "grey digits, told apart by shape alone"),
-    "scenes": ("captioner.data.scenes", "two to five objects of two sizes on a cluttered ground"),
+    "scenes": ("captioner.data.scenes", "two to four objects of two sizes on a cluttered ground"),
     "photos": ("captioner.data.photos", "one to four figures told apart by shape alone, on crops of real photographs"),
 }
 

@@ -42,13 +42,7 @@ def main(argv: list[str]) -> int:
     threads, argv = take_threads(argv)
     use_threads(threads)
     if argv[:1] == ["translate"]:
-        parser = argparse.ArgumentParser(
-            prog="captioner dates translate",
-            description=translate.__doc__,
-            epilog=f"--threads N: torch CPU threads (default {DEFAULT_THREADS})",
-        )
-        add_translate_arguments(parser)
-        return translate(parser.parse_args(argv[1:]))
+        return translate(translate_parser().parse_args(argv[1:]))
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0
@@ -89,11 +83,18 @@ def use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
+def translate_parser() -> argparse.ArgumentParser:
+    """The argument parser of `captioner dates translate`."""
+    parser = argparse.ArgumentParser(
+        prog="captioner dates translate",
+        description=translate.__doc__,
+        epilog=f"--threads N: torch CPU threads (default {DEFAULT_THREADS})",
+    )
     parser.add_argument("dates", nargs="+", metavar="DATE", help='dates as people write them, e.g. "July 20th 1969"')
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by `captioner dates fit`")
     parser.add_argument("--beam-size", type=int, help="beam width; 1 decodes greedily (default: the checkpoint's)")
     parser.add_argument("--attention", type=Path, metavar="OUT.png", help="write the attention matrix as a PNG")
+    return parser
 
 
 def translate(args: argparse.Namespace) -> int:

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CaptionerError(f"--out {out} already exists and is not an empty folder; pick a new folder or delete it")
     # No logger: predicting would write hyper-parameters into the config's run folder.
-    cli = cli_main(["--config", args.config, *args.overrides, "--trainer.logger", "false"], run=False)
+    overrides = ["--config", args.config, *args.overrides, "--trainer.logger", "false"]
+    cli = cli_main(overrides, run=False, prog="captioner features extract")
     model = cli.model
     model.require_frozen_encoder(
         "its features change during training and cannot be cached; extract with --model.encoder.fine_tune none"

@@ -15,6 +15,7 @@ from captioner.training.cli import cli_main, run_cli
 DEFAULT_RECIPE = "shapes"
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, prog: str = "captioner train") -> int:
+    """Run the training CLI on `args` (default: sys.argv); `prog` is how the user typed the command."""
     args = sys.argv[1:] if args is None else args
-    return run_cli(lambda: cli_main(with_default_recipe(args, "fit", DEFAULT_RECIPE)))
+    return run_cli(lambda: cli_main(with_default_recipe(args, "fit", DEFAULT_RECIPE), prog=prog))

@@ -206,7 +206,7 @@ def generate(
 ) -> Path:
     """Write the synthetic scenes set under `out_dir` (the shapes layout, `dataset_scenes.json`); returns it."""
     if size < 64:
-        raise CaptionerError(f"size must be at least 64 pixels for five objects of two sizes, got {size}")
+        raise CaptionerError(f"size must be at least 64 pixels for four objects of two sizes, got {size}")
     counts = {"train": train, "val": val, "test": test}
     return write_dataset(
         out_dir, kind="scenes", categories=CATEGORIES, sample=_sample_image, counts=counts, size=size, seed=seed

@@ -130,6 +130,6 @@ class DatesCLI(CaptionerCLI):
         self.add_checkpoints(parser)
 
 
-def cli_main(args: list[str] | None = None, *, run: bool = True) -> DatesCLI:
+def cli_main(args: list[str] | None = None, *, run: bool = True, prog: str = "captioner dates") -> DatesCLI:
     """The date CLI (`start_cli` over `DatesModule` and `DatesDataModule`)."""
-    return start_cli(DatesCLI, DatesModule, DatesDataModule, args, run)
+    return start_cli(DatesCLI, DatesModule, DatesDataModule, args, run, prog)

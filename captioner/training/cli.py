@@ -153,12 +153,18 @@ class CaptionerCLI(LightningCLI):
 
 
 def start_cli(
-    cli_class: type[CaptionerCLI], model_class: type, data_class: type, args: list[str] | None, run: bool
+    cli_class: type[CaptionerCLI],
+    model_class: type,
+    data_class: type,
+    args: list[str] | None,
+    run: bool,
+    prog: str,
 ) -> CaptionerCLI:
     """Run `cli_class` over the model and data classes; `args=None` reads sys.argv (tests pass a
     list). With `run=False` it only parses `args` (no subcommand) and instantiates the data,
     model and trainer, which then writes no config.yaml (it is not a training run). A --config
-    may name a recipe (`captioner.recipes`) instead of a file."""
+    may name a recipe (`captioner.recipes`) instead of a file. `prog` is the command as typed
+    (`captioner train`), for usage lines and the tips under errors."""
     args = resolve_config_args(sys.argv[1:] if args is None else args)
     with warnings.catch_warnings():
         # `captioner train ...` hands over its own argv slice, which this warning mistakes
@@ -172,12 +178,13 @@ def start_cli(
             save_config_callback=SaveConfigCallback if run else None,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": prog},
         )
 
 
-def cli_main(args: list[str] | None = None, *, run: bool = True) -> CaptionerCLI:
+def cli_main(args: list[str] | None = None, *, run: bool = True, prog: str = "captioner train") -> CaptionerCLI:
     """The captioning CLI (`start_cli` over `CaptioningModule` and `CaptionDataModule`)."""
-    return start_cli(CaptionerCLI, CaptioningModule, CaptionDataModule, args, run)
+    return start_cli(CaptionerCLI, CaptioningModule, CaptionDataModule, args, run, prog)
 
 
 def run_cli(start: Callable[[], object]) -> int:
