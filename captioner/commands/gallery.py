@@ -25,6 +25,7 @@ from captioner.commands.common import (
 from captioner.data.records import read_split
 from captioner.errors import CaptionerError
 from captioner.evaluation.captions import per_image_cider
+from captioner.files import make_folder
 from captioner.viz.gallery import GalleryItem, write_gallery
 from captioner.viz.overlay import save_attention
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
     if args.n < 1:
         raise CaptionerError(f"--n must be at least 1, got {args.n}")
+    make_folder(args.out)  # before the work, not after it
     captioner = open_captioner(args)
     records = read_split(args.data, args.split, format=args.format, karpathy_json=args.karpathy_json)[: args.n]
     if not records:
