@@ -44,8 +44,9 @@ BUDGET = 100 * 2**20
 
 # --- Measuring allocation ------------------------------------------------------------------
 
-# Factory ops whose first argument is the size of the tensor they allocate.
+# Factory ops whose first argument is the size of the tensor they allocate, or a tensor of that size.
 _SIZED_FACTORIES = {"empty", "empty_strided", "zeros", "ones", "full", "rand", "randn"}
+_LIKE_FACTORIES = {f"{name}_like" for name in _SIZED_FACTORIES}
 
 
 class _TensorBudget(TorchDispatchMode):
@@ -62,6 +63,9 @@ class _TensorBudget(TorchDispatchMode):
         if name in _SIZED_FACTORIES and str(kwargs.get("device") or "cpu") != "meta":
             dtype = kwargs.get("dtype") or torch.get_default_dtype()
             self._spend(math.prod(args[0]) * dtype.itemsize, f"{name}{tuple(args[0])}")
+        elif name in _LIKE_FACTORIES and str(kwargs.get("device") or args[0].device) != "meta":
+            dtype = kwargs.get("dtype") or args[0].dtype
+            self._spend(args[0].numel() * dtype.itemsize, f"{name}{tuple(args[0].shape)}")
         elif name == "set_" and len(args) > 1 and isinstance(args[1], torch.UntypedStorage):
             self._spend(args[1].nbytes(), "a storage read from a file")
         return func(*args, **kwargs)
@@ -89,8 +93,12 @@ def bounded_allocation(budget: int = BUDGET) -> Iterator[None]:
 def test_the_budget_catches_a_large_allocation_before_it_happens():
     with pytest.raises(AssertionError, match="passes the budget"), bounded_allocation(2**20):
         torch.nn.Linear(10**5, 10**5)  # 40 GB: refused before it is asked for
+    with torch.device("meta"):
+        skeleton = torch.nn.Linear(10**5, 10**5)
     with bounded_allocation(2**20), torch.device("meta"):
         torch.nn.Linear(10**5, 10**5)  # the meta device allocates nothing
+    with pytest.raises(AssertionError, match="empty_like"), bounded_allocation(2**20):
+        skeleton.to_empty(device="cpu")  # how the loader makes a model real
 
 
 # --- Folders to tamper with -----------------------------------------------------------------
@@ -554,22 +562,27 @@ _JSON = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
     max_leaves=8,
 )
-_CONFIG_KEYS = [
+# Settings that size something, and sizes: each edit is one of these half the time.
+_SIZE_KEYS = [
     ("encoder", "grid_size"),
-    ("encoder", "backbone"),
     ("encoder", "stages"),
-    ("encoder", "coord_channels"),
-    ("encoder", "fine_tune"),
-    ("encoder",),
     ("decoder", "hidden_dim"),
     ("decoder", "embed_dim"),
     ("decoder", "attention_dim"),
-    ("decoder", "dropout"),
-    ("decoder", "gate"),
-    ("decoder", "unknown"),
     ("decoding", "beam_size"),
     ("decoding", "max_len"),
     ("image", "size"),
+]
+_SIZES = st.sampled_from([0, -1, 5, 33, 65, 1024, 2049, 4097, 10**5, 10**9, 2**62]) | st.integers(-(2**70), 2**70)
+_CONFIG_KEYS = [
+    *_SIZE_KEYS,
+    ("encoder", "backbone"),
+    ("encoder", "coord_channels"),
+    ("encoder", "fine_tune"),
+    ("encoder",),
+    ("decoder", "dropout"),
+    ("decoder", "gate"),
+    ("decoder", "unknown"),
     ("image", "mean"),
     ("image",),
     ("vocab_words",),
@@ -581,21 +594,26 @@ _SHAPES = st.lists(st.integers(min_value=0, max_value=2**62) | st.sampled_from([
 
 @st.composite
 def hostile_folders(draw) -> tuple[list, list, bytes | None, str | None]:
-    """(config edits, header edits, a replacement weights prefix, a replacement config text)."""
-    config_edits = draw(st.lists(st.tuples(st.sampled_from(_CONFIG_KEYS), _JSON), max_size=3))
-    header_edits = draw(
-        st.lists(
-            st.tuples(
-                st.integers(min_value=0, max_value=100),  # which tensor (modulo their number)
-                st.sampled_from(["dtype", "shape", "data_offsets", "entry"]),
-                st.one_of(_JSON, _SHAPES, st.sampled_from(["F32", "F16", "I64", "BOOL", "F8_E4M3"])),
-            ),
-            max_size=3,
-        )
+    """(config edits, header edits, a replacement weights prefix, a replacement config text).
+    Most folders have one kind of lie (a lie found early would hide the others), some all kinds."""
+    kinds = draw(st.sampled_from([{"config"}, {"config"}, {"header"}, {"prefix"}, {"text"}, {"all"}]))
+    everything = "all" in kinds
+    edit = st.tuples(st.sampled_from(_SIZE_KEYS), _SIZES) | st.tuples(st.sampled_from(_CONFIG_KEYS), _JSON)
+    config_edits = draw(st.lists(edit, min_size=1, max_size=3)) if everything or "config" in kinds else []
+    header_edit = st.tuples(
+        st.integers(min_value=0, max_value=100),  # which tensor (modulo their number)
+        st.sampled_from(["dtype", "shape", "data_offsets", "entry"]),
+        st.one_of(_JSON, _SHAPES, st.sampled_from(["F32", "F16", "I64", "BOOL", "F8_E4M3"])),
     )
-    prefix = draw(st.none() | st.binary(max_size=12) | st.integers(0, 2**64 - 1).map(lambda n: n.to_bytes(8, "little")))
-    depth = draw(st.none() | st.integers(min_value=1, max_value=300_000))
-    text = None if depth is None else "[" * depth + "]" * draw(st.integers(0, depth))
+    header_edits = draw(st.lists(header_edit, min_size=1, max_size=3)) if everything or "header" in kinds else []
+    prefix = None
+    if everything or "prefix" in kinds:
+        length = st.integers(0, 2**64 - 1).map(lambda n: n.to_bytes(8, "little"))
+        prefix = draw(st.binary(max_size=12) | length)
+    text = None
+    if everything or "text" in kinds:
+        depth = draw(st.integers(min_value=1, max_value=300_000))
+        text = "[" * depth + "]" * draw(st.integers(0, depth))
     return config_edits, header_edits, prefix, text
 
 
@@ -608,7 +626,7 @@ def _apply_config_edits(config: dict, edits: list) -> None:
             target[path[-1]] = value
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=hostile_folders())
 def test_any_hostile_folder_is_one_captioner_error_within_the_budget(export_dir, case):
     config_edits, header_edits, prefix, config_text = case
