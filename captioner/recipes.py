@@ -1,5 +1,7 @@
 """Training recipes by name: `--config shapes` is the YAML file configs/shapes.yaml that ships
-with the package, from whatever folder the command runs in; a path still names a file.
+with the package, from whatever folder the command runs in; a path still names a file, checked
+to be a YAML mapping before the Lightning CLI reads it (a wrong one is one line that never
+quotes the file). `captioner recipes NAME` takes names only.
 
 The repository's top-level configs/ is the one source. A wheel installs it as data files
 (pyproject: `[tool.setuptools.data-files]`) under `<prefix>/share/captioner/configs`; a
@@ -10,11 +12,18 @@ recipe is used at once.
 from __future__ import annotations
 
 import importlib.metadata
+import stat
 import sys
 from pathlib import Path
 
-from captioner.errors import CaptionerError
+import yaml
 
+from captioner.errors import CaptionerError
+from captioner.files import read_at_most
+from captioner.limits import MAX_RECIPE_BYTES, short
+
+# Suffixes that make a --config value a file name rather than a recipe name.
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".jsonnet")
 # Where a wheel puts the recipes, relative to the environment's data prefix (see pyproject).
 INSTALLED_FOLDER = ("share", "captioner", "configs")
 
@@ -52,22 +61,79 @@ def describe(path: Path) -> str:
     return ""
 
 
+def recipe(name: str) -> Path:
+    """The YAML file of the recipe called `name`: a file of the recipe folder, never a path
+    (`captioner recipes NAME` prints it; a path there would print any file)."""
+    known = recipes()
+    if name in known:
+        return known[name]
+    if _looks_like_a_path(name):
+        stem = Path(name).stem
+        hint = f" (the recipe {stem!r}?)" if stem in known else ""
+        raise CaptionerError(
+            f"{short(name)} is a path, not a recipe name{hint}; the recipes: {', '.join(known)} "
+            "(a YAML file of your own goes to `captioner train fit --config PATH`)"
+        )
+    raise CaptionerError(f"{short(name)} is not a recipe; the recipes: {', '.join(known)}")
+
+
 def resolve(value: str) -> str:
     """The file a --config value names: an existing file, or a path (it has a folder or a
-    .yaml/.yml/.json suffix) left for the CLI to check, is itself; so is a config written inline
-    (`--config '{}'`: no recipe, only the defaults and the flags given); anything else is a recipe name."""
+    .yaml/.yml/.json suffix), is itself, once `check_config_file` accepts it; so is a config
+    written inline (`--config '{}'`: no recipe, only the defaults and the flags given); anything
+    else is a recipe name."""
     if value.lstrip().startswith("{") or ":" in value or "\n" in value:
         return value
     path = Path(value)
-    if path.is_file() or len(path.parts) > 1 or path.suffix in (".yaml", ".yml", ".json", ".jsonnet"):
+    if path.exists() or _looks_like_a_path(value):
+        check_config_file(path)
         return value
     known = recipes()
     if value not in known:
         raise CaptionerError(
-            f"{value!r} is neither a file nor a recipe name; the recipes: {', '.join(known)} "
+            f"{short(value)} is neither a file nor a recipe name; the recipes: {', '.join(known)} "
             "(`captioner recipes` describes them)"
         )
     return str(known[value])
+
+
+def check_config_file(path: Path) -> None:
+    """Raise CaptionerError unless `path` is a YAML file of settings by name, as a recipe is (a
+    mapping, at most MAX_RECIPE_BYTES). The message never quotes the file: a path given by
+    mistake (or by someone else) must not have its contents printed. What the settings say is
+    the Lightning CLI's to check."""
+    where = f"--config {path}"
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            kind = "a folder" if path.is_dir() else "not a regular file (a device, a pipe, ...)"
+            raise CaptionerError(f"{where} is {kind}; pass a recipe name or a YAML file")
+        data = read_at_most(path, MAX_RECIPE_BYTES)
+    except FileNotFoundError:
+        raise CaptionerError(f"{where} does not exist; pass a recipe name (`captioner recipes`) or a file") from None
+    except OSError as error:
+        raise CaptionerError(f"{where} cannot be read ({error.strerror or error})") from None
+    if data is None:
+        raise CaptionerError(f"{where} is over {MAX_RECIPE_BYTES:,} bytes; a config is a few kB, is it the file meant?")
+    try:
+        settings = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CaptionerError(f"{where} is not a text file (not UTF-8); pass a YAML file") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise CaptionerError(f"{where} is not valid YAML{at}; pass a recipe name or a YAML file") from None
+    except (yaml.YAMLError, RecursionError):
+        raise CaptionerError(f"{where} is not valid YAML; pass a recipe name or a YAML file") from None
+    if settings is not None and not isinstance(settings, dict):
+        kind = "a list" if isinstance(settings, list) else "plain text" if isinstance(settings, str) else "a value"
+        raise CaptionerError(
+            f"{where} is {kind}, not settings by name (trainer:, model:, data:, ...); "
+            "pass a recipe name (`captioner recipes`) or a YAML file like one"
+        )
+
+
+def _looks_like_a_path(value: str) -> bool:
+    return len(Path(value).parts) > 1 or Path(value).suffix in CONFIG_SUFFIXES or value in (".", "..")
 
 
 def resolve_config_args(args: list[str]) -> list[str]:

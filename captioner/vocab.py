@@ -20,6 +20,7 @@ from pathlib import Path
 
 from captioner.errors import CaptionerError, require_positive
 from captioner.files import write_text_atomic
+from captioner.limits import MAX_VOCAB_SIZE, require_at_most, short
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 # The defaults of `data.min_word_count` and `data.max_caption_len` (the data module's and
@@ -78,14 +79,19 @@ class Vocabulary:
 
     def __init__(self, words: Sequence[str]):
         words = list(words)
+        require_at_most(MAX_VOCAB_SIZE, vocabulary_size=len(words))
+        strange = next((word for word in words if not isinstance(word, str)), None)
+        if strange is not None:
+            kind = type(strange).__name__
+            raise CaptionerError(f"a vocabulary holds words (strings), not {kind}s like {short(strange)}")
         if tuple(words[:4]) != SPECIALS:
             raise CaptionerError(
-                f"a vocabulary must start with the special tokens {list(SPECIALS)}, got {words[:4]}; "
+                f"a vocabulary must start with the special tokens {list(SPECIALS)}, got {short(words[:4])}; "
                 "rebuild it with Vocabulary.build"
             )
         if len(set(words)) != len(words):
-            duplicates = sorted({w for w in words if words.count(w) > 1})
-            raise CaptionerError(f"vocabulary has duplicate words {duplicates[:5]}; rebuild it")
+            duplicates = sorted(word for word, n in Counter(words).items() if n > 1)
+            raise CaptionerError(f"vocabulary has duplicate words {short(duplicates)}; rebuild it")
         self.words = words
         self._index = {word: i for i, word in enumerate(words)}
 

@@ -27,6 +27,9 @@ def test_every_config_is_a_recipe_by_its_stem(tmp_path, monkeypatch):
 def test_a_path_is_left_alone(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shapes").write_text("seed_everything: 1\n")  # a file named like a recipe wins
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "shapes.yaml").write_text("seed_everything: 2\n")
+    (tmp_path / "x.yaml").write_text("")  # empty: the defaults
     assert recipes.resolve("shapes") == "shapes"
     assert recipes.resolve("mine/shapes.yaml") == "mine/shapes.yaml"
     assert recipes.resolve_config_args(["fit", "--config=dates", "--config", "x.yaml"]) == [

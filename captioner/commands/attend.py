@@ -13,8 +13,9 @@ image (upright, at its own size): the attention grid covers the whole image, wha
 the model saw. Prints each path written, or with --json one JSON line per image (its
 caption, files and per-word erasure results). Unreadable images, and images too long and
 thin to draw (one side over MAX_DRAWN_ASPECT times the other), are reported on stderr and
-skipped, exit status 1, as in `captioner caption`. An --out that is not a folder is one
-error line, exit status 2.
+skipped, exit status 1, as in `captioner caption`. An --out that cannot be a folder to write
+in (a file, under a file, a read-only or virtual file system) is one error line, exit status 2,
+before the model is loaded.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from captioner.commands.common import (
     report,
 )
 from captioner.errors import CaptionerError
+from captioner.files import make_folder
 from captioner.viz.overlay import SCALES, HeatmapStyle, save_attention
 
 # Figures are as tall as the image's shape asks: beyond this ratio of its sides a panel would be a
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
     if args.cols < 1:
         raise CaptionerError(f"--cols must be at least 1, got {args.cols}")
-    make_out_folder(args.out)
+    make_folder(args.out)
     captioner = open_captioner(args)
     style = HeatmapStyle(scale=args.scale)
     images = CaptionRun(captioner, args.images, args, "drawing attention", erasure=True)
@@ -101,19 +103,6 @@ def run(args: argparse.Namespace) -> int:
             for path in written:
                 print(path, flush=True)
     return 1 if images.failed or undrawn else 0
-
-
-def make_out_folder(out: Path) -> None:
-    """Create the --out folder, or raise CaptionerError when a file stands where it or a parent should be."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CaptionerError(f"--out {out} is a file, not a folder; name a folder (it is created if missing)") from None
-    except NotADirectoryError:
-        blocker = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), out.parent)
-        raise CaptionerError(f"--out {out} lies under {blocker}, which is a file; name a folder") from None
-    except PermissionError:
-        raise CaptionerError(f"--out {out} cannot be created: permission denied; name a folder you can write") from None
 
 
 def unique_name(stem: str, taken: set[str]) -> str:

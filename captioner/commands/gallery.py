@@ -27,6 +27,7 @@ from captioner.data.collection import showing
 from captioner.data.readers import FORMATS
 from captioner.errors import CaptionerError
 from captioner.evaluation.captions import per_image_cider
+from captioner.files import make_folder
 from captioner.viz.gallery import GalleryItem, write_gallery
 from captioner.viz.overlay import save_attention
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     check_decoding_arguments(args)
     if args.n < 1:
         raise CaptionerError(f"--n must be at least 1, got {args.n}")
+    make_folder(args.out)  # before the work, not after it
     captioner = open_captioner(args)
     records = showing(args.data, args.split, format=args.format, annotations=args.annotations).records("test")[: args.n]
     if not records:

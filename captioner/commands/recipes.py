@@ -8,9 +8,8 @@ captioner train fit --config shapes
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from captioner.recipes import describe, recipes, resolve
+from captioner.recipes import describe, recipe, recipes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.name is not None:
-        print(Path(resolve(args.name)).read_text(), end="")
+        print(recipe(args.name).read_text(), end="")
         return 0
     found = recipes()
     width = max(map(len, found))

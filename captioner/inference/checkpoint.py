@@ -18,13 +18,16 @@ import dataclasses
 import pickle
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, require_positive
+from captioner.inference.untrusted import TensorSpec, check_finite, check_weights, tensor_specs
+from captioner.limits import MAX_IMAGE_SIZE, require_at_most
 from captioner.models import DecoderConfig, EncoderConfig, PlainConfig
 from captioner.models.captioner import ShowAttendTell
 from captioner.models.search import DecodingConfig
@@ -103,34 +106,60 @@ def load_model(path: str | Path) -> LoadedModel:
     the weights do not fit the model they describe (a checkpoint from an incompatible version).
     """
     path = Path(path)
-    checkpoint = load_checkpoint(path)
-    return build_model(path, checkpoint["hyper_parameters"], checkpoint["state_dict"])
+    return model_from_checkpoint(path, load_checkpoint(path))
 
 
-def build_model(path: Path, hparams: dict[str, Any], state: dict[str, Any]) -> LoadedModel:
+def model_from_checkpoint(path: Path, checkpoint: dict[str, Any]) -> LoadedModel:
+    """The model of `checkpoint` (as `load_checkpoint` returns it), read from `path`."""
+
+    def problem(detail: str) -> CaptionerError:
+        return _incompatible(path, detail)
+
+    state = model_state(checkpoint["state_dict"])
+    return build_model(checkpoint["hyper_parameters"], tensor_specs(state, problem), lambda: state, problem)
+
+
+def build_model(
+    hparams: dict[str, Any],
+    weights: Mapping[str, TensorSpec],
+    read_weights: Callable[[], Mapping[str, torch.Tensor]],
+    problem: Callable[[str], CaptionerError],
+) -> LoadedModel:
     """The model that plain-data `hparams` (as the training module stores them) describe, with
-    the model's weights of `state` (`model_state`); `path` names the source in errors. Shared
-    by checkpoints and exports (`captioner.inference.export`)."""
+    the weights `read_weights()` gives (the state dict of `ShowAttendTell`). Shared by
+    checkpoints and exports (`captioner.inference.export`); `problem(detail)` is the error
+    naming the source.
+
+    Nothing is allocated before the settings are within `captioner.limits` and the model they
+    describe has exactly the tensors `weights` declares (checked on the meta device); the
+    weights read must be finite."""
+    if not isinstance(hparams, dict):
+        raise problem("its settings are not a mapping")
     missing = [key for key in REQUIRED_HPARAMS if key not in hparams]
     if missing:
-        raise _incompatible(path, f"its hyper-parameters lack {', '.join(missing)}")
+        raise problem(f"its settings lack {', '.join(missing)}")
     try:
-        vocab = Vocabulary(list(hparams["vocab_words"]))
-        # The state dict replaces every weight, so never fetch pretrained ones here.
+        image_size = hparams["image_size"]
+        require_positive(image_size=image_size)
+        require_at_most(MAX_IMAGE_SIZE, image_size=image_size)
+        vocab = Vocabulary(hparams["vocab_words"])
+        # The weights replace every parameter, so never fetch pretrained ones here.
         encoder_config = dataclasses.replace(_settings(EncoderConfig, hparams, "encoder"), weights=None)
+        decoder_config = _settings(DecoderConfig, hparams, "decoder")
         decoding = _settings(DecodingConfig, hparams, "decoding")
-        model = ShowAttendTell.for_images(encoder_config, _settings(DecoderConfig, hparams, "decoder"), len(vocab))
-        image_size = int(hparams["image_size"])
+        with torch.device("meta"):  # shapes without storage: what the settings ask for, free
+            skeleton = ShowAttendTell.for_images(encoder_config, decoder_config, len(vocab))
     except (TypeError, ValueError) as error:  # CaptionerError is a ValueError
-        raise _incompatible(path, f"its hyper-parameters do not describe a model ({error})") from None
+        raise problem(f"its settings do not describe a model ({' '.join(str(error).split())[:300]})") from None
+    check_weights(tensor_specs(skeleton.state_dict(), problem), weights, problem)
 
-    _load_model(path, state, model)
-    return LoadedModel(
-        model=model.eval(),
-        vocab=vocab,
-        decoding=decoding,
-        image_size=image_size,
-    )
+    state = read_weights()
+    check_finite(state, problem)
+    # The skeleton made real, its tensors left unset: each is in the state dict (a test checks),
+    # so the strict load sets every one, and no weight is initialised only to be overwritten.
+    model = skeleton.to_empty(device="cpu")
+    _load_state(state, model, problem)
+    return LoadedModel(model=model.eval(), vocab=vocab, decoding=decoding, image_size=image_size)
 
 
 def load_weights(path: str | Path, model: ShowAttendTell, vocab: Vocabulary) -> None:
@@ -140,7 +169,9 @@ def load_weights(path: str | Path, model: ShowAttendTell, vocab: Vocabulary) -> 
     path = Path(path)
     checkpoint = load_checkpoint(path)
     check_vocabulary(checkpoint["hyper_parameters"].get("vocab_words") or [], vocab, path)
-    _load_model(path, checkpoint["state_dict"], model)
+    state = model_state(checkpoint["state_dict"])
+    check_finite(state, lambda detail: _incompatible(path, detail))
+    _load_state(state, model, lambda detail: _incompatible(path, detail))
 
 
 def check_vocabulary(words: list[str], vocab: Vocabulary, path: str | Path) -> None:
@@ -193,13 +224,13 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     return hparams
 
 
-def _load_model(path: Path, state: dict[str, Any], model: ShowAttendTell) -> None:
-    """Load the model's entries of a Lightning state dict, strictly."""
+def _load_state(state: Mapping[str, Any], model: ShowAttendTell, problem: Callable[[str], CaptionerError]) -> None:
+    """Load `state` (the state dict of `ShowAttendTell`) into `model`, strictly."""
     try:
-        model.load_state_dict(model_state(state), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
-        raise _incompatible(path, f"its weights do not fit the model ({detail[:300]})") from None
+        raise problem(f"its weights do not fit the model ({detail[:300]})") from None
 
 
 def _settings(kind: type[PlainConfig], hparams: dict[str, Any], key: str) -> Any:

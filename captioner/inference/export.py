@@ -29,12 +29,16 @@ import yaml
 import captioner
 from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD
 from captioner.errors import CaptionerError
-from captioner.inference.checkpoint import LoadedModel, build_model, load_checkpoint
+from captioner.files import replace_folder
+from captioner.inference.checkpoint import LoadedModel, build_model, load_checkpoint, model_from_checkpoint
+from captioner.inference.untrusted import read_header, read_json
+from captioner.limits import MAX_CONFIG_BYTES, short
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
 METRICS = "metrics.json"
+EXPORT_FILES = (WEIGHTS, CONFIG, CARD, METRICS)
 # config.json's "format"; `format_version` changes when a reader of the old one would misread it.
 FORMAT = "captioner/show-attend-tell"
 FORMAT_VERSION = 1
@@ -57,58 +61,70 @@ def model_config(model: LoadedModel) -> dict[str, Any]:
     }
 
 
-def hparams_from_config(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The training hyper-parameters `build_model` takes, from a config.json read in `folder`."""
+def hparams_from_config(folder: Path, config: Any) -> dict[str, Any]:
+    """The training hyper-parameters `build_model` takes, from a config.json read in `folder`
+    (its structure checked here; its values by `build_model`)."""
+    source = folder / CONFIG
+    if not isinstance(config, dict):
+        raise CaptionerError(f"{source} holds a JSON {type(config).__name__}, not an object; export the model again")
     if config.get("format") != FORMAT:
-        raise CaptionerError(f"{folder / CONFIG} is not a captioner export (its format is {config.get('format')!r})")
+        raise CaptionerError(f"{source} is not a captioner export (its format is {short(config.get('format'))})")
     if config.get("format_version") != FORMAT_VERSION:
         raise CaptionerError(
-            f"{folder / CONFIG} has format version {config.get('format_version')!r}; this captioner reads "
+            f"{source} has format version {short(config.get('format_version'))}; this captioner reads "
             f"version {FORMAT_VERSION}: install the captioner version that exported it"
         )
-    try:
-        image = config["image"]
-        if [image["mean"], image["std"]] != [list(IMAGENET_MEAN), list(IMAGENET_STD)]:
-            raise CaptionerError(f"{folder / CONFIG} asks for an image normalisation this captioner does not do")
-        return {key: config[key] for key in ("encoder", "decoder", "decoding", "vocab_words")} | {
-            "image_size": image["size"]
-        }
-    except (KeyError, TypeError) as error:
-        raise CaptionerError(f"{folder / CONFIG} lacks the setting {error}; export the model again") from None
+    image = config.get("image")
+    if not isinstance(image, dict):
+        raise CaptionerError(
+            f"{source}: image must be an object with size, mean and std, not a {type(image).__name__}; "
+            "export the model again"
+        )
+    missing = [key for key in ("encoder", "decoder", "decoding", "vocab_words") if key not in config]
+    missing += [f"image.{key}" for key in ("size", "mean", "std") if key not in image]
+    if missing:
+        raise CaptionerError(f"{source} lacks the setting(s) {', '.join(missing)}; export the model again")
+    if [image["mean"], image["std"]] != [list(IMAGENET_MEAN), list(IMAGENET_STD)]:
+        raise CaptionerError(f"{source} asks for an image normalisation this captioner does not do")
+    words = config["vocab_words"]
+    if not isinstance(words, list):
+        raise CaptionerError(f"{source}: vocab_words must be a list of words, not a {type(words).__name__}")
+    settings = {key: config[key] for key in ("encoder", "decoder", "decoding", "vocab_words")}
+    return settings | {"image_size": image["size"]}
 
 
 def export(checkpoint_path: str | Path, out: str | Path) -> list[Path]:
-    """Write the export of the checkpoint at `checkpoint_path` into the folder `out` (made if
-    needed; files of an earlier export there are replaced). Returns the files written."""
-    from safetensors.torch import save_file
+    """Write the export of the checkpoint at `checkpoint_path` into the folder `out`, whole: made
+    if needed; an earlier export there is replaced (no file of it is kept), any other folder
+    content is refused; on failure nothing changes (`captioner.files.replace_folder`). Returns
+    the files written."""
+    from safetensors.torch import save
 
     checkpoint_path, out = Path(checkpoint_path), Path(out)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = build_model(checkpoint_path, checkpoint["hyper_parameters"], checkpoint["state_dict"])
-    if out.exists() and not out.is_dir():
-        raise CaptionerError(f"--out {out} is a file; name a folder for the export")
-    out.mkdir(parents=True, exist_ok=True)
-    # safetensors wants contiguous tensors that share no memory; a checkpoint's already are.
-    save_file(
-        {k: v.contiguous() for k, v in model.model.state_dict().items()}, out / WEIGHTS, metadata={"format": "pt"}
-    )
-    (out / CONFIG).write_text(json.dumps(model_config(model), indent=2) + "\n")
-    written = [out / WEIGHTS, out / CONFIG]
+    model = model_from_checkpoint(checkpoint_path, checkpoint)
     metrics = read_metrics(checkpoint_path.parent / METRICS)
+    # safetensors wants contiguous tensors that share no memory; a checkpoint's already are.
+    weights = {k: v.contiguous() for k, v in model.model.state_dict().items()}
+    files = {WEIGHTS: save(weights, metadata={"format": "pt"}), CONFIG: _json(model_config(model))}
     if metrics:
-        (out / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        written.append(out / METRICS)
-    (out / CARD).write_text(model_card(model, checkpoint, metrics, out.name))
-    written.append(out / CARD)
-    return written
+        files[METRICS] = _json(metrics, sort_keys=True)
+    files[CARD] = model_card(model, checkpoint, metrics, out.name).encode()
+    replace_folder(out, files, replaceable=EXPORT_FILES)
+    return [out / name for name in files]
+
+
+def _json(value: Any, sort_keys: bool = False) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=sort_keys) + "\n").encode()
 
 
 def load_pretrained(source: str | Path) -> LoadedModel:
     """The model exported into the folder `source`, or, when no such folder exists, in the
-    Hugging Face Hub repository of that id (downloaded once into the Hub's cache)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    Hugging Face Hub repository of that id (downloaded once into the Hub's cache).
 
+    The folder is checked before anything is allocated: config.json (bounded size and depth)
+    against `captioner.limits` and against the tensors the header of model.safetensors declares;
+    then the weights are read and must be finite (`captioner.inference.untrusted`)."""
     folder = Path(source)
     if folder.is_file():
         raise CaptionerError(
@@ -123,14 +139,27 @@ def load_pretrained(source: str | Path) -> LoadedModel:
             f"{folder} is not a captioner export: {' and '.join(missing)} missing; "
             "write one with `captioner export --ckpt CKPT --out DIR`"
         )
+    hparams = hparams_from_config(folder, read_json(folder / CONFIG, MAX_CONFIG_BYTES))
+    weights = read_header(folder / WEIGHTS)
+
+    def problem(detail: str) -> CaptionerError:
+        return CaptionerError(
+            f"{folder} is not a usable captioner export: {detail}; export it again from its checkpoint "
+            "(`captioner export`), or ask whoever shared it"
+        )
+
+    return build_model(hparams, weights, lambda: _read_weights(folder / WEIGHTS), problem)
+
+
+def _read_weights(path: Path) -> dict[str, Any]:
+    """The tensors of the safetensors file at `path` (its header already checked)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        config = json.loads((folder / CONFIG).read_text())
-        state = load_file(folder / WEIGHTS)
-    except (ValueError, SafetensorError, OSError) as error:  # json.JSONDecodeError is a ValueError
-        raise CaptionerError(f"{folder} holds a damaged export ({' '.join(str(error).split())[:200]})") from None
-    if not isinstance(config, dict):
-        raise CaptionerError(f"{folder / CONFIG} is not a JSON object; export the model again")
-    return build_model(folder, hparams_from_config(folder, config), state)
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CaptionerError(f"{path} is damaged ({' '.join(str(error).split())[:200]})") from None
 
 
 def _download(repo_id: str) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from captioner.errors import CaptionerError, require_positive
+from captioner.limits import MAX_GRID_SIZE, MAX_WIDTH, require_at_most
 
 Config = TypeVar("Config", bound="PlainConfig")
 
@@ -76,6 +77,10 @@ class EncoderConfig(PlainConfig):
     coord_channels: bool = False
     align_grid: bool = False
 
+    def __post_init__(self) -> None:
+        require_positive(grid_size=self.grid_size)
+        require_at_most(MAX_GRID_SIZE, grid_size=self.grid_size)
+
     @property
     def grid_shape(self) -> tuple[int, int]:
         """(rows, cols) of the attention grid; α rows of length P = rows·cols are row-major over it."""
@@ -124,7 +129,9 @@ class DecoderConfig(PlainConfig):
                 )
         if not 0.0 <= self.dropout < 1.0:
             raise CaptionerError(f"decoder dropout={self.dropout} must be in [0, 1)")
-        require_positive(embed_dim=self.embed_dim, hidden_dim=self.hidden_dim, attention_dim=self.attention_dim)
+        widths = dict(embed_dim=self.embed_dim, hidden_dim=self.hidden_dim, attention_dim=self.attention_dim)
+        require_positive(**widths)
+        require_at_most(MAX_WIDTH, **widths)
 
 
 # The values each `DecoderConfig` choice may take.
@@ -149,3 +156,7 @@ class SequenceEncoderConfig(PlainConfig):
 
     embed_dim: int = 32
     hidden_dim: int = 32
+
+    def __post_init__(self) -> None:
+        require_positive(embed_dim=self.embed_dim, hidden_dim=self.hidden_dim)
+        require_at_most(MAX_WIDTH, embed_dim=self.embed_dim, hidden_dim=self.hidden_dim)

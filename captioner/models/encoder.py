@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from captioner.errors import CaptionerError, require_positive
+from captioner.errors import CaptionerError
 from captioner.models.config import EncoderConfig
 
 # Families whose trunk we know how to cut into stages.
@@ -42,7 +42,6 @@ class Encoder(nn.Module):
         allowed = supported_backbones()
         if backbone not in allowed:
             raise CaptionerError(f"backbone={backbone!r} is not supported; use one of {', '.join(allowed)}")
-        require_positive(grid_size=grid_size)
         model = torchvision.models.get_model(backbone, weights=_check_weights(backbone, weights))
         stem, all_stages = _resnet_parts(model) if _RESNET.fullmatch(backbone) else _vgg_parts(model)
         if stages is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from captioner.errors import CaptionerError, require_positive
+from captioner.errors import CaptionerError
 from captioner.models.config import SequenceEncoderConfig
 
 
@@ -26,7 +26,6 @@ class SequenceEncoder(nn.Module):
 
     def __init__(self, config: SequenceEncoderConfig, vocab_size: int, pad_id: int = 0) -> None:
         super().__init__()
-        require_positive(embed_dim=config.embed_dim, hidden_dim=config.hidden_dim)
         self.config, self.pad_id = config, pad_id
         self.out_dim = 2 * config.hidden_dim
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)

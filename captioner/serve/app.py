@@ -19,6 +19,7 @@ from captioner.serve.batching import Busy
 from captioner.serve.budget import PixelBudget
 from captioner.serve.limits import Limits, RequestRejected
 from captioner.serve.model import CaptionModel
+from captioner.serve.responses import FiniteJSONResponse
 from captioner.serve.routes import STATIC_DIR, router
 
 log = logging.getLogger("captioner.serve")
@@ -35,7 +36,7 @@ def create_app(model: CaptionModel, limits: Limits | None = None) -> FastAPI:
         async with model:
             yield
 
-    app = FastAPI(title="captioner", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="captioner", version=__version__, lifespan=lifespan, default_response_class=FiniteJSONResponse)
     app.state.model = model
     app.state.limits = limits
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
 from captioner.serve.form import read_form
 from captioner.serve.limits import FLAGS, OPTION_BOUNDS, Limits, parse_options
 from captioner.serve.model import CaptionModel
+from captioner.serve.responses import FiniteJSONResponse
 from captioner.viz.overlay import HEATMAP
 
 router = APIRouter()
@@ -58,7 +59,7 @@ async def overlay_style() -> dict[str, Any]:
 
 
 @router.post("/v1/captions", openapi_extra=_UPLOAD_SCHEMA)
-async def captions(request: Request) -> JSONResponse:
+async def captions(request: Request) -> FiniteJSONResponse:
     """Caption every file of the multipart field `images`; options beam_size and max_len, and
     erasure=1 for each word's erasure test.
 
@@ -70,8 +71,8 @@ async def captions(request: Request) -> JSONResponse:
     results = await model.caption_uploads(uploads, options, limits.max_pixels, request.app.state.budget)
     body: dict[str, Any] = {"options": options, "results": results}
     if all("error" in entry for entry in results):
-        return JSONResponse({"detail": "no uploaded image could be read; see results", **body}, status_code=422)
-    return JSONResponse(body)
+        return FiniteJSONResponse({"detail": "no uploaded image could be read; see results", **body}, status_code=422)
+    return FiniteJSONResponse(body)
 
 
 def _model(request: Request) -> CaptionModel:
