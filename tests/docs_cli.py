@@ -304,7 +304,7 @@ def is_settings_group(prefix: str) -> bool:
 def setting_keys() -> frozenset[str]:
     """The full key of every setting of `captioner train` (`model.encoder.backbone`): those
     `--print_config` shows, and those of groups that are off (null) until set."""
-    from tools.settings_table import settings
+    from tests.settings_table import settings
 
     return frozenset(cli_settings()) | frozenset(settings())
 

@@ -1,6 +1,6 @@
 """Where the docs state a default, the number comes from the code.
 
-- docs/training.md's settings table is the one `python -m tools.settings_table` makes, and that
+- docs/training.md's settings table is the one `python -m tests.settings_table` makes, and that
   table lists exactly the settings `captioner train --print_config` shows, with its values;
 - every default stated in prose is in `CLAIMS`: the sentence as the page has it, with the
   default written `{key}` (filled in from the code, so the page must say what the code does),
@@ -21,9 +21,9 @@ import pytest
 
 from captioner.cli import command_parser
 from captioner.models import search
+from tests import settings_table
 from tests.docs_cli import cli_settings
 from tests.docs_pages import ROOT
-from tools import settings_table
 
 LIMITS = "captioner.models.search.DECODING_LIMITS"
 SERVE = "captioner.serve.limits.Limits"
@@ -209,7 +209,7 @@ def test_the_settings_table_is_made_from_the_code():
     ]
     if len(shown) != len(made):
         changed.append(f"the table has {len(shown)} lines, the code's {len(made)}")
-    assert not changed, "the settings table is behind the code; run `python -m tools.settings_table --write`:\n" + (
+    assert not changed, "the settings table is behind the code; run `python -m tests.settings_table --write`:\n" + (
         "\n".join(changed)
     )
 
@@ -222,7 +222,7 @@ def test_the_table_lists_every_setting_the_cli_takes_with_its_default():
     expected = {key: value for key, value in made.items() if not any(key.startswith(f"{o}.") for o in off)}
     expected |= dict.fromkeys(off)
     assert sorted(shown) == sorted(expected), (
-        "tools/settings_table.py reads the settings otherwise than the CLI takes them (teach it the new kind of "
+        "tests/settings_table.py reads the settings otherwise than the CLI takes them (teach it the new kind of "
         f"setting): only in `--print_config`: {sorted(set(shown) - set(expected))}; "
         f"only in the table: {sorted(set(expected) - set(shown))}"
     )

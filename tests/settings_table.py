@@ -1,7 +1,7 @@
 """The settings table of docs/training.md, made from the code.
 
-    python -m tools.settings_table            # print the table
-    python -m tools.settings_table --write    # put it into docs/training.md
+    python -m tests.settings_table            # print the table
+    python -m tests.settings_table --write    # put it into docs/training.md
 
 Every `model.*`, `data.*`, `runtime.*` and `predictions.*` setting of `captioner train`, grouped
 by the class that holds it, with its default. They are read from the same signatures and
@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "training.md"
-BEGIN = "<!-- settings table: made by `python -m tools.settings_table --write` from the code; do not edit by hand -->"
+BEGIN = "<!-- settings table: made by `python -m tests.settings_table --write` from the code; do not edit by hand -->"
 END = "<!-- end of the settings table -->"
 
 REQUIRED = inspect.Parameter.empty  # a parameter without a default: linked from the data, not a setting
@@ -144,7 +144,7 @@ def replaced(page_text: str, new_table: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.settings_table", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.settings_table", description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write the table into {PAGE.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     if not args.write:
