@@ -25,14 +25,16 @@ step only:
   chance, up to 1 when the α order takes everything away at once and random orders nothing
   until the end. It is for reading a word or a model; the test is the headline.
 
-Why this schedule: the curve's points are the cells erased after 1/64, 1/32, 1/16, 1/8, 1/4 and
-1/2 of the n cells (at least one), then n − 1: 1, 2, 4, 8, 16, 32, 63 cells on the demo's 8×8
-grid. Doubling puts the resolution where the α order and random orders part, in the first
-cells (a sharp look at a small object is over within a few), and the last point sees the look
-held on one cell; the end point, no look, is shared by every order. Seven points × 20 orders
-is 140 scored variants per word (plus the no-look one): twice as many points would double the
-cost and move areas only where every order is already flat. Why 19 random orders: chance 0.05,
-a low stated number, at a cost linear in R. Ties: a random order that happens to erase a
+Why this schedule: the curve's points are the cells erased after 1/64, 1/32, 1/16, 1/8, 1/4, 1/2
+and 3/4 of the n cells (at least one), then n − 1: 1, 2, 4, 8, 16, 32, 48, 63 cells on the demo's
+8×8 grid. Doubling puts the resolution where the α order and random orders part, in the first
+cells (a sharp look at a small object is over within a few); from half the image on, no
+trapezoid spans more than a quarter of it, so the bottom of the α ranking (the cells it says
+matter least) counts in proportion and not through one point; the last point sees the look held
+on one cell, and the end point, no look, is shared by every order. Eight points × 20 orders is
+160 scored variants per word (plus the no-look one); more points would cost in proportion and
+add resolution where the orders hardly part. Why 19 random orders: chance 0.05, a low stated
+number, at a cost linear in R. Ties: a random order that happens to erase a
 one-cell look first is exactly as good as the α order; that counts for α (the α order was
 the best possible), which the tolerance allows.
 
@@ -84,7 +86,7 @@ FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split(" "))
 
 RANDOM_ORDERS = 19  # R: an attention at chance passes with 1/(R + 1) = 0.05
 # The curve's points: these shares of the n cells erased (rounded, at least one), then n − 1.
-ERASED_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+ERASED_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4)
 # A word is image-dependent when removing its look at least halves its probability.
 DEPENDENCE_NATS = math.log(2)
 # Areas closer than this are equal: float32 rounding of p, far below any difference that means something.
@@ -129,8 +131,8 @@ class WordDeletion:
     log_p (L,): log p(word) as decoded. no_look (L,): with its context z_t zero. erased (S,):
     the share of the image erased at each point (the same for every word of the image).
     curves (L, 1 + R, S): log p(word) at each point, order 0 by descending α, then the random
-    orders. spread (L,): `attention_spread`. An image with fewer than two cells has NaN `erased`
-    and `curves`: not measured.
+    orders; NaN for the words that are not image-dependent (they are never scored). spread (L,):
+    `attention_spread`. An image with fewer than two cells has NaN `erased`: not measured.
     """
 
     log_p: Tensor
@@ -146,8 +148,8 @@ class WordDeletion:
 
     @property
     def measured(self) -> Tensor:
-        """(L,) bool: whether the curves exist (the image has at least two cells)."""
-        return self.curves.isfinite().all(dim=-1).all(dim=-1)
+        """(L,) bool: whether the test could run (the image has at least two cells)."""
+        return self.erased.isfinite().all().expand(len(self.log_p))
 
     @property
     def dependent(self) -> Tensor:
@@ -157,7 +159,7 @@ class WordDeletion:
     @property
     def areas(self) -> Tensor:
         """(L, 1 + R) float64: the area under each order's curve of p / p(as decoded) over the
-        share erased, from (0, 1) to (1, p(no look)/p)."""
+        share erased, from (0, 1) to (1, p(no look)/p); NaN where there are no curves."""
         relative = (self.curves.double() - self.log_p.double()[:, None, None]).exp()
         end = (self.no_look.double() - self.log_p.double()).exp()
         words, orders, _ = relative.shape
@@ -185,13 +187,17 @@ class WordDeletion:
     def as_json(self) -> list[dict[str, object]]:
         """Per word: p as decoded and with no look, whether it is image-dependent, the share of
         the image erased at each point, p at each point by α order and averaged over the random
-        orders, the areas (α order; random orders' mean and smallest), faithful (None when not
-        scored), lead and spread."""
+        orders, the areas (α order; random orders' mean and smallest), faithful and lead (None
+        for each of these where the word is not image-dependent), and spread."""
         p, no_look = self.log_p.exp().tolist(), self.no_look.exp().tolist()
         by_alpha = self.curves[:, 0].exp()
         by_random = self.curves[:, 1:].exp().mean(dim=1)
-        areas, faithful, lead = self.areas, self.faithful.tolist(), self.lead.tolist()
-        dependent, measured = self.dependent.tolist(), self.measured.tolist()
+        areas, faithful, lead, dependent = (
+            self.areas,
+            self.faithful.tolist(),
+            self.lead.tolist(),
+            self.dependent.tolist(),
+        )
         erased = [_finite(x) for x in self.erased.tolist()]
         return [
             {
@@ -201,9 +207,9 @@ class WordDeletion:
                 "erased": erased,
                 "p_attention_order": [_finite(x) for x in by_alpha[t].tolist()],
                 "p_random_orders": [_finite(x) for x in by_random[t].tolist()],
-                "area_attention": _finite(float(areas[t, 0])) if measured[t] else None,
-                "area_random": _finite(float(areas[t, 1:].mean())) if measured[t] else None,
-                "area_random_min": _finite(float(areas[t, 1:].min())) if measured[t] else None,
+                "area_attention": _finite(float(areas[t, 0])),
+                "area_random": _finite(float(areas[t, 1:].mean())),
+                "area_random_min": _finite(float(areas[t, 1:].min())),
                 "faithful": None if math.isnan(faithful[t]) else bool(faithful[t]),
                 "lead": _finite(lead[t]),
                 "spread": float(self.spread[t]),
@@ -214,10 +220,10 @@ class WordDeletion:
     def notes(self) -> list[str]:
         """Per word, two short lines for a person: p as decoded → with no look, and the verdict."""
         notes = []
-        for word in self.as_json():
+        for word, measured in zip(self.as_json(), self.measured.tolist()):
             looked = f"no look: {word['p']:.2f} → {word['p_no_look']:.2f}"
             if word["faithful"] is None:
-                verdict = "not measured" if word["area_attention"] is None else "not image-dependent"
+                verdict = "not image-dependent" if measured else "not measured"
             else:
                 verdict = f"deletion {word['area_attention']:.2f} vs random ≥ {word['area_random_min']:.2f}: " + (
                     "faithful" if word["faithful"] else "not faithful"
@@ -278,20 +284,23 @@ def deletion_curves(
             alphas.append(alpha[:, 0])
         kept = (torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1))  # (B, T, H)
         log_p, alpha = torch.stack(log_ps, dim=1), torch.stack(alphas, dim=1)  # (B, T), (B, T, P)
+        scorer = _Scorer(decoder, weights, inputs, targets, kept)
+        zeros = torch.zeros_like(features)  # no look: every context Σ_i α_i a_i (or a_argmax) is 0
+        no_look = scorer.no_look(zeros, decoder.prepare(zeros), allowed)  # (B, T)
         cells = allowed.sum(dim=-1)  # (B,)
+        words = torch.arange(steps, device=device) < torch.tensor(lengths, device=device).unsqueeze(-1)
+        # Only the image-dependent words get curves: the others are never scored.
+        dependent = (log_p - no_look >= DEPENDENCE_NATS) & words & (cells >= 2).unsqueeze(-1)  # (B, T)
         counts = erased_counts(cells)  # (B, S)
         generator = torch.Generator(device).manual_seed(seed)
         ranks = _deletion_ranks(alpha, allowed, orders, generator)  # (B, T, 1 + R, P)
-        scorer = _Scorer(decoder, weights, inputs, targets, kept)
-        curves = scorer.erased(features, projected, allowed, ranks, counts)  # (B, T, 1 + R, S)
-        zeros = torch.zeros_like(features)  # no look: every context Σ_i α_i a_i (or a_argmax) is 0
-        no_look = scorer.no_look(zeros, decoder.prepare(zeros), allowed)  # (B, T)
+        curves = torch.full((batch, steps, 1 + orders, points), math.nan, device=device)
+        curves[dependent] = scorer.erased(features, projected, allowed, ranks, counts, dependent)
     finally:
         decoder.train(was_training)
     measured = (cells >= 2).cpu()
     erased = (counts.double() / cells.double().unsqueeze(-1)).cpu().masked_fill(~measured.unsqueeze(-1), math.nan)
-    curves = curves.float().cpu().masked_fill(~measured[:, None, None, None], math.nan)
-    log_p, no_look = log_p.float().cpu(), no_look.float().cpu()
+    curves, log_p, no_look = curves.float().cpu(), log_p.float().cpu(), no_look.float().cpu()
     spread = attention_spread(alpha, allowed.unsqueeze(1)).float().cpu()
     return [
         WordDeletion(log_p[b, :n], no_look[b, :n], erased[b], curves[b, :n], spread[b, :n])
@@ -312,66 +321,78 @@ def _deletion_ranks(alpha: Tensor, allowed: Tensor, orders: int, generator: torc
 
 
 class _Scorer:
-    """log p(target) of words under changed looks: one decoder step with the variants of an image
-    on its beam axis, in chunks of images, or of rows of one image, within MAX_SCORED_FLOATS."""
+    """log p(target) of words under changed looks. A unit is an image with K variants (rows) of
+    its words on the decoder's beam axis; units are scored together, or one unit in slices of
+    rows, within MAX_SCORED_FLOATS."""
 
     def __init__(self, decoder: Decoder, weights, inputs: Tensor, targets: Tensor, state: tuple[Tensor, Tensor]):
         self.decoder, self.weights = decoder, weights
         self.inputs, self.targets, self.state = inputs, targets, state  # (B, T), (B, T), (B, T, H) each
 
-    def erased(self, features: Tensor, projected: Tensor, allowed: Tensor, ranks: Tensor, counts: Tensor) -> Tensor:
-        """ranks (B, T, O, P), counts (B, S) -> (B, T, O, S): each word with the first counts[s]
-        cells of each order erased."""
-        batch, steps, orders, _ = ranks.shape
-        points = counts.size(1)
-        row = torch.arange(steps * orders * points, device=ranks.device)
-        step, order, point = row // (orders * points), row // points % orders, row % points
-
-        def keep(images: slice, rows: slice) -> Tensor:
-            erased = ranks[images][:, step[rows], order[rows]] < counts[images][:, point[rows]].unsqueeze(-1)
-            return allowed[images].unsqueeze(1) & ~erased  # (b, r, P)
-
-        scored = self._score(features, projected, step, keep)
-        return scored.view(batch, steps, orders, points)
-
     def no_look(self, features: Tensor, projected: Tensor, allowed: Tensor) -> Tensor:
-        """-> (B, T): each word with the given (zero) features in place of the image's."""
-        step = torch.arange(self.inputs.size(1), device=features.device)
-        return self._score(features, projected, step, lambda images, rows: allowed[images])
+        """-> (B, T): each word with the given (zero) features in place of the image's; one unit
+        per image, one row per word."""
+        batch, steps = self.inputs.shape
+        image = torch.arange(batch, device=features.device)
+        step = torch.arange(steps, device=features.device).expand(batch, steps)
+        return self._score(features, projected, image, step, lambda units, rows: allowed[image[units]])
 
-    def _score(self, features: Tensor, projected: Tensor, step: Tensor, keep) -> Tensor:
-        """step (rows,): the word position of each row; keep(images, rows) -> its mask ->
-        (B, rows) log p(target)."""
-        batch, rows = features.size(0), step.numel()
-        per_row = self.decoder.vocab_size + features.size(1) * self.decoder.attention_dim
-        out = features.new_empty(batch, rows, dtype=torch.float32)
+    def erased(
+        self, features: Tensor, projected: Tensor, allowed: Tensor, ranks: Tensor, counts: Tensor, words: Tensor
+    ) -> Tensor:
+        """ranks (B, T, O, P), counts (B, S), words (B, T) bool: the words to score -> (N, O, S)
+        for the N words, each with the first counts[s] cells of each order erased; one unit per
+        word, one row per order and point."""
+        _, _, orders, _ = ranks.shape
+        points = counts.size(1)
+        image, at = words.nonzero(as_tuple=True)  # (N,) each
+        row = torch.arange(orders * points, device=ranks.device)
+        order, point = row // points, row % points
+        step = at.unsqueeze(-1).expand(-1, row.numel())
+
+        def keep(units: slice, rows: slice) -> Tensor:
+            b, t = image[units], at[units]
+            erased = ranks[b, t][:, order[rows]] < counts[b][:, point[rows]].unsqueeze(-1)
+            return allowed[b].unsqueeze(1) & ~erased  # (n, r, P)
+
+        return self._score(features, projected, image, step, keep).view(-1, orders, points)
+
+    def _score(self, features: Tensor, projected: Tensor, image: Tensor, step: Tensor, keep) -> Tensor:
+        """image (N,): each unit's image; step (N, K): the word position of each of its rows;
+        keep(units, rows) -> their masks -> (N, K) log p(target)."""
+        units, rows = step.shape
+        positions = features.size(1)
+        per_row = self.decoder.vocab_size + positions * self.decoder.attention_dim
+        per_unit = positions * (features.size(2) + projected.size(2))  # its copy of the image
+        out = features.new_empty(units, rows, dtype=torch.float32)
         h, c = self.state
-        for images, part in _chunks(batch, rows, per_row):
-            at = step[part]
+        for part, rows_part in _chunks(units, rows, per_row, per_unit):
+            b, t = image[part].unsqueeze(-1), step[part, rows_part]
             log_probs, _, _ = self.decoder.step(
-                self.inputs[images][:, at],
-                (h[images][:, at], c[images][:, at]),
-                features[images],
-                projected[images],
-                keep(images, part),
+                self.inputs[b, t],
+                (h[b, t], c[b, t]),
+                features[image[part]],
+                projected[image[part]],
+                keep(part, rows_part),
                 self.weights,
             )
-            out[images, part] = log_probs.gather(-1, self.targets[images][:, at].unsqueeze(-1)).squeeze(-1).float()
+            out[part, rows_part] = log_probs.gather(-1, self.targets[b, t].unsqueeze(-1)).squeeze(-1).float()
         return out
 
 
-def _chunks(batch: int, rows: int, per_row: int) -> Iterator[tuple[slice, slice]]:
-    """(images, rows) slices covering (batch, rows), each within MAX_SCORED_FLOATS: whole images
-    together while they fit, else one image at a time in slices of rows."""
-    if rows * per_row <= MAX_SCORED_FLOATS:
-        size = MAX_SCORED_FLOATS // (rows * per_row)
-        for lo in range(0, batch, size):
+def _chunks(units: int, rows: int, per_row: int, per_unit: int) -> Iterator[tuple[slice, slice]]:
+    """(units, rows) slices covering (units, rows), each within MAX_SCORED_FLOATS: whole units
+    together while they fit, else one unit at a time in slices of rows."""
+    whole = rows * per_row + per_unit
+    if whole <= MAX_SCORED_FLOATS:
+        size = MAX_SCORED_FLOATS // whole
+        for lo in range(0, units, size):
             yield slice(lo, lo + size), slice(None)
         return
-    size = max(1, MAX_SCORED_FLOATS // per_row)
-    for b in range(batch):
+    size = max(1, (MAX_SCORED_FLOATS - per_unit) // per_row)
+    for unit in range(units):
         for lo in range(0, rows, size):
-            yield slice(b, b + 1), slice(lo, lo + size)
+            yield slice(unit, unit + 1), slice(lo, lo + size)
 
 
 def faithfulness_scores(

@@ -268,7 +268,7 @@ function describeFaithfulness(entry) {
   const spread = `half of α on ${Math.round(100 * entry.spread)}% of the image · `;
   const look = `without its look: ${entry.p.toFixed(2)} → ${entry.p_no_look.toFixed(2)}`;
   if (entry.faithful === null) {
-    const why = entry.area_attention === null ? "not measured" : "does not depend on the image";
+    const why = entry.erased[0] === null ? "not measured" : "does not depend on the image";
     return `${spread}${look}, ${why}`;
   }
   return (
