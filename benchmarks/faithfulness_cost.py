@@ -3,7 +3,7 @@
     python -m benchmarks.faithfulness_cost --ckpt runs/demo/checkpoints/best.ckpt --data data/shapes
 
 Request: times `Captioner.caption` (what the service's worker runs per batch) on the first test
-images, beam 3, one thread, batches of 1 and of 8 images: the median of `--repeats` runs after
+images, beam 3, one thread, batches of 1, 8 and 16 images (the service's most): the median of `--repeats` runs after
 two warm-up runs, without and with `faithfulness=True`, and the ratio.
 
 Split (`--split`, test by default; batches of 50, the checkpoint's decoding settings, one
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     captioner = Captioner.from_checkpoint(args.ckpt, device="cpu")
-    paths = [record.path for record in read_split(args.data, "test")[:8]]
+    paths = [record.path for record in read_split(args.data, "test")[:16]]
     row: dict = {"load_before": [round(v, 2) for v in os.getloadavg()]}
-    for batch in (1, 8):
+    for batch in (1, 8, 16):
         images = torch.stack([captioner.to_tensor(path) for path in paths[:batch]])
         plain = median_seconds(captioner, images, args.repeats, faithfulness=False)
         tested = median_seconds(captioner, images, args.repeats, faithfulness=True)
