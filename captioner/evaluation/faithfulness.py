@@ -34,15 +34,16 @@ matter least) counts in proportion and not through one point; the last point see
 on one cell, and the end point, no look, is shared by every order. Eight points × 20 orders is
 160 scored variants per word (plus the no-look one); more points would cost in proportion and
 add resolution where the orders hardly part. Why 19 random orders: chance 0.05, a low stated
-number, at a cost linear in R. Ties: a random order that happens to erase a
-one-cell look first is exactly as good as the α order; that counts for α (the α order was
-the best possible), which the tolerance allows.
+number, at a cost linear in R. Ties: a random order that happens to erase a one-cell look first
+is exactly as good as the α order; that counts for α (the α order was the best possible), which
+the tolerance allows. Why no look is a zero context and not a uniform look: a uniform look is
+still a look, and for a diffuse model almost the one it took.
 
 Batched as the decoding is: the teacher-forced pass runs once (one decoder step per word
-position, all images together) and keeps each step's input state; then decoder steps score every
-word × order × point at once, the variants riding on the decoder's beam axis with a keep-mask
-(B, K, P) each, in chunks of at most MAX_SCORED_FLOATS floats of output and attention
-activations. Both step orders work: attending from the previous state the step starts from
+position, all images together) and keeps each step's input state; one decoder step scores every
+word with no look; then, for the image-dependent words only, decoder steps score every word ×
+order × point at once, the variants riding on the decoder's beam axis with a keep-mask (B, K, P)
+each, in chunks of at most MAX_SCORED_FLOATS floats of output and attention activations. Both step orders work: attending from the previous state the step starts from
 h_{t-1}, c_{t-1} and the erased context also feeds the LSTM; attending from the current state it
 reads the word first and only the look is changed. Hard-attention decoders decode with the
 expected context or the argmax cell over the kept cells. Padding (the dates model's mask) is
@@ -289,8 +290,10 @@ def deletion_curves(
         no_look = scorer.no_look(zeros, decoder.prepare(zeros), allowed)  # (B, T)
         cells = allowed.sum(dim=-1)  # (B,)
         words = torch.arange(steps, device=device) < torch.tensor(lengths, device=device).unsqueeze(-1)
-        # Only the image-dependent words get curves: the others are never scored.
-        dependent = (log_p - no_look >= DEPENDENCE_NATS) & words & (cells >= 2).unsqueeze(-1)  # (B, T)
+        # Only the image-dependent words get curves: the others are never scored. In float32, as
+        # WordDeletion.dependent decides it again from the same numbers.
+        drop = log_p.float() - no_look.float()
+        dependent = (drop >= DEPENDENCE_NATS) & words & (cells >= 2).unsqueeze(-1)  # (B, T)
         counts = erased_counts(cells)  # (B, S)
         generator = torch.Generator(device).manual_seed(seed)
         ranks = _deletion_ranks(alpha, allowed, orders, generator)  # (B, T, 1 + R, P)
