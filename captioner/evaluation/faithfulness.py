@@ -43,11 +43,12 @@ Batched as the decoding is: the teacher-forced pass runs once (one decoder step 
 position, all images together) and keeps each step's input state; one decoder step scores every
 word with no look; then, for the image-dependent words only, decoder steps score every word ×
 order × point at once, the variants riding on the decoder's beam axis with a keep-mask (B, K, P)
-each, in chunks of at most MAX_SCORED_FLOATS floats of output and attention activations. Both step orders work: attending from the previous state the step starts from
-h_{t-1}, c_{t-1} and the erased context also feeds the LSTM; attending from the current state it
-reads the word first and only the look is changed. Hard-attention decoders decode with the
-expected context or the argmax cell over the kept cells. Padding (the dates model's mask) is
-never erased nor drawn, and counts are fractions of each image's own n.
+each, in chunks of at most MAX_SCORED_FLOATS floats of output and attention activations. Both
+step orders work: attending from the previous state the step starts from h_{t-1}, c_{t-1} and the
+erased context also feeds the LSTM; attending from the current state it reads the word first and
+only the look is changed. Hard-attention decoders decode with the expected context or the argmax
+cell over the kept cells. Padding (the dates model's mask) is never erased nor drawn, and counts
+are fractions of each image's own n.
 """
 
 from __future__ import annotations

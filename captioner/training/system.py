@@ -97,7 +97,7 @@ class CaptioningModule(pl.LightningModule):
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
         validation_faithfulness: run each word's deletion test (`captioner.evaluation.faithfulness`)
             in validation too and log `val/deletion_*`; the test stage always does. Off by default:
-            it costs more than the rest of validation (docs/attention.md).
+            on the demo it adds about half again to validation time (docs/attention.md).
         skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
             backward, so no weight or Adam-state update; Lightning still counts the step), warn
             and count it in `train/nonfinite_skips`, instead of stopping the run with an error.
