@@ -179,10 +179,10 @@ class Captioner:
         """Caption `images` (one item or a sequence; a (B, 3, S, S) tensor counts as B images).
 
         Returns one result per image, in order; with `faithfulness`, each with its per-word
-        deletion test (costs several decoding passes; docs/attention.md). `decoding` keywords (beam_size, max_len,
-        length_normalize, allow_unk; see `DecodingConfig`) override the checkpoint's settings;
-        None keeps them; `beam_size=1` decodes greedily. Images are read and decoded
-        `batch_size` at a time. Raises `ImageLoadError` for an unreadable path (use
+        deletion test (costs several decoding passes; docs/attention.md). `decoding` keywords
+        (beam_size, max_len, length_normalize, allow_unk; see `DecodingConfig`) override the
+        checkpoint's settings; None keeps them; `beam_size=1` decodes greedily. Images are read
+        and decoded `batch_size` at a time. Raises `ImageLoadError` for an unreadable path (use
         `caption_files` to go on past bad files) and CaptionerError for bad settings.
         """
         require_positive(batch_size=batch_size)
