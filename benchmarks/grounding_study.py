@@ -8,8 +8,8 @@ family's size in `FAMILIES`: 64 px, scenes 96 px, which the recipes' 64 px input
 then per row runs `captioner train fit` (for the rows in `WITH_SCST`, a second fit: self-critical
 training layered over the first, from its best.ckpt) and `captioner train test` on best.ckpt,
 and prints one JSON line: the test BLEU-4, CIDEr, pointing game, attention in box, chance,
-grounded words, mean caption length, share of dangling endings, erasure faithfulness (content
-and object words) with the object words' log-prob drops, wall and CPU minutes of all
+grounded words, mean caption length, share of dangling endings, deletion faithfulness (content
+and object words) with the object words' image-dependent share and lead, wall and CPU minutes of all
 the commands, the load average before and after (the machine may be shared), and the exact
 commands. Runs are niced (nice -n 5).
 """
@@ -109,11 +109,12 @@ METRICS = (
     "grounded_words",
     "mean_length",
     "dangling_endings",
-    # Does the word depend on where it looked (captioner.evaluation.erasure; 0.5 is chance)?
-    "erasure_faithfulness",
-    "object_erasure_faithfulness",
-    "object_erasure_looked_drop",
-    "object_erasure_random_drop",
+    # Does the word lose its probability first where α ranks the image first (captioner.evaluation.faithfulness;
+    # 0.05 is chance), over the words that depend on the image at all (their share beside it)?
+    "deletion_faithfulness",
+    "object_deletion_faithfulness",
+    "object_deletion_dependent_share",
+    "object_deletion_lead",
 )
 
 

@@ -187,7 +187,7 @@ def test_gallery_unknown_split_is_one_error(tiny_checkpoint, synth_data, tmp_pat
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
 
 
-def test_attend_json_gives_each_words_erasure_and_the_panels_show_it(
+def test_attend_json_gives_each_words_deletion_test_and_the_panels_show_it(
     tiny_checkpoint, captioner, synth_data, tmp_path, drawn, capsys
 ):
     import json
@@ -197,12 +197,13 @@ def test_attend_json_gives_each_words_erasure_and_the_panels_show_it(
     assert main(["attend", "--ckpt", str(tiny_checkpoint), str(source), "--out", str(out), "--json"]) == 0
     [line] = capsys.readouterr().out.splitlines()
     record = json.loads(line)
-    [expected] = captioner.caption(source, beam_size=3, erasure=True)
+    [expected] = captioner.caption(source, beam_size=3, faithfulness=True)
     assert record["caption"] == expected.caption and record["files"] == [str(out / f"{source.stem}.png")]
     assert [w["word"] for w in record["words"]] == expected.words
-    for word, erasure in zip(record["words"], expected.erasure.as_json()):
-        assert word["p"] == pytest.approx(erasure["p"]) and 0 < word["p"] <= 1
-        assert word["p_looked_erased"] == pytest.approx(erasure["p_looked_erased"])
-        assert word["cells_erased"] >= 1 and 0 < word["spread"] <= 1
-    assert drawn[0]["notes"] == expected.erasure.notes()
-    assert drawn[0]["notes"][0].startswith(f"erase where it looked: {record['words'][0]['p']:.2f} → ")
+    for word, tested in zip(record["words"], expected.faithfulness.as_json()):
+        assert word["p"] == pytest.approx(tested["p"]) and 0 < word["p"] <= 1
+        assert word["p_no_look"] == pytest.approx(tested["p_no_look"])
+        assert word["area_attention"] == pytest.approx(tested["area_attention"])
+        assert word["faithful"] == tested["faithful"] and 0 < word["spread"] <= 1
+    assert drawn[0]["notes"] == expected.faithfulness.notes()
+    assert drawn[0]["notes"][0].startswith(f"no look: {record['words'][0]['p']:.2f} → ")

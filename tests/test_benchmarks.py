@@ -80,3 +80,19 @@ def test_data_check_benchmark_checks_every_image_and_caption_it_made():
     assert results["checked_images"] == results["images"] == 200
     assert results["checked_captions"] == results["captions"] > 5 * 200
     assert 0 < results["seconds"] < 60 and results["peak_rss_mb"] > 0
+
+
+def test_faithfulness_ranking_prints_one_row_per_checkpoint(tiny_checkpoint, synth_data, capsys):
+    from benchmarks import faithfulness_ranking
+
+    assert faithfulness_ranking.main(["--data", str(synth_data), "--ckpt", str(tiny_checkpoint)]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    row = json.loads(line)
+    assert row["ckpt"] == str(tiny_checkpoint) and row["images"] == 8 and row["split"] == "test"
+    for name in ("pointing_game", "attention_in_box", "chance_pointing_game", "object_median_spread"):
+        assert 0 <= row[name] <= 1, name
+    # Grounding and the deletion test count the same object words.
+    assert row["object_deletion_words"] == row["grounded_words"] >= 1
+    assert 0 <= row["object_deletion_dependent_share"] <= 1 and row["deletion_words"] >= row["object_deletion_words"]
+    faithful = row["object_deletion_faithfulness"]
+    assert (faithful is None) == (row["object_deletion_dependent_words"] == 0)

@@ -39,25 +39,28 @@ def test_grounding_scores_join_when_the_split_has_boxes(no_coco_metrics):
     assert scores["grounded_words"] == 1 and scores["dangling_endings"] == 0.0
 
 
-def test_erasure_aggregates_join_when_every_image_has_its_test(no_coco_metrics):
-    from captioner.evaluation.erasure import WordErasure
+def test_faithfulness_aggregates_join_when_every_image_has_its_test(no_coco_metrics):
+    from captioner.evaluation.faithfulness import WordDeletion
 
-    def erasure(looked: list[float]) -> WordErasure:
-        n = len(looked)
-        log_p = torch.full((n,), -0.1)
-        return WordErasure(log_p, torch.tensor(looked), torch.full((n, 2), -0.2), torch.ones(n), torch.full((n,), 0.25))
+    def deletion(no_look: list[float]) -> WordDeletion:
+        # Order 0 (by α) loses the word at the first point, the one random order only at the end.
+        n = len(no_look)
+        curves = torch.tensor([[-3.0, -3.0], [-0.1, -0.1]]).expand(n, 2, 2)
+        return WordDeletion(
+            torch.full((n,), -0.1), torch.tensor(no_look), torch.tensor([0.25, 0.5]), curves, torch.ones(n)
+        )
 
     first = _image(1, "a red circle")
     second = _image(2, "a circle")
     images = [
-        dataclasses.replace(first, erasure=erasure([-0.1, -3.0, -0.1])),  # "a" is a function word: left out
-        dataclasses.replace(second, erasure=erasure([-3.0, -3.0])),
+        dataclasses.replace(first, faithfulness=deletion([-3.0, -3.0, -0.1])),  # "a" is a function word: left out
+        dataclasses.replace(second, faithfulness=deletion([-3.0, -3.0])),
     ]
     boxes = {1: [Box("circle", 0, 0, 8, 8)], 2: [Box("circle", 0, 0, 8, 8)]}
     scores = score_images(images, boxes, (2, 2))
-    # Content words: red (faithful), circle (not: 0 < 0.1), circle (faithful).
-    assert scores["erasure_words"] == 3 and scores["erasure_faithfulness"] == pytest.approx(2 / 3)
-    assert scores["erasure_looked_drop"] == pytest.approx((2.9 + 0.0 + 2.9) / 3)
-    assert scores["erasure_random_drop"] == pytest.approx(0.1)
-    assert scores["object_erasure_words"] == 2 and scores["object_erasure_faithfulness"] == 0.5
-    assert "erasure_words" not in score_images([first], boxes, (2, 2))  # not run: not reported
+    # Content words: red and the second circle, image-dependent and faithful; the first circle loses
+    # nothing without its look.
+    assert scores["deletion_words"] == 3 and scores["deletion_dependent_words"] == 2
+    assert scores["deletion_faithfulness"] == 1.0 and scores["deletion_dependent_share"] == pytest.approx(2 / 3)
+    assert scores["object_deletion_words"] == 2 and scores["object_deletion_dependent_words"] == 1
+    assert "deletion_words" not in score_images([first], boxes, (2, 2))  # not run: not reported

@@ -68,7 +68,7 @@ def test_every_field_of_a_caption(client, captioner, test_images):
 
     assert response.status_code == 200
     body = response.json()
-    assert body["options"] == {"beam_size": 2, "max_len": 12, "erasure": 0}
+    assert body["options"] == {"beam_size": 2, "max_len": 12, "faithfulness": 0}
     expected = captioner.caption([Image.open(io.BytesIO(wide)), test_images[1]], beam_size=2, max_len=12)
     rows, cols = captioner.grid
     for index, (entry, want, name) in enumerate(zip(body["results"], expected, ["wide.png", "second.png"])):
@@ -77,7 +77,7 @@ def test_every_field_of_a_caption(client, captioner, test_images):
         assert entry["tokens"] == want.words and entry["token_ids"] == want.tokens
         assert 1 <= len(entry["tokens"]) <= 12
         assert entry["score"] == pytest.approx(want.score, abs=1e-4)
-        assert entry["grid"] == {"rows": rows, "cols": cols} and "erasure" not in entry  # only when asked
+        assert entry["grid"] == {"rows": rows, "cols": cols} and "faithfulness" not in entry  # only when asked
         attention = np.array(entry["attention"])
         assert attention.shape == (len(entry["tokens"]), rows, cols)
         np.testing.assert_allclose(attention.reshape(len(entry["tokens"]), -1), want.alphas.numpy(), atol=1e-6)
@@ -94,21 +94,37 @@ def test_options_change_the_decoding(client, captioner, test_images):
     assert default["options"] == {
         "beam_size": captioner.decoding.beam_size,
         "max_len": captioner.decoding.max_len,
-        "erasure": 0,
+        "faithfulness": 0,
     }
 
 
-def test_erasure_per_word_when_asked(client, captioner, test_images):
-    response = _post(client, [("a.png", _png(test_images[3]))], beam_size=2, erasure=1)
-    assert response.status_code == 200 and response.json()["options"]["erasure"] == 1
+def test_faithfulness_per_word_when_asked(client, captioner, test_images):
+    response = _post(client, [("a.png", _png(test_images[3]))], beam_size=2, faithfulness=1)
+    assert response.status_code == 200 and response.json()["options"]["faithfulness"] == 1
     entry = response.json()["results"][0]
-    [want] = captioner.caption(test_images[3], beam_size=2, erasure=True)
-    assert len(entry["erasure"]) == len(entry["tokens"])
-    for got, expected in zip(entry["erasure"], want.erasure.as_json()):
-        assert got == pytest.approx(expected)
-        assert set(got) == {"p", "p_looked_erased", "p_random_erased", "cells_erased", "spread", "faithful"}
-    bad = _post(client, [("a.png", _png(test_images[3]))], erasure=2)
-    assert bad.status_code == 422 and bad.json()["detail"] == "erasure must be 0 or 1, got '2'"
+    [want] = captioner.caption(test_images[3], beam_size=2, faithfulness=True)
+    assert len(entry["faithfulness"]) == len(entry["tokens"])
+    for got, expected in zip(entry["faithfulness"], want.faithfulness.as_json()):
+        for key, value in expected.items():
+            assert got[key] == (value if value is None or isinstance(value, bool) else pytest.approx(value)), key
+        assert set(got) == {
+            "p",
+            "p_no_look",
+            "image_dependent",
+            "erased",
+            "p_attention_order",
+            "p_random_orders",
+            "area_attention",
+            "area_random",
+            "area_random_min",
+            "faithful",
+            "lead",
+            "spread",
+        }
+    bad = _post(client, [("a.png", _png(test_images[3]))], faithfulness=2)
+    assert bad.status_code == 422 and bad.json()["detail"] == "faithfulness must be 0 or 1, got '2'"
+    old = _post(client, [("a.png", _png(test_images[3]))], erasure=1)  # the half-α test's option is gone
+    assert old.status_code == 422 and "unknown form field 'erasure'" in old.json()["detail"]
 
 
 def test_health_model_and_overlay(client, captioner):

@@ -142,13 +142,20 @@ def test_upload_caption_hover_focus_and_beam_size(server, browser, synth_data, t
     assert first.shape == (240, 320, 4)
     _assert_heat_matches(first, result["attention"][0])
     assert "shown" in words[0].get_attribute("class")
-    # Beside the map: the word's spread and erasure test, as the service computed them.
-    erasure = result["erasure"][0]
-    assert browser.find_element(By.ID, "erasure").text == (
-        f"half of α on {round(100 * erasure['spread'])}% of the image · "
-        f"erasing where it looked: {erasure['p']:.2f} → {erasure['p_looked_erased']:.2f}; "
-        f"erasing as many random cells: {erasure['p']:.2f} → {erasure['p_random_erased']:.2f}"
+    # Beside the map: the word's spread and deletion test, as the service computed them.
+    word = result["faithfulness"][0]
+    shown = browser.find_element(By.ID, "faithfulness").text
+    assert shown.startswith(
+        f"half of α on {round(100 * word['spread'])}% of the image · "
+        f"without its look: {word['p']:.2f} → {word['p_no_look']:.2f}"
     )
+    if word["faithful"] is None:
+        assert shown.endswith(", does not depend on the image")
+    else:
+        assert shown.endswith(
+            f"erasing cells by α: area {word['area_attention']:.2f}, random orders ≥ "
+            f"{word['area_random_min']:.2f}: {'faithful' if word['faithful'] else 'not faithful'}"
+        )
     ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#legend-ticks span")]
     assert ticks == [label.replace("\n", " ") for _, label in HEATMAP.legend(16)]
 

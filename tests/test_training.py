@@ -76,7 +76,7 @@ def test_loss_falls_and_metrics_are_logged(trained):
     assert len(val_rows) == 4  # one per epoch
     for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "pointing_game", "attention_in_box"):
         assert f"val/{name}" in cli.trainer.callback_metrics
-    assert "val/erasure_faithfulness" not in cli.trainer.callback_metrics  # model.validation_erasure is off
+    assert "val/deletion_faithfulness" not in cli.trainer.callback_metrics  # model.validation_faithfulness is off
 
 
 def test_checkpoints_and_reload_give_same_captions(trained):
@@ -115,9 +115,9 @@ def test_test_subcommand_writes_metrics_json(trained, synth_data):
     # Each image has at least one object, and every caption names its kinds, so grounding
     # counted at least one word per image decoded.
     assert metrics["test/grounded_words"] >= 1
-    # Each word's erasure test runs at test time (not in validation, unless asked).
-    assert 0.0 <= metrics["test/erasure_faithfulness"] <= 1.0 and metrics["test/erasure_words"] >= 1
-    assert metrics["test/object_erasure_words"] >= 1 and "test/object_erasure_looked_drop" in metrics
+    # Each word's deletion test runs at test time (not in validation, unless asked).
+    assert metrics["test/deletion_words"] >= 1 and 0.0 <= metrics["test/deletion_dependent_share"] <= 1.0
+    assert metrics["test/object_deletion_words"] >= 1 and "test/object_deletion_faithfulness" in metrics
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["test/CIDEr"] >= 0.0
 
@@ -143,10 +143,12 @@ def test_a_checkpoint_from_before_the_model_object_still_tests(trained, synth_da
     _cli, run = trained
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     # As captioner wrote it before: encoder.*/decoder.* at the top, the optimiser's settings
-    # flat among the hyper-parameters, the runtime switches beside them.
+    # flat among the hyper-parameters, the runtime switches beside them, the faithfulness switch
+    # under its old name.
     checkpoint["state_dict"] = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     hparams = checkpoint["hyper_parameters"]
     hparams.update(hparams.pop("optimizer"), compile=False, tf32=True)
+    hparams["validation_erasure"] = hparams.pop("validation_faithfulness")
     (tmp_path / "old").mkdir()
     (tmp_path / "new").mkdir()
     torch.save(checkpoint, tmp_path / "old" / "best.ckpt")

@@ -47,7 +47,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert re.search(r"^July 20th 1969 → [0-9-]{1,10}$", printed, re.MULTILINE)
     assert re.search(r"^T_x = +\d+: +[\d.]+ ms per step", printed, re.MULTILINE)
     assert len(re.findall(r"\.png: caption: +\S", printed)) == 3
-    assert "erasure check" in printed
+    assert "deletion test of" in printed
     # α matrix, the cost plot, three overlays
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) == 5

@@ -6,12 +6,13 @@
 Writes `OUT/<image name>.png` per image: the image, then one panel per emitted word with
 its attention as a heat map over the image (one scale for all words, with a colour bar of
 α; see docs/attention.md), the word as the panel's title, and under it the share of the
-image holding half its attention and its erasure test: p(word) as decoded → after erasing
-the cells where it looked, and after erasing as many random cells. With --per-word, also
+image holding half its attention and its deletion test (docs/attention.md): p(word) as
+decoded → with no look at all, and whether erasing its cells in order of α takes the word
+away sooner than every random order (faithful), or "not image-dependent". With --per-word, also
 `OUT/<image name>/<t>_<word>.png`, one file per word. Overlays are drawn over the original
 image (upright, at its own size): the attention grid covers the whole image, whatever size
 the model saw. Prints each path written, or with --json one JSON line per image (its
-caption, files and per-word erasure results). Unreadable images, and images too long and
+caption, files and per-word deletion results). Unreadable images, and images too long and
 thin to draw (one side over MAX_DRAWN_ASPECT times the other), are reported on stderr and
 skipped, exit status 1, as in `captioner caption`. An --out that cannot be a folder to write
 in (a file, under a file, a read-only or virtual file system) is one error line, exit status 2,
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     make_folder(args.out)
     captioner = open_captioner(args)
     style = HeatmapStyle(scale=args.scale)
-    images = CaptionRun(captioner, args.images, args, "drawing attention", erasure=True)
+    images = CaptionRun(captioner, args.images, args, "drawing attention", faithfulness=True)
     names: set[str] = set()
     undrawn = 0
     for item in images:
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 cols=args.cols,
                 smooth=args.smooth,
                 per_word_dir=args.out / name if args.per_word else None,
-                notes=result.erasure.notes(),
+                notes=result.faithfulness.notes(),
                 style=style,
             )
         except (OSError, ValueError) as error:  # this image's figure could not be made or written
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             undrawn += 1
             continue
         if args.json:
-            words = [{"word": w, **e} for w, e in zip(result.words, result.erasure.as_json())]
+            words = [{"word": w, **f} for w, f in zip(result.words, result.faithfulness.as_json())]
             line = {"image": str(item.path), "caption": result.caption, "files": [str(p) for p in written]}
             print(json.dumps({**line, "words": words}), flush=True)
         else:

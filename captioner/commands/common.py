@@ -122,7 +122,7 @@ class CaptionRun:
 
     Inputs that name no image and unreadable images are reported on stderr and counted in
     `failed`, and the run goes on. `full_size=False` when the images are not drawn on
-    (see `Captioner.caption_files`); `erasure` adds each word's erasure test to the results.
+    (see `Captioner.caption_files`); `faithfulness` adds each word's deletion test to the results.
     """
 
     def __init__(
@@ -132,11 +132,11 @@ class CaptionRun:
         args: argparse.Namespace,
         description: str,
         full_size: bool = True,
-        erasure: bool = False,
+        faithfulness: bool = False,
     ):
         self.captioner = captioner
         self.full_size = full_size
-        self.erasure = erasure
+        self.faithfulness = faithfulness
         self.inputs = inputs
         self.args = args
         self.description = description
@@ -153,7 +153,7 @@ class CaptionRun:
             max_len=args.max_len,
             batch_size=args.batch_size,
             full_size=self.full_size,
-            erasure=self.erasure,
+            faithfulness=self.faithfulness,
         )
         with progress(len(files), self.description) as advance:
             for item in self.captioner.caption_files(files, **options):

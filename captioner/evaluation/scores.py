@@ -11,8 +11,8 @@ word that cannot end an English caption (`dangling_endings`: "a", "an", "the", "
 comma; what a degenerate caption looks like after self-critical training), plus, where the
 split has boxes, the grounding scores and how many words they were computed over
 (`grounded_words`), so a pointing game over 3 words is not mistaken for one over 3,000; and,
-when the images carry their erasure tests, the erasure aggregates (`erasure_faithfulness`, ...;
-`object_erasure_*` where the split has boxes; see `captioner.evaluation.erasure`).
+when the images carry their deletion tests, the faithfulness aggregates (`deletion_faithfulness`,
+...; `object_deletion_*` where the split has boxes; see `captioner.evaluation.faithfulness`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from captioner.data.records import Box
 from captioner.evaluation.captions import caption_scores
-from captioner.evaluation.erasure import WordErasure, erasure_scores
+from captioner.evaluation.faithfulness import WordDeletion, faithfulness_scores
 from captioner.evaluation.grounding import GroundingSample, coco_category_words, grounding_scores
 
 DANGLING_WORDS = frozenset({"a", "an", "the", "and", ","})
@@ -35,7 +35,8 @@ class DecodedImage:
     """One evaluated image: its caption, references, and the attention behind each word.
 
     alphas: (L, P) float CPU tensor, one row per word of `words`; size: the image's (W, H)
-    before resizing, the pixels its boxes are given in; erasure: its words' erasure tests, when run.
+    before resizing, the pixels its boxes are given in; faithfulness: its words' deletion tests,
+    when run.
     """
 
     image_id: int
@@ -44,7 +45,7 @@ class DecodedImage:
     words: tuple[str, ...]
     alphas: torch.Tensor
     size: tuple[int, int]
-    erasure: WordErasure | None = None
+    faithfulness: WordDeletion | None = None
 
 
 def gather_across_ranks(images: list[DecodedImage], world_size: int) -> list[DecodedImage]:
@@ -67,8 +68,8 @@ def score_images(
     """COCO caption metrics over the images (each image id once), and with `boxes` (image id ->
     boxes; empty when the split has none) `pointing_game`, `attention_in_box`,
     `chance_pointing_game` and `grounded_words`; always `mean_length` (words) and
-    `dangling_endings` (share of captions); the erasure aggregates when every image has its
-    erasure test. {} when there are no images."""
+    `dangling_endings` (share of captions); the faithfulness aggregates when every image has its
+    deletion test. {} when there are no images."""
     by_image = {image.image_id: image for image in images}
     if not by_image:
         return {}
@@ -84,10 +85,10 @@ def score_images(
     ) / len(words)
     if boxes:
         scores.update(grounding_of(list(by_image.values()), boxes, grid))
-    if all(image.erasure is not None for image in by_image.values()):
-        erasures = [image.erasure for image in by_image.values()]
+    if all(image.faithfulness is not None for image in by_image.values()):
+        deletions = [image.faithfulness for image in by_image.values()]
         categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
-        scores.update(erasure_scores(words, erasures, coco_category_words(categories) if boxes else None))
+        scores.update(faithfulness_scores(words, deletions, coco_category_words(categories) if boxes else None))
     return scores
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 from captioner.data import ImageLoadError, image_transform, load_image
 from captioner.data.images import load_image_for, to_upright_rgb
 from captioner.errors import CaptionerError, require_positive
-from captioner.evaluation.erasure import WordErasure, erase_words
+from captioner.evaluation.faithfulness import WordDeletion, deletion_curves
 from captioner.inference.checkpoint import LoadedModel, load_model
 from captioner.inference.precision import check_precision, inference_model
 from captioner.models.captioner import ShowAttendTell
@@ -54,8 +54,9 @@ class CaptionResult:
             P grid cells while word t was emitted; each row sums to 1.
         grid: (rows, cols) of the attention grid, P = rows·cols, cells row-major over the
             whole image (see `captioner.viz.overlay.attention_map`).
-        erasure: per word, p(word) as decoded, after erasing where it looked and after erasing
-            as many random cells (`captioner.evaluation.erasure`); None unless asked for.
+        faithfulness: per word, its deletion test (`captioner.evaluation.faithfulness`): p(word)
+            as its cells are erased in order of α and in random orders, with no look at all,
+            whether it is image-dependent and whether it is faithful; None unless asked for.
     """
 
     tokens: list[int]
@@ -64,7 +65,7 @@ class CaptionResult:
     score: float
     alphas: torch.Tensor
     grid: tuple[int, int]
-    erasure: WordErasure | None = None
+    faithfulness: WordDeletion | None = None
 
 
 @dataclass(frozen=True)
@@ -172,16 +173,16 @@ class Captioner:
         images: ImageInput | Iterable[ImageInput],
         *,
         batch_size: int = 16,
-        erasure: bool = False,
+        faithfulness: bool = False,
         **decoding: int | bool | None,
     ) -> list[CaptionResult]:
         """Caption `images` (one item or a sequence; a (B, 3, S, S) tensor counts as B images).
 
-        Returns one result per image, in order; with `erasure`, each with its per-word erasure
-        test (costs about one more decoding pass). `decoding` keywords (beam_size, max_len,
-        length_normalize, allow_unk; see `DecodingConfig`) override the checkpoint's settings;
-        None keeps them; `beam_size=1` decodes greedily. Images are read and decoded
-        `batch_size` at a time. Raises `ImageLoadError` for an unreadable path (use
+        Returns one result per image, in order; with `faithfulness`, each with its per-word
+        deletion test (costs several decoding passes; docs/attention.md). `decoding` keywords
+        (beam_size, max_len, length_normalize, allow_unk; see `DecodingConfig`) override the
+        checkpoint's settings; None keeps them; `beam_size=1` decodes greedily. Images are read
+        and decoded `batch_size` at a time. Raises `ImageLoadError` for an unreadable path (use
         `caption_files` to go on past bad files) and CaptionerError for bad settings.
         """
         require_positive(batch_size=batch_size)
@@ -191,10 +192,10 @@ class Captioner:
         for image in _flatten(images):
             batch.append(self.to_tensor(image))
             if len(batch) == batch_size:
-                results.extend(self._decode(torch.stack(batch), settings, erasure))
+                results.extend(self._decode(torch.stack(batch), settings, faithfulness))
                 batch = []
         if batch:
-            results.extend(self._decode(torch.stack(batch), settings, erasure))
+            results.extend(self._decode(torch.stack(batch), settings, faithfulness))
         return results
 
     def decoding_settings(self, **overrides: int | bool | None) -> DecodingConfig:
@@ -236,19 +237,21 @@ class Captioner:
             yield FileCaption(path, image, None if image is None else next(results), error)
 
     @torch.inference_mode()
-    def _decode(self, images: torch.Tensor, settings: DecodingConfig, erasure: bool = False) -> list[CaptionResult]:
+    def _decode(
+        self, images: torch.Tensor, settings: DecodingConfig, faithfulness: bool = False
+    ) -> list[CaptionResult]:
         """images (B, 3, S, S) -> B results."""
         if self.runtime is None:  # int8 without calibration images: calibrate on this first batch
             self._prepare(images)
         annotations = self.runtime.encode(images.to(self.device))
         captions = self.runtime.caption(annotations, self.vocab, settings)
-        if not erasure:
+        if not faithfulness:
             return [self._result(caption) for caption in captions]
         tokens = [caption.tokens for caption in captions]
-        erased = erase_words(
+        deletions = deletion_curves(
             self.runtime.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask
         )
-        return [dataclasses.replace(self._result(c), erasure=e) for c, e in zip(captions, erased)]
+        return [dataclasses.replace(self._result(c), faithfulness=d) for c, d in zip(captions, deletions)]
 
     def _result(self, caption: Caption) -> CaptionResult:
         # Decoding returns the words only (no <start>/<end>), one α row each.

@@ -211,12 +211,14 @@ def model_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # CLI's `runtime` section, and are not the checkpoint's to decide.
 _GROUPED = {"optimizer": ("decoder_lr", "encoder_lr", "weight_decay", "lr_schedule", "lr_decay", "lr_patience")}
 _DROPPED = ("compile", "tf32")
+# Settings under a new name: the half-α erasure test gave way to the deletion test of faithfulness.
+_RENAMED_SETTINGS = {"validation_erasure": "validation_faithfulness"}
 
 
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """A captioning checkpoint's hyper-parameters in today's layout (older checkpoints kept the
-    optimiser's settings flat and the runtime switches among them)."""
-    hparams = {key: value for key, value in hparams.items() if key not in _DROPPED}
+    optimiser's settings flat, the runtime switches among them, and some settings under old names)."""
+    hparams = {_RENAMED_SETTINGS.get(key, key): value for key, value in hparams.items() if key not in _DROPPED}
     for group, names in _GROUPED.items():
         moved = {name: hparams.pop(name) for name in names if name in hparams}
         if moved:

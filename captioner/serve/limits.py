@@ -56,9 +56,9 @@ class Limits:
 
 # Form field -> the Limits attribute bounding it.
 OPTION_BOUNDS = {"beam_size": "max_beam_size", "max_len": "max_caption_len"}
-# Form fields that are 0 (off, the default) or 1. erasure: each word's erasure test
-# (captioner.evaluation.erasure), about one more decoding pass (docs/attention.md).
-FLAGS = ("erasure",)
+# Form fields that are 0 (off, the default) or 1. faithfulness: each word's deletion test
+# (captioner.evaluation.faithfulness), several decoding passes' worth (docs/attention.md).
+FLAGS = ("faithfulness",)
 
 
 def parse_options(form: Mapping[str, str], defaults: Mapping[str, int], limits: Limits) -> dict[str, int]:

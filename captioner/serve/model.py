@@ -93,9 +93,9 @@ class CaptionModel:
                 prepared.append(error)
         good = [item for item in prepared if isinstance(item, Prepared)]
         # Requests with equal settings share batches: the frozen DecodingConfig and whether to test
-        # erasure are the batching key.
-        decoding = {name: value for name, value in options.items() if name != "erasure"}
-        key = (self.captioner.decoding_settings(**decoding), bool(options.get("erasure")))
+        # faithfulness are the batching key.
+        decoding = {name: value for name, value in options.items() if name != "faithfulness"}
+        key = (self.captioner.decoding_settings(**decoding), bool(options.get("faithfulness")))
         results = iter(await self.batcher.submit(key, [item.tensor for item in good]) if good else [])
         entries = []
         for index, (upload, item) in enumerate(zip(uploads, prepared)):
@@ -109,8 +109,8 @@ class CaptionModel:
 
     def _decode(self, key: tuple[DecodingConfig, bool], tensors: list[torch.Tensor]) -> list[CaptionResult]:
         """Runs in the batcher's worker thread: one decoding call for the whole batch."""
-        settings, erasure = key
-        return self.captioner.caption(tensors, batch_size=len(tensors), erasure=erasure, **settings.to_dict())
+        settings, faithfulness = key
+        return self.captioner.caption(tensors, batch_size=len(tensors), faithfulness=faithfulness, **settings.to_dict())
 
     def _result_json(self, result: CaptionResult, size: tuple[int, int]) -> dict[str, Any]:
         rows, cols = result.grid
@@ -124,8 +124,8 @@ class CaptionModel:
             "grid": {"rows": rows, "cols": cols},
             "image": {"width": size[0], "height": size[1]},
         }
-        if result.erasure is not None:  # per word: p, p_looked_erased, p_random_erased, cells_erased, spread, faithful
-            entry["erasure"] = result.erasure.as_json()
+        if result.faithfulness is not None:  # per word: WordDeletion.as_json (docs/attention.md)
+            entry["faithfulness"] = result.faithfulness.as_json()
         return entry
 
     def _describe(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ async def overlay_style() -> dict[str, Any]:
 @router.post("/v1/captions", openapi_extra=_UPLOAD_SCHEMA)
 async def captions(request: Request) -> FiniteJSONResponse:
     """Caption every file of the multipart field `images`; options beam_size and max_len, and
-    erasure=1 for each word's erasure test.
+    faithfulness=1 for each word's deletion test.
 
     200 when at least one image was captioned (unreadable ones carry `error`), 422 when none was.
     """

@@ -27,7 +27,7 @@ from torch import nn
 
 from captioner.data.records import Box, ImageRecord
 from captioner.errors import CaptionerError
-from captioner.evaluation.erasure import erase_words
+from captioner.evaluation.faithfulness import deletion_curves
 from captioner.evaluation.scores import DecodedImage, gather_across_ranks, grounding_of, score_images
 from captioner.inference.checkpoint import check_vocabulary, load_weights, model_state
 from captioner.models import DecoderConfig, Encoder, EncoderConfig
@@ -92,12 +92,12 @@ class CaptioningModule(pl.LightningModule):
             of the val pointing game below the starting model's that a checkpoint may have.
             Validation then logs `val/grounded_CIDEr`, the CIDEr of epochs whose grounding holds
             and 0 for the others, for `checkpoint.monitor`; a stage that never holds says so.
-            Without boxes it warns and `val/grounded_CIDEr` is the CIDEr (the erasure score in
-            metrics.json is then the box-free check).
+            Without boxes it warns and `val/grounded_CIDEr` is the CIDEr (the deletion faithfulness
+            in metrics.json is then the box-free check).
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
-        validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
-            validation too and log `val/erasure_*`; the test stage always does. Off by default: it
-            adds from a tenth to over half of validation time (docs/attention.md).
+        validation_faithfulness: run each word's deletion test (`captioner.evaluation.faithfulness`)
+            in validation too and log `val/deletion_*`; the test stage always does. Off by default:
+            on the demo it adds about half again to validation time (docs/attention.md).
         skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
             backward, so no weight or Adam-state update; Lightning still counts the step), warn
             and count it in `train/nonfinite_skips`, instead of stopping the run with an error.
@@ -119,7 +119,7 @@ class CaptioningModule(pl.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         keep_if_grounded: float | None = None,
         spice: bool = False,
-        validation_erasure: bool = False,
+        validation_faithfulness: bool = False,
         skip_nonfinite_loss: bool = False,
     ) -> None:
         super().__init__()
@@ -274,16 +274,18 @@ class CaptioningModule(pl.LightningModule):
         """One `Caption` per image of the batch, decoded with `decoding`."""
         return self.model.caption(batch_annotations(self.model, batch), self.vocab, self.decoding)
 
-    def _decode_batch(self, batch: dict[str, Any], erasure: bool = False) -> list[DecodedImage]:
-        """The batch's images decoded; with `erasure`, each word's erasure test too
-        (`captioner.evaluation.erasure`), scored with the captions."""
+    def _decode_batch(self, batch: dict[str, Any], faithfulness: bool = False) -> list[DecodedImage]:
+        """The batch's images decoded; with `faithfulness`, each word's deletion test too
+        (`captioner.evaluation.faithfulness`), scored with the captions."""
         with torch.inference_mode():
             annotations = batch_annotations(self.model, batch)
             captions = self.model.caption(annotations, self.vocab, self.decoding)
         tokens = [caption.tokens for caption in captions]
-        erasures = (
-            erase_words(self.model.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask)
-            if erasure
+        deletions = (
+            deletion_curves(
+                self.model.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask
+            )
+            if faithfulness
             else [None] * len(tokens)
         )
         return [
@@ -294,17 +296,17 @@ class CaptioningModule(pl.LightningModule):
                 words=tuple(self.vocab.decode_tokens(caption.tokens)),
                 alphas=caption.alphas.float().cpu(),
                 size=tuple(batch["sizes"][i].tolist()),
-                erasure=erasures[i],
+                faithfulness=deletions[i],
             )
             for i, caption in enumerate(captions)
         ]
 
     # ------------------------------------------------------ validation and test
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch, self.hparams.validation_erasure))
+        self._eval_images.extend(self._decode_batch(batch, self.hparams.validation_faithfulness))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch, erasure=True))
+        self._eval_images.extend(self._decode_batch(batch, faithfulness=True))
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -318,7 +320,7 @@ class CaptioningModule(pl.LightningModule):
         if not self._boxes("val"):
             rank_zero_warn(
                 "model.keep_if_grounded needs boxes (instances_*.json) in the val split; without them every "
-                "checkpoint is kept on CIDEr alone: check the erasure score of the result instead"
+                "checkpoint is kept on CIDEr alone: check the deletion faithfulness of the result instead"
             )
             return
         self._start_pointing = self._pointing_game_now()

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from captioner.arrays import to_numpy
-from captioner.evaluation.erasure import attention_spread
+from captioner.evaluation.faithfulness import attention_spread
 
 __all__ = ["HEATMAP", "SCALES", "HeatmapStyle", "attention_map", "draw_attention", "save_attention", "spread_label"]
 
@@ -155,7 +155,7 @@ def attention_map(alpha: Any, grid: tuple[int, int], image_size: tuple[int, int]
 
 def spread_label(alpha: Any) -> str:
     """How spread out one word's attention (P,) is, in words: the share of the image that
-    holds half of it (`captioner.evaluation.erasure.attention_spread`)."""
+    holds half of it (`captioner.evaluation.faithfulness.attention_spread`)."""
     share = float(attention_spread(torch.as_tensor(to_numpy(alpha))))
     return f"half of α on {share:.0%} of the image"
 
@@ -182,7 +182,7 @@ def draw_attention(
         grid: (rows, cols) of the attention grid, rows·cols = P.
         cols: panels per figure row.
         title: the first panel's title (e.g. the whole caption).
-        notes: one more line of text per word under its panel (e.g. its erasure result).
+        notes: one more line of text per word under its panel (e.g. its deletion test).
         style: the drawing rules; ``HEATMAP`` by default.
     """
     weights = to_numpy(alphas)

@@ -1,7 +1,7 @@
 // The attention page: caption an image through POST /v1/captions and draw where each word
 // looked, from the JSON grid, with the drawing rules of GET /v1/overlay (captioner/viz/overlay.py:
 // the same as `captioner attend` and `captioner gallery`): one colour scale for every word, shown
-// by the legend, and beside the map the word's spread and erasure test (docs/attention.md).
+// by the legend, and beside the map the word's spread and deletion test (docs/attention.md).
 "use strict";
 
 // The canvases hold at most this many pixels on their longest side: enough for the screen,
@@ -73,7 +73,7 @@ function drawLegend(lut, ticks) {
 function describeMetrics(metrics) {
   if (!metrics) return "";
   const shown = Object.entries(metrics)
-    .filter(([name]) => /bleu.?4|cider|pointing|object_erasure_faithfulness/i.test(name))
+    .filter(([name]) => /bleu.?4|cider|pointing|object_deletion_faithfulness/i.test(name))
     .map(([name, value]) => `${name.replace(/^test\//, "")} ${value.toFixed(3)}`);
   return shown.length ? ` · ${shown.join(", ")}` : "";
 }
@@ -93,7 +93,7 @@ async function caption(file) {
   const form = new FormData();
   form.append("images", file, file.name);
   form.append("beam_size", $("beam").value);
-  form.append("erasure", "1");
+  form.append("faithfulness", "1");
   let body;
   let ok = false;
   try {
@@ -152,7 +152,7 @@ function showResult(entry) {
   );
   $("score").textContent = `score ${entry.score.toFixed(3)} (log-probability per word)`;
   $("looking").textContent = "";
-  $("erasure").textContent = "";
+  $("faithfulness").textContent = "";
   $("result").hidden = false;
   setStatus(`${entry.image.width}×${entry.image.height} image: hover, tap or focus a word.`);
   document.body.dataset.state = "captioned";
@@ -209,7 +209,7 @@ function drawAttention(index) {
   if (index === null) {
     context.clearRect(0, 0, width, height);
     $("looking").textContent = "";
-    $("erasure").textContent = "";
+    $("faithfulness").textContent = "";
     return;
   }
   const grid = page.result.attention[index];
@@ -251,7 +251,7 @@ function drawAttention(index) {
   }
   context.putImageData(pixels, 0, 0);
   $("looking").textContent = `· showing where “${page.result.tokens[index]}” looked`;
-  $("erasure").textContent = describeErasure(page.result.erasure && page.result.erasure[index]);
+  $("faithfulness").textContent = describeFaithfulness(page.result.faithfulness && page.result.faithfulness[index]);
 }
 
 // HeatmapStyle.scaled: "relative" is log(α·P) / log(P) clipped to 0..1 (uniform and below: 0,
@@ -262,13 +262,18 @@ function scaleOf(value, cells, low, high) {
   return Math.min(Math.max(Math.log(value * cells) / Math.log(cells), 0), 1);
 }
 
-function describeErasure(entry) {
+// One word's deletion test (captioner/evaluation/faithfulness.py, WordDeletion.as_json).
+function describeFaithfulness(entry) {
   if (!entry) return "";
-  const p = (value) => (value === null ? "n/a" : value.toFixed(2));
+  const spread = `half of α on ${Math.round(100 * entry.spread)}% of the image · `;
+  const look = `without its look: ${entry.p.toFixed(2)} → ${entry.p_no_look.toFixed(2)}`;
+  if (entry.faithful === null) {
+    const why = entry.erased[0] === null ? "not measured" : "does not depend on the image";
+    return `${spread}${look}, ${why}`;
+  }
   return (
-    `half of α on ${Math.round(100 * entry.spread)}% of the image · ` +
-    `erasing where it looked: ${p(entry.p)} → ${p(entry.p_looked_erased)}; ` +
-    `erasing as many random cells: ${p(entry.p)} → ${p(entry.p_random_erased)}`
+    `${spread}${look}; erasing cells by α: area ${entry.area_attention.toFixed(2)}, ` +
+    `random orders ≥ ${entry.area_random_min.toFixed(2)}: ${entry.faithful ? "faithful" : "not faithful"}`
   );
 }
 
