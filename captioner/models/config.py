@@ -81,6 +81,17 @@ class EncoderConfig(PlainConfig):
         """(rows, cols) of the attention grid; α rows of length P = rows·cols are row-major over it."""
         return (self.grid_size, self.grid_size)
 
+    def feature_settings(self) -> dict[str, Any]:
+        """The fields that decide what the encoder computes for an image: every field but those in
+        `NOT_IN_FEATURES`, so a field added later counts unless it is listed there. Cached features
+        (`captioner.data.features`) made with other values do not fit the model."""
+        return {name: value for name, value in self.to_dict().items() if name not in NOT_IN_FEATURES}
+
+
+# `EncoderConfig` fields that leave the features of an image unchanged (in eval mode, where
+# features are extracted): what is trained, and the memory layout of the convolutions.
+NOT_IN_FEATURES = ("fine_tune", "channels_last")
+
 
 @dataclass(frozen=True)
 class DecoderConfig(PlainConfig):

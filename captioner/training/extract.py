@@ -23,23 +23,15 @@ from captioner.models import Encoder
 
 
 def encoder_settings(encoder: Encoder, image_size: int) -> dict[str, Any]:
-    """What decides the encoder's output, as plain data: cached features made with other settings
-    do not fit a model. The SHA-256 of its weights also tells two randomly initialised encoders
-    (weights null, another seed) apart."""
+    """What decides the encoder's output, as plain data: its config's `feature_settings`, the
+    image size, and the SHA-256 of its weights (which also tells two randomly initialised
+    encoders, weights null and another seed, apart). Cached features made with other settings
+    do not fit a model (`captioner.data.features.check_meta`)."""
     digest = hashlib.sha256()
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    config = encoder.config
-    return {
-        "backbone": config.backbone,
-        "weights": config.weights,
-        "stages": config.stages,
-        "grid_size": config.grid_size,
-        "coord_channels": config.coord_channels,
-        "image_size": image_size,
-        "encoder_sha256": digest.hexdigest(),
-    }
+    return {**encoder.config.feature_settings(), "image_size": image_size, "encoder_sha256": digest.hexdigest()}
 
 
 class EncoderPredictor(pl.LightningModule):
