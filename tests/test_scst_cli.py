@@ -31,9 +31,11 @@ def _scst_cli(synth_data: Path, out: Path, init_from: Path, *extra: str):
             str(out / "checkpoints"),
             "--model.init_from",
             str(init_from),
-            "--model.scst.samples",
+            "--model.objective",
+            "SelfCritical",
+            "--model.objective.samples",
             "2",
-            "--model.scst.baseline",
+            "--model.objective.baseline",
             "mean",
             "--model.decoding.max_len",
             "8",
@@ -61,7 +63,10 @@ def test_scst_fine_tunes_the_checkpoint_it_starts_from(tiny_checkpoint, synth_da
     tuned = _scst_run(synth_data, tmp_path / "tuned", tiny_checkpoint)
     assert any(not torch.equal(tensor, start[name]) for name, tensor in _decoder_state(tuned).items())
     hparams = load_checkpoint(tuned)["hyper_parameters"]
-    assert hparams["scst"] == {"samples": 2, "baseline": "mean"}
+    assert hparams["objective"] == {
+        "class_path": "captioner.training.objectives.self_critical.SelfCritical",
+        "init_args": {"samples": 2, "baseline": "mean"},
+    }
     assert load_model(tuned).model.decoder.config.attention == "soft"  # still a plain captioning checkpoint
 
 

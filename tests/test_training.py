@@ -143,10 +143,13 @@ def test_a_checkpoint_from_before_the_model_object_still_tests(trained, synth_da
     _cli, run = trained
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     # As captioner wrote it before: encoder.*/decoder.* at the top, the optimiser's settings
-    # flat among the hyper-parameters, the runtime switches beside them.
+    # flat among the hyper-parameters, the runtime switches beside them, the objective chosen by
+    # flags and the grounding gate a model setting.
     checkpoint["state_dict"] = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     hparams = checkpoint["hyper_parameters"]
     hparams.update(hparams.pop("optimizer"), compile=False, tf32=True)
+    hparams.update(hparams.pop("objective")["init_args"], hard_attention={"baseline": "moving_average"})
+    hparams.update(scst=None, keep_if_grounded=None)
     (tmp_path / "old").mkdir()
     (tmp_path / "new").mkdir()
     torch.save(checkpoint, tmp_path / "old" / "best.ckpt")

@@ -158,8 +158,14 @@ def check_vocabulary(words: list[str], vocab: Vocabulary, path: str | Path) -> N
 
 
 # Checkpoints written before the model was one object kept its parts and the hard-attention
-# baseline at the top of the state dict.
-_RENAMED = {"encoder.": "model.encoder.", "decoder.": "model.decoder.", "hard_baseline.": "objective.baseline."}
+# baseline at the top of the state dict; before objectives were chosen by class_path, that
+# baseline was `objective.baseline`.
+_RENAMED = {
+    "encoder.": "model.encoder.",
+    "decoder.": "model.decoder.",
+    "hard_baseline.": "objective.moving_average.",
+    "objective.baseline.": "objective.moving_average.",
+}
 
 
 def model_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -180,17 +186,36 @@ def model_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # CLI's `runtime` section, and are not the checkpoint's to decide.
 _GROUPED = {"optimizer": ("decoder_lr", "encoder_lr", "weight_decay", "lr_schedule", "lr_decay", "lr_patience")}
 _DROPPED = ("compile", "tf32")
+# Before objectives were chosen by class_path (`model.objective`), flags chose them: `scst`
+# settings, else a decoder with hard attention; λ and the entropy weight sat beside them.
+OBJECTIVES = "captioner.training.objectives."
+_LOSS_WEIGHTS = ("attention_lambda", "attention_entropy")
 
 
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """A captioning checkpoint's hyper-parameters in today's layout (older checkpoints kept the
-    optimiser's settings flat and the runtime switches among them)."""
-    hparams = {key: value for key, value in hparams.items() if key not in _DROPPED}
+    """A captioning or dates checkpoint's hyper-parameters in today's layout: older checkpoints
+    kept the optimiser's settings flat and the runtime switches among them, and chose their
+    objective by flags. The grounding gate (`keep_if_grounded`) is a callback now, not the model's."""
+    hparams = {key: value for key, value in hparams.items() if key not in (*_DROPPED, "keep_if_grounded")}
     for group, names in _GROUPED.items():
         moved = {name: hparams.pop(name) for name in names if name in hparams}
         if moved:
             hparams[group] = {**moved, **(hparams.get(group) or {})}
+    if "objective" not in hparams and any(key in hparams for key in (*_LOSS_WEIGHTS, "scst", "hard_attention")):
+        hparams["objective"] = _objective_of(hparams)
     return hparams
+
+
+def _objective_of(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The class_path and init_args of the objective an older checkpoint's flags chose; its
+    flags are taken out of `hparams`."""
+    weights = {name: hparams.pop(name) for name in _LOSS_WEIGHTS if name in hparams}
+    scst, hard = hparams.pop("scst", None), hparams.pop("hard_attention", None) or {}
+    if scst is not None:
+        return {"class_path": OBJECTIVES + "self_critical.SelfCritical", "init_args": dict(scst)}
+    if (hparams.get("decoder") or {}).get("attention") == "hard":
+        return {"class_path": OBJECTIVES + "hard_attention.HardAttention", "init_args": {**weights, **hard}}
+    return {"class_path": OBJECTIVES + "cross_entropy.CrossEntropy", "init_args": weights}
 
 
 def _load_model(path: Path, state: dict[str, Any], model: ShowAttendTell) -> None:

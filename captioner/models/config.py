@@ -114,7 +114,7 @@ class DecoderConfig(PlainConfig):
         Lu et al. 2017): the LSTM reads y_{t-1} first, α_t comes from h_t, and z_t feeds only
         the deep output of y_t, so what a word's attention gathers can serve that word alone.
         With hard attention each sampled location then affects only its own word, and is
-        rewarded with that word's log-likelihood alone (`hard_attention_terms`, per_step).
+        rewarded with that word's log-likelihood alone (`HardAttention.terms`, per_step).
     """
 
     embed_dim: int = 512

@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from captioner.errors import require_positive
-from captioner.training.objectives import batch_annotations
+from captioner.training.objectives.base import batch_annotations
 from captioner.viz.overlay import draw_attention
 
 __all__ = ["AttentionOverlayCallback"]

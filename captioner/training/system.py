@@ -2,9 +2,10 @@
 
     captioner train fit --config configs/shapes.yaml
 
-Training minimises cross-entropy over real tokens plus the doubly stochastic attention
-term; a hard-attention decoder adds the REINFORCE terms of its lower bound, and with `scst`
-the model is fine-tuned on the CIDEr-D of sampled captions instead (`captioner.training.objectives`):
+Training minimises the objective the config names (`model.objective`, one of
+`captioner.training.objectives`): by default cross-entropy over real tokens plus the doubly
+stochastic attention term; the paper's hard attention, or self-critical training on the CIDEr-D
+of sampled captions from a trained model:
 
     captioner train fit --config configs/shapes_scst.yaml --model.init_from runs/demo/checkpoints/best.ckpt
 
@@ -22,8 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from jsonargparse import lazy_instance
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import nn
 
 from captioner.data.records import Box, ImageRecord
 from captioner.errors import CaptionerError
@@ -34,17 +35,13 @@ from captioner.models import DecoderConfig, Encoder, EncoderConfig
 from captioner.models.captioner import ShowAttendTell
 from captioner.models.search import DecodingConfig
 from captioner.training.extract import encoder_settings
-from captioner.training.objectives import (
-    CrossEntropy,
-    HardAttention,
-    HardAttentionConfig,
-    ScstConfig,
-    SelfCritical,
-    SelfCriticalObjective,
-    batch_annotations,
-)
+from captioner.training.objectives import CrossEntropy, Objective
+from captioner.training.objectives.base import batch_annotations
 from captioner.training.optimization import OptimizerConfig, configure_optimizer
 from captioner.vocab import Vocabulary
+
+# What `model.objective` is unless the config names another (shown by --print_config).
+DEFAULT_OBJECTIVE = lazy_instance(CrossEntropy)
 
 
 @runtime_checkable
@@ -76,14 +73,8 @@ class CaptioningModule(pl.LightningModule):
         encoder: the CNN and its grid (`EncoderConfig`).
         decoder: the attention LSTM (`DecoderConfig`).
         decoding: how validation, test, predict and later captioning decode (`DecodingConfig`).
-        attention_lambda: weight λ of the doubly stochastic term Σ_i (1 − Σ_t α_ti)².
-        attention_entropy: weight of the mean entropy H(α_t) of each step's attention, added to
-            the loss (not in the paper; > 0 favours attention on few cells). 0 leaves it out.
-        hard_attention: the training objective of a decoder with `attention: hard`
-            (`HardAttentionConfig`: λ_r, λ_e, the chance of the expected context, the baseline's decay).
-        scst: self-critical training on CIDEr-D (`ScstConfig`: samples per image, baseline)
-            instead of cross-entropy; null trains with cross-entropy. Start it from a trained
-            model with `init_from`.
+        objective: what training minimises, by `class_path` (`captioner.training.objectives`);
+            `CrossEntropy` with its defaults unless the config names another.
         init_from: a checkpoint whose encoder and decoder weights this run starts from (same
             vocabulary and architecture); read when fitting starts, not when resuming with
             `--ckpt_path`, which restores everything.
@@ -111,10 +102,7 @@ class CaptioningModule(pl.LightningModule):
         encoder: EncoderConfig = EncoderConfig(),  # noqa: B008 - frozen, so one shared default is safe
         decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
         decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
-        attention_lambda: float = 1.0,
-        attention_entropy: float = 0.0,
-        hard_attention: HardAttentionConfig = HardAttentionConfig(),  # noqa: B008
-        scst: ScstConfig | None = None,
+        objective: Objective = DEFAULT_OBJECTIVE,
         init_from: str | None = None,
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         keep_if_grounded: float | None = None,
@@ -126,36 +114,23 @@ class CaptioningModule(pl.LightningModule):
         # Checkpoints carry plain data only (they are loaded with weights_only=True).
         encoder, decoder = EncoderConfig.from_dict(encoder), DecoderConfig.from_dict(decoder)
         decoding = DecodingConfig.from_dict(decoding)
-        hard_attention = HardAttentionConfig.from_dict(hard_attention)
-        scst = None if scst is None else ScstConfig.from_dict(scst)
         optimizer = OptimizerConfig.from_dict(optimizer)
-        hard = decoder.attention == "hard"
-        if hard and hard_attention.expected_context_baseline and decoder.attend_from != "current":
-            raise CaptionerError(
-                'hard_attention.baseline "expected_context" needs model.decoder.attend_from "current" '
-                "(with the paper's order a location affects every later word); "
-                'use baseline "moving_average"'
-            )
-        self.save_hyperparameters()
+        objective = CrossEntropy() if objective is DEFAULT_OBJECTIVE else objective  # never one shared module
+        self.save_hyperparameters(ignore=["objective"])
         self.hparams.update(
             encoder=encoder.to_dict(),
             decoder=decoder.to_dict(),
             decoding=decoding.to_dict(),
-            hard_attention=hard_attention.to_dict(),
-            scst=None if scst is None else scst.to_dict(),
+            objective=objective.spec(),
             optimizer=optimizer.to_dict(),
         )
-        self.scst, self.optimizer_config = scst, optimizer
+        self.optimizer_config = optimizer
         self.vocab = Vocabulary(list(vocab_words))
         self.decoding = decoding
         self.model = ShowAttendTell.for_images(encoder, decoder, len(self.vocab))
         _warn_if_grid_repeats(self.model.encoder, image_size)
-        # SCST needs the training references, so its objective is made in `setup`.
-        self.objective: nn.Module | None = None
-        if scst is None and hard:
-            self.objective = HardAttention(self.vocab.pad_id, attention_lambda, hard_attention, attention_entropy)
-        elif scst is None:
-            self.objective = CrossEntropy(self.vocab.pad_id, attention_lambda, attention_entropy)
+        self.objective = objective
+        objective.attach(self.model, self.vocab, decoding)
         self._eval_images: list[DecodedImage] = []
         self._boxes_by_stage: dict[str, dict[int, list[Box]]] = {}
         self._nonfinite_skips = 0
@@ -184,7 +159,9 @@ class CaptioningModule(pl.LightningModule):
                 "one rank of several); set it to false or train on one device"
             )
         if stage == "fit":
-            self._setup_objective()
+            if self.hparams.init_from and self.trainer.ckpt_path is None:
+                load_weights(self.hparams.init_from, self.model, self.vocab)
+            self.objective.start(self.data)
         data = self.data
         if data is not None and data.features_dir is not None:
             self.require_frozen_encoder(
@@ -192,22 +169,6 @@ class CaptioningModule(pl.LightningModule):
                 "set model.encoder.fine_tune to none or drop data.features_dir"
             )
             data.check_features(self.encoder_settings())
-
-    def _setup_objective(self) -> None:
-        """Start from `init_from`'s weights (unless resuming), and for SCST build the CIDEr-D
-        scorer from the training references once (every process builds the same one)."""
-        if self.hparams.init_from and self.trainer.ckpt_path is None:
-            load_weights(self.hparams.init_from, self.model, self.vocab)
-        if self.scst is not None and self.objective is None:
-            data = self.data
-            if data is None:
-                raise CaptionerError(
-                    "model.scst scores sampled captions against each training image's references: "
-                    "train with captioner.data.CaptionDataModule (or a data module keeping CaptionData)"
-                )
-            references = {record.image_id: list(record.captions) for record in data.records("train")}
-            critic = SelfCritical.from_references(references, self.vocab, self.scst, self.decoding.max_len)
-            self.objective = SelfCriticalObjective(critic)
 
     def require_frozen_encoder(self, why: str) -> None:
         """Raise CaptionerError when fine-tuning trains the encoder; `why` says what needs it frozen."""
