@@ -29,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from captioner.data.records import Box, ImageRecord
 from captioner.errors import CaptionerError
 from captioner.evaluation.erasure import erase_words
-from captioner.evaluation.scores import DecodedImage, gather_across_ranks, grounding_of, score_images
+from captioner.evaluation.scores import DecodedImage, gather_across_ranks, score_images
 from captioner.inference.checkpoint import check_vocabulary, load_weights, model_state
 from captioner.models import DecoderConfig, Encoder, EncoderConfig
 from captioner.models.captioner import ShowAttendTell
@@ -79,12 +79,6 @@ class CaptioningModule(pl.LightningModule):
             vocabulary and architecture); read when fitting starts, not when resuming with
             `--ckpt_path`, which restores everything.
         optimizer: Adam's learning rates, weight decay and schedule (`OptimizerConfig`).
-        keep_if_grounded: for a second stage (`init_from`) on data with boxes: the largest drop
-            of the val pointing game below the starting model's that a checkpoint may have.
-            Validation then logs `val/grounded_CIDEr`, the CIDEr of epochs whose grounding holds
-            and 0 for the others, for `checkpoint.monitor`; a stage that never holds says so.
-            Without boxes it warns and `val/grounded_CIDEr` is the CIDEr (the erasure score in
-            metrics.json is then the box-free check).
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
         validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
             validation too and log `val/erasure_*`; the test stage always does. Off by default: it
@@ -105,7 +99,6 @@ class CaptioningModule(pl.LightningModule):
         objective: Objective = DEFAULT_OBJECTIVE,
         init_from: str | None = None,
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
-        keep_if_grounded: float | None = None,
         spice: bool = False,
         validation_erasure: bool = False,
         skip_nonfinite_loss: bool = False,
@@ -134,7 +127,6 @@ class CaptioningModule(pl.LightningModule):
         self._eval_images: list[DecodedImage] = []
         self._boxes_by_stage: dict[str, dict[int, list[Box]]] = {}
         self._nonfinite_skips = 0
-        self._start_pointing: float | None = None  # the pointing game of `init_from`, for keep_if_grounded
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -235,7 +227,7 @@ class CaptioningModule(pl.LightningModule):
         """One `Caption` per image of the batch, decoded with `decoding`."""
         return self.model.caption(batch_annotations(self.model, batch), self.vocab, self.decoding)
 
-    def _decode_batch(self, batch: dict[str, Any], erasure: bool = False) -> list[DecodedImage]:
+    def decode_batch(self, batch: dict[str, Any], erasure: bool = False) -> list[DecodedImage]:
         """The batch's images decoded; with `erasure`, each word's erasure test too
         (`captioner.evaluation.erasure`), scored with the captions."""
         with torch.inference_mode():
@@ -262,10 +254,10 @@ class CaptioningModule(pl.LightningModule):
 
     # ------------------------------------------------------ validation and test
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch, self.hparams.validation_erasure))
+        self._eval_images.extend(self.decode_batch(batch, self.hparams.validation_erasure))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_images.extend(self._decode_batch(batch, erasure=True))
+        self._eval_images.extend(self.decode_batch(batch, erasure=True))
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -273,54 +265,18 @@ class CaptioningModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
 
-    def on_fit_start(self) -> None:
-        if self.hparams.keep_if_grounded is None or not self.hparams.init_from or self.trainer.ckpt_path:
-            return
-        if not self._boxes("val"):
-            rank_zero_warn(
-                "model.keep_if_grounded needs boxes (instances_*.json) in the val split; without them every "
-                "checkpoint is kept on CIDEr alone: check the erasure score of the result instead"
-            )
-            return
-        self._start_pointing = self._pointing_game_now()
-        rank_zero_warn(f"the starting model points at the named object in {self._start_pointing:.3f} of val words")
-
-    def _pointing_game_now(self) -> float:
-        """The val pointing game of the model as it is, every process decoding the whole val split."""
-        training = self.model.training
-        self.model.eval()
-        images: list[DecodedImage] = []
-        for batch in self.trainer.datamodule.val_dataloader():
-            images.extend(self._decode_batch(self.transfer_batch_to_device(batch, self.device, 0)))
-        self.model.train(training)
-        return grounding_of(images, self._boxes("val"), self.grid_shape)["pointing_game"]
-
-    def on_fit_end(self) -> None:
-        callback = self.trainer.checkpoint_callback
-        if self._start_pointing is not None and callback is not None and callback.best_model_score == 0:
-            rank_zero_warn(
-                f"this stage lowered the val pointing game more than model.keep_if_grounded="
-                f"{self.hparams.keep_if_grounded} below its start ({self._start_pointing:.3f}) at every validation: "
-                f"keep the model it started from, {self.hparams.init_from}"
-            )
-
     def _log_scores(self, stage: str) -> None:
         """Score this epoch's captions once over all ranks (on rank 0) and log `stage/<metric>`."""
         images = gather_across_ranks(self._eval_images, self.trainer.world_size)
         self._eval_images = []
         scores: dict[str, float] = {}
         if self.trainer.is_global_zero:
-            scores = score_images(images, self._boxes(stage), self.grid_shape, spice=self.hparams.spice)
+            scores = score_images(images, self.boxes(stage), self.grid_shape, spice=self.hparams.spice)
         scores = self.trainer.strategy.broadcast(scores, src=0)
-        if stage == "val" and self.hparams.keep_if_grounded is not None and "CIDEr" in scores:
-            # Without boxes (or a start to compare with) there is no grounding to hold: CIDEr alone.
-            holds = self._start_pointing is None or "pointing_game" not in scores
-            holds = holds or scores["pointing_game"] >= self._start_pointing - self.hparams.keep_if_grounded
-            scores["grounded_CIDEr"] = scores["CIDEr"] if holds else 0.0
         for name, value in scores.items():
             self.log(f"{stage}/{name}", value, prog_bar=name in ("CIDEr", "BLEU-4"), sync_dist=False)
 
-    def _boxes(self, stage: str) -> dict[int, list[Box]]:
+    def boxes(self, stage: str) -> dict[int, list[Box]]:
         """Image id -> boxes of the data module's `stage` split ({} without instances), read once."""
         if stage not in self._boxes_by_stage:
             data = self.data
