@@ -64,7 +64,8 @@ def test_extract_writes_every_image_once_as_float16(extracted, config, synth_dat
     model, datamodule = _module_and_data(config)
     meta = json.loads((extracted / "meta.json").read_text())
     assert meta["splits"] == {"train": 24, "val": 8, "test": 8}
-    assert meta | model.encoder_settings() == meta  # backbone, weights, stages, grid, image size, SHA-256
+    settings = encoder_settings(model.model.encoder, model.hparams.image_size)
+    assert meta | settings == meta  # every feature setting of the encoder, the image size, SHA-256
     assert (meta["positions"], meta["feature_dim"]) == (POSITIONS, CHANNELS)
     model.eval()
     for split in ("train", "val", "test"):

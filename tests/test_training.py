@@ -86,8 +86,8 @@ def test_checkpoints_and_reload_give_same_captions(trained):
     reloaded = CaptioningModule.load_from_checkpoint(last, map_location="cpu").eval()
     model = cli.model.eval()
     batch = next(iter(cli.datamodule.val_dataloader()))
-    original = model._captions(batch)
-    again = reloaded._captions(batch)
+    original = model.captions(batch)
+    again = reloaded.captions(batch)
     assert [c.tokens for c in again] == [c.tokens for c in original]
     assert reloaded.hparams.vocab_words == cli.datamodule.vocab_words
 

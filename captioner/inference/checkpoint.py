@@ -157,6 +157,16 @@ def check_vocabulary(words: list[str], vocab: Vocabulary, path: str | Path) -> N
     )
 
 
+def upgrade_checkpoint(checkpoint: dict[str, Any], vocab: Vocabulary, path: str | Path) -> None:
+    """Before a checkpoint's weights are loaded into a model with `vocab`: refuse it when it was
+    trained with another vocabulary (`check_vocabulary`), and bring its state dict to today's
+    layout (`model_state`), in place."""
+    words = checkpoint.get("hyper_parameters", {}).get("vocab_words")
+    if words is not None:
+        check_vocabulary(words, vocab, path)
+    checkpoint["state_dict"] = model_state(checkpoint["state_dict"], prefix="model.")
+
+
 # Checkpoints written before the model was one object kept its parts and the hard-attention
 # baseline at the top of the state dict; before objectives were chosen by class_path, that
 # baseline was `objective.baseline`.

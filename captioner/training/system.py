@@ -16,28 +16,25 @@ image exactly once.
 
 from __future__ import annotations
 
-import os
-import warnings
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from jsonargparse import lazy_instance
-from pytorch_lightning.utilities import rank_zero_warn
 
 from captioner.data.records import Box, ImageRecord
-from captioner.errors import CaptionerError
 from captioner.evaluation.erasure import erase_words
 from captioner.evaluation.scores import DecodedImage, gather_across_ranks, score_images
-from captioner.inference.checkpoint import check_vocabulary, load_weights, model_state
-from captioner.models import DecoderConfig, Encoder, EncoderConfig
+from captioner.inference.checkpoint import load_weights, upgrade_checkpoint
+from captioner.models import DecoderConfig, EncoderConfig
 from captioner.models.captioner import ShowAttendTell
-from captioner.models.search import DecodingConfig
-from captioner.training.extract import encoder_settings
+from captioner.models.search import Caption, DecodingConfig
+from captioner.training.extract import check_cached_features
+from captioner.training.nonfinite import NonFiniteLosses
 from captioner.training.objectives import CrossEntropy, Objective
 from captioner.training.objectives.base import batch_annotations
 from captioner.training.optimization import OptimizerConfig, configure_optimizer
+from captioner.training.runtime import reseed_for_epoch
 from captioner.vocab import Vocabulary
 
 # What `model.objective` is unless the config names another (shown by --print_config).
@@ -85,8 +82,8 @@ class CaptioningModule(pl.LightningModule):
             adds from a tenth to over half of validation time (docs/attention.md).
         skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
             backward, so no weight or Adam-state update; Lightning still counts the step), warn
-            and count it in `train/nonfinite_skips`, instead of stopping the run with an error.
-            One process only (Lightning cannot skip a step on one rank of several).
+            and count it in `train/nonfinite_skips`, instead of stopping the run with an error
+            (`captioner.training.nonfinite`). One process only.
     """
 
     def __init__(
@@ -121,12 +118,12 @@ class CaptioningModule(pl.LightningModule):
         self.vocab = Vocabulary(list(vocab_words))
         self.decoding = decoding
         self.model = ShowAttendTell.for_images(encoder, decoder, len(self.vocab))
-        _warn_if_grid_repeats(self.model.encoder, image_size)
+        self.model.encoder.warn_if_grid_repeats(image_size)
         self.objective = objective
         objective.attach(self.model, self.vocab, decoding)
+        self.nonfinite = NonFiniteLosses(skip_nonfinite_loss)
         self._eval_images: list[DecodedImage] = []
         self._boxes_by_stage: dict[str, dict[int, list[Box]]] = {}
-        self._nonfinite_skips = 0
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -139,42 +136,22 @@ class CaptioningModule(pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return datamodule if isinstance(datamodule, CaptionData) else None
 
-    def encoder_settings(self) -> dict[str, Any]:
-        """What decides the encoder's output (`captioner.training.extract.encoder_settings`)."""
-        return encoder_settings(self.model.encoder, self.hparams.image_size)
-
     def setup(self, stage: str) -> None:
         self._boxes_by_stage = {}  # a new fit/validate/test may bring another data module
-        if stage == "fit" and self.hparams.skip_nonfinite_loss and self.trainer.world_size > 1:
-            raise CaptionerError(
-                "model.skip_nonfinite_loss works with one process only (Lightning cannot skip a step on "
-                "one rank of several); set it to false or train on one device"
-            )
         if stage == "fit":
+            self.nonfinite.check_processes(self.trainer.world_size)
             if self.hparams.init_from and self.trainer.ckpt_path is None:
                 load_weights(self.hparams.init_from, self.model, self.vocab)
             self.objective.start(self.data)
-        data = self.data
-        if data is not None and data.features_dir is not None:
-            self.require_frozen_encoder(
-                f"data.features_dir={data.features_dir} holds features of a frozen one; "
-                "set model.encoder.fine_tune to none or drop data.features_dir"
-            )
-            data.check_features(self.encoder_settings())
-
-    def require_frozen_encoder(self, why: str) -> None:
-        """Raise CaptionerError when fine-tuning trains the encoder; `why` says what needs it frozen."""
-        if any(p.requires_grad for p in self.model.encoder.parameters()):
-            raise CaptionerError(
-                f"model.encoder.fine_tune={self.model.encoder.config.fine_tune!r} trains the encoder, but {why}"
-            )
+        check_cached_features(self.data, self.model.encoder, self.hparams.image_size)
 
     # ----------------------------------------------------------------- training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         """batch: images (B,3,S,S) or features (B,P,D), tokens (B,T) starting with <start>, padded with <pad>."""
         total, logs = self.objective(self.model, batch)
         if not torch.isfinite(total):
-            self._nonfinite(total, batch_idx)
+            where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+            self.log("train/nonfinite_skips", float(self.nonfinite.handle(total, where)), batch_size=1)
             return None  # Lightning then skips backward and the optimizer step
         batch_size = batch["tokens"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
@@ -182,40 +159,13 @@ class CaptioningModule(pl.LightningModule):
             self.log(f"train/{name}", value, batch_size=batch_size)
         return total
 
-    def _nonfinite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """Stop the run (CaptionerError), or with `skip_nonfinite_loss` skip the batch. Either way
-        nothing is back-propagated, so the weights never see the bad loss."""
-        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
-        if not self.hparams.skip_nonfinite_loss:
-            raise CaptionerError(
-                f"the training loss is {loss.item()} at {where}; the weights were not updated with it and "
-                "the last checkpoint is intact. Lower model.decoder_lr / model.encoder_lr, set "
-                "trainer.gradient_clip_val, or set model.skip_nonfinite_loss=true to skip such batches"
-            )
-        self._nonfinite_skips += 1
-        rank_zero_warn(
-            f"skipped the batch at {where}: the training loss is {loss.item()} ({self._nonfinite_skips} skipped so far)"
-        )
-        self.log("train/nonfinite_skips", float(self._nonfinite_skips), batch_size=1)
-
     def on_train_epoch_start(self) -> None:
-        # Dropout draws from torch's global RNG. Re-seeding it from (seed, epoch) makes an epoch's
-        # randomness independent of whatever ran before it, so a run resumed from an end-of-epoch
-        # checkpoint continues exactly as one that never stopped. The seed is the one
-        # `seed_everything` set (the CLI's `seed_everything`, 0 by default); unseeded runs are left alone.
-        seed = os.environ.get("PL_GLOBAL_SEED")
-        if seed is not None:
-            torch.manual_seed(int(np.random.SeedSequence([int(seed), self.current_epoch]).generate_state(1)[0]))
+        reseed_for_epoch(self.current_epoch)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint whose vocabulary is not this run's (its output layer would not fit,
-        or worse, fit with every word id meaning another word), and read the weights of
-        checkpoints written before the model was one object."""
-        words = checkpoint.get("hyper_parameters", {}).get("vocab_words")
-        if words is not None:
-            path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
-            check_vocabulary(words, self.vocab, path)
-        checkpoint["state_dict"] = model_state(checkpoint["state_dict"], prefix="model.")
+        """Refuse another vocabulary's checkpoint; read older layouts (`upgrade_checkpoint`)."""
+        path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+        upgrade_checkpoint(checkpoint, self.vocab, path)
 
     def configure_optimizers(self) -> dict[str, Any]:
         steps = int(self.trainer.estimated_stepping_batches) if self.optimizer_config.lr_schedule == "cosine" else 0
@@ -223,7 +173,7 @@ class CaptioningModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
-    def _captions(self, batch: dict[str, Any]) -> list:
+    def captions(self, batch: dict[str, Any]) -> list[Caption]:
         """One `Caption` per image of the batch, decoded with `decoding`."""
         return self.model.caption(batch_annotations(self.model, batch), self.vocab, self.decoding)
 
@@ -286,7 +236,7 @@ class CaptioningModule(pl.LightningModule):
     # ------------------------------------------------------------------ predict
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """One dict per image: image_id, path, caption, score."""
-        captions = self._captions(batch)
+        captions = self.captions(batch)
         return [
             {
                 "image_id": int(batch["image_ids"][i]),
@@ -296,18 +246,3 @@ class CaptioningModule(pl.LightningModule):
             }
             for i, caption in enumerate(captions)
         ]
-
-
-def _warn_if_grid_repeats(encoder: Encoder, image_size: int) -> None:
-    """Warn when the grid is finer than the trunk's map at `image_size`: adaptive pooling then
-    copies map cells into several grid cells, and attention over copies adds nothing."""
-    rows, cols = encoder.map_size(image_size)
-    grid = encoder.config.grid_size
-    if grid > min(rows, cols):
-        warnings.warn(
-            f"grid_size={grid} is finer than the {rows}x{cols} map that {encoder.config.backbone} "
-            f"(stages={encoder.config.stages}) gives at image_size={image_size}: only {rows * cols} of the "
-            f"{grid * grid} grid cells differ. Raise data.image_size or lower model.encoder.grid_size "
-            "(or keep more of the map with model.encoder.stages)",
-            stacklevel=3,
-        )
