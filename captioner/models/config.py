@@ -40,6 +40,10 @@ class PlainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    def replace(self: Config, **changes: Any) -> Config:
+        """A copy with `changes`, checked as the class checks any settings (unknown names are an error)."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
 
 @dataclass(frozen=True)
 class EncoderConfig(PlainConfig):
