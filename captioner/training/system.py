@@ -79,7 +79,7 @@ class CaptioningModule(pl.LightningModule):
         spice: also compute SPICE (needs Stanford CoreNLP; skipped with a warning when missing).
         validation_erasure: run each word's erasure test (`captioner.evaluation.erasure`) in
             validation too and log `val/erasure_*`; the test stage always does. Off by default: it
-            adds from a tenth to over half of validation time (docs/attention.md).
+            costs a large share of validation time (measured in docs/attention.md).
         skip_nonfinite_loss: when a training loss is NaN or infinite, skip that batch (no
             backward, so no weight or Adam-state update; Lightning still counts the step), warn
             and count it in `train/nonfinite_skips`, instead of stopping the run with an error

@@ -70,11 +70,21 @@ function drawLegend(lut, ticks) {
   );
 }
 
+// The test metrics the header shows (metrics.json's keys, without "test/"), in words.
+const METRIC_WORDS = {
+  "BLEU-4": "BLEU-4",
+  CIDEr: "CIDEr",
+  pointing_game: "pointing game",
+  chance_pointing_game: "pointing game by chance",
+  object_erasure_faithfulness: "erasure faithfulness of object words",
+};
+
 function describeMetrics(metrics) {
   if (!metrics) return "";
   const shown = Object.entries(metrics)
-    .filter(([name]) => /bleu.?4|cider|pointing|object_erasure_faithfulness/i.test(name))
-    .map(([name, value]) => `${name.replace(/^test\//, "")} ${value.toFixed(3)}`);
+    .map(([name, value]) => [METRIC_WORDS[name.replace(/^test\//, "")], value])
+    .filter(([words]) => words)
+    .map(([words, value]) => `${words} ${value.toFixed(3)}`);
   return shown.length ? ` · ${shown.join(", ")}` : "";
 }
 
