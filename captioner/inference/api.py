@@ -217,16 +217,17 @@ class Captioner:
         batch_size: int = 16,
         full_size: bool = True,
         erasure: bool = False,
+        **overrides: int | bool | None,
     ) -> Iterator[FileCaption]:
         """Caption image files, yielding one `FileCaption` per path in order as each batch finishes.
 
         An unreadable file does not stop the others: it comes back with `error` set.
         With `full_size=False` a large JPEG is decoded only at the scale the model needs
         (faster; see `load_image_for`) and `FileCaption.image` is that smaller image.
-        `settings` and `erasure` are those of `caption`.
+        `settings`, keyword `overrides` and `erasure` are those of `caption`.
         """
         require_positive(batch_size=batch_size)
-        options = {"settings": settings, "erasure": erasure}
+        options = {"settings": self.decoding_settings(settings, **overrides), "erasure": erasure}
         pending: list[tuple[Path, Image.Image | None, ImageLoadError | None]] = []
         for path in paths:
             try:

@@ -70,7 +70,7 @@ function drawLegend(lut, ticks) {
   );
 }
 
-// The test metrics the header shows (metrics.json's keys, without "test/"), in words.
+// The test metrics the header shows, in this order (metrics.json's keys, without "test/"), in words.
 const METRIC_WORDS = {
   "BLEU-4": "BLEU-4",
   CIDEr: "CIDEr",
@@ -81,10 +81,9 @@ const METRIC_WORDS = {
 
 function describeMetrics(metrics) {
   if (!metrics) return "";
-  const shown = Object.entries(metrics)
-    .map(([name, value]) => [METRIC_WORDS[name.replace(/^test\//, "")], value])
-    .filter(([words]) => words)
-    .map(([words, value]) => `${words} ${value.toFixed(3)}`);
+  const shown = Object.entries(METRIC_WORDS)
+    .filter(([name]) => typeof metrics[`test/${name}`] === "number")
+    .map(([name, words]) => `${words} ${metrics[`test/${name}`].toFixed(3)}`);
   return shown.length ? ` · ${shown.join(", ")}` : "";
 }
 
