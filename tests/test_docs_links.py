@@ -15,7 +15,7 @@ FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
 # A file or folder of this repository named in prose: captioner/models/search.py, configs/dates.yaml, captioner/serve/
-REPO_PATH = re.compile(r"(?<![\w/.])((?:captioner|configs|benchmarks)/[\w/]*\.(?:py|yaml)|captioner/\w+/)")
+REPO_PATH = re.compile(r"(?<![\w/.])((?:captioner|configs|benchmarks|studies)/[\w/]*\.(?:py|yaml)|captioner/\w+/)")
 
 
 def prose(text: str) -> str:
@@ -80,7 +80,7 @@ def test_the_readme_configs_table_names_every_config():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_repository_path_named_exists(page):
-    """Code moves; the prose that names `captioner/...`, `configs/...` or `benchmarks/...` must follow."""
+    """Code moves; prose naming `captioner/...`, `configs/...`, `benchmarks/...` or `studies/...` must follow."""
     named = REPO_PATH.findall(page.read_text(encoding="utf-8"))
     missing = sorted({path for path in named if not (ROOT / path).exists()})
     assert not missing, f"{page.relative_to(ROOT)} names paths that do not exist: {missing}"
