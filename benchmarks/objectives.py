@@ -2,7 +2,7 @@
 
 - cross-entropy: `train_step`, the teacher-forced step every training measurement times.
 - hard attention: `Decoder.forward_hard` (sampled locations, autograd time loop) and
-  `hard_attention_loss`, then Adam; and, as the small-data recipe trains it, attending from the
+  `HardAttention.loss`, then Adam; and, as the small-data recipe trains it, attending from the
   current state with the expected-context baseline, next to cross-entropy on that decoder.
 - SCST: `SelfCritical.loss` — n sampled captions per image (n = 5, the mean of the other
   samples as baseline; and n = 1 with the greedy caption as baseline) scored with CIDEr-D
@@ -14,31 +14,32 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.suite import PAD, RATIOS, Context, _adam, measurement, train_step
+from benchmarks.suite import RATIOS, Context, _adam, measurement, train_step
 from captioner.models import Decoder
-from captioner.training.objectives import (
-    HardAttentionConfig,
-    MovingAverageBaseline,
-    ScstConfig,
-    SelfCritical,
-    hard_attention_loss,
-)
+from captioner.models.captioner import ShowAttendTell
+from captioner.models.search import DecodingConfig
+from captioner.training.objectives import HardAttention, SelfCritical
 from captioner.vocab import SPECIALS, Vocabulary
 
 REFERENCES_PER_IMAGE = 5
 
 
-def _hard_step(decoder: Decoder, captions: torch.Tensor, config: HardAttentionConfig = HardAttentionConfig()):  # noqa: B008
-    optimizer, baseline = _adam(decoder), MovingAverageBaseline()
+def _vocab(size: int) -> Vocabulary:
+    return Vocabulary([*SPECIALS, *(f"w{i}" for i in range(size - len(SPECIALS)))])
+
+
+def _hard_step(ctx: Context, decoder: Decoder, captions: torch.Tensor, baseline: str = "moving_average"):
+    optimizer, objective = _adam(decoder), HardAttention(baseline=baseline)
+    objective.attach(ShowAttendTell(torch.nn.Identity(), decoder), _vocab(ctx.sizes.vocab), DecodingConfig())
 
     def step(features: torch.Tensor) -> None:
         out = decoder.forward_hard(
             features,
             captions[:, :-1],
-            expected_prob=config.expected_prob,
-            with_expected_logits=config.expected_context_baseline,
+            expected_prob=objective.expected_prob,
+            with_expected_logits=objective.expected_context_baseline,
         )
-        loss = hard_attention_loss(out, captions[:, 1:], PAD, 1.0, baseline, config)[0]
+        loss = objective.loss(out, captions[:, 1:])[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -46,9 +47,9 @@ def _hard_step(decoder: Decoder, captions: torch.Tensor, config: HardAttentionCo
     return step
 
 
-def _scst_step(ctx: Context, decoder: Decoder, config: ScstConfig):
+def _scst_step(ctx: Context, decoder: Decoder, samples: int, baseline: str):
     s, batch = ctx.sizes, ctx.sizes.train_batch
-    vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(s.vocab - len(SPECIALS)))])
+    vocab = _vocab(s.vocab)
     generator = torch.Generator().manual_seed(0)
     references = {
         image: [
@@ -59,7 +60,9 @@ def _scst_step(ctx: Context, decoder: Decoder, config: ScstConfig):
         ]
         for image in range(batch)
     }
-    scst = SelfCritical.from_references(references, vocab, config, max_len=s.caption_len)
+    scst = SelfCritical(samples, baseline)
+    scst.attach(ShowAttendTell(torch.nn.Identity(), decoder), vocab, DecodingConfig(max_len=s.caption_len))
+    scst.use_references(references)
     optimizer, image_ids = _adam(decoder), torch.arange(batch, device=ctx.device)
 
     def step(features: torch.Tensor) -> None:
@@ -76,16 +79,15 @@ def objectives_train(ctx: Context) -> dict[str, float]:
     """Images per second of a training step with each objective."""
     batch = ctx.sizes.train_batch
     features, captions = ctx.features(batch), ctx.captions(batch)
-    expected_baseline = HardAttentionConfig(baseline="expected_context")
     steps = {
         "xe_train_images_per_s": train_step(ctx.decoder().train(), captions),
-        "hard_attention_train_images_per_s": _hard_step(ctx.decoder(attention="hard").train(), captions),
+        "hard_attention_train_images_per_s": _hard_step(ctx, ctx.decoder(attention="hard").train(), captions),
         "xe_current_train_images_per_s": train_step(ctx.decoder(attend_from="current").train(), captions),
         "hard_current_train_images_per_s": _hard_step(
-            ctx.decoder(attention="hard", attend_from="current").train(), captions, expected_baseline
+            ctx, ctx.decoder(attention="hard", attend_from="current").train(), captions, "expected_context"
         ),
-        "scst_5_samples_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), ScstConfig(5, "mean")),
-        "scst_greedy_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), ScstConfig(1, "greedy")),
+        "scst_5_samples_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), 5, "mean"),
+        "scst_greedy_train_images_per_s": _scst_step(ctx, ctx.decoder().train(), 1, "greedy"),
     }
     return {key: batch / ctx.seconds(lambda step=step: step(features)) for key, step in steps.items()}
 

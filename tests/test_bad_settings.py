@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-import captioner.training.objectives
+import captioner.training.objectives.cross_entropy
 from captioner.cli import main
 from captioner.errors import CaptionerError
 from captioner.models import DecoderConfig, EncoderConfig
@@ -142,7 +142,7 @@ def _nan_loss_on(monkeypatch, calls: set[int]) -> None:
         parts = caption_loss(*args, **kwargs)
         return parts._replace(total=parts.total * float("nan")) if next(count) in calls else parts
 
-    monkeypatch.setattr(captioner.training.objectives, "caption_loss", loss)
+    monkeypatch.setattr(captioner.training.objectives.cross_entropy, "caption_loss", loss)
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -6,43 +6,57 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
-from benchmarks.suite import RATIOS
+from benchmarks.suite import RATIOS, TINY
 
-NUMBERS = [
-    "cached_features_train_images_per_s",
-    "frozen_encoder_train_images_per_s",
-    "cached_features_speedup",
-    "decoder_train_images_per_s",
-    "decoder_train_naive_images_per_s",
-    "decoder_train_speedup",
-    "beam5_images_per_s",
-    "beam5_one_at_a_time_images_per_s",
-    "beam5_speedup",
-    "end_to_end_images_per_s",
-    "encoder_only_images_per_s",
-    "end_to_end_over_encoder_time",
-    "threads",
-]
+# Each measured rate and how many images the work it times handles per call, at the tiny sizes.
+IMAGES_PER_CALL = {
+    "decoder_train_images_per_s": TINY.train_batch,
+    "decoder_train_naive_images_per_s": TINY.train_batch,
+    "beam5_images_per_s": TINY.decode_batch,
+    "beam5_current_images_per_s": TINY.decode_batch,
+    "beam5_one_at_a_time_images_per_s": TINY.one_at_a_time_images,
+    "end_to_end_images_per_s": TINY.image_batch,
+    "encoder_only_images_per_s": TINY.image_batch,
+    "cached_features_train_images_per_s": TINY.train_batch,
+    "frozen_encoder_train_images_per_s": TINY.train_batch,
+    "xe_train_images_per_s": TINY.train_batch,
+    "hard_attention_train_images_per_s": TINY.train_batch,
+    "xe_current_train_images_per_s": TINY.train_batch,
+    "hard_current_train_images_per_s": TINY.train_batch,
+    "scst_5_samples_train_images_per_s": TINY.train_batch,
+    "scst_greedy_train_images_per_s": TINY.train_batch,
+}
+MACHINE = {"device", "threads", "torch_version", "cpu", "sizes"}
 
 
-def _check(results):
-    for key in NUMBERS:
-        assert isinstance(results[key], (int, float)) and results[key] > 0, key
+class _Clock:
+    """time.perf_counter for `benchmarks.suite`: every timed call lasts exactly TICK seconds."""
+
+    TICK = 0.25
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += self.TICK  # read before and after each timed call
+        return self.now
+
+
+def test_every_rate_is_the_images_of_a_call_over_its_median_time(monkeypatch, capsys):
+    monkeypatch.setattr("benchmarks.suite.time", _Clock())
+    results = main(["--tiny", "--device", "cpu"])
+    assert json.loads(capsys.readouterr().out) == results
+    assert set(results) == MACHINE | set(IMAGES_PER_CALL) | {key for key, _, _ in RATIOS}
+    for key, images in IMAGES_PER_CALL.items():
+        assert results[key] == pytest.approx(images / _Clock.TICK), key
     # Every ratio is the quotient of the two measurements it names, from the same run.
     for key, numerator, denominator in RATIOS:
         assert results[key] == pytest.approx(results[numerator] / results[denominator]), key
-    assert results["device"] in ("cpu", "cuda")
+    assert (results["device"], results["sizes"], results["threads"]) == ("cpu", "tiny", torch.get_num_threads())
     assert results["torch_version"] == torch.__version__ and results["cpu"]
-    assert results["sizes"] == "tiny"
 
 
-def test_tiny_run_reports_every_number(capsys):
-    results = main(["--tiny", "--device", "cpu"])
-    _check(results)
-    assert json.loads(capsys.readouterr().out) == results
-
-
-def test_module_prints_one_json_object():
+def test_module_prints_one_json_object_of_real_timings():
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--tiny", "--device", "cpu"],
         capture_output=True,
@@ -50,7 +64,10 @@ def test_module_prints_one_json_object():
         check=True,
         timeout=300,
     ).stdout
-    _check(json.loads(out))
+    results = json.loads(out)
+    assert set(results) == MACHINE | set(IMAGES_PER_CALL) | {key for key, _, _ in RATIOS}
+    for key in IMAGES_PER_CALL:  # a real clock: finite rates, each from time actually spent
+        assert 0 < results[key] < float("inf"), key
 
 
 def test_precision_benchmark_times_every_available_precision():
@@ -59,8 +76,10 @@ def test_precision_benchmark_times_every_available_precision():
 
     results = bench.main(["--tiny"])
     names = ["fp32"] + ["bf16"] * bf16_supported(torch.device("cpu")) + ["int8"] * int8_supported(torch.device("cpu"))
-    for name in names:
-        assert results[f"{name}_images_per_s"] > 0 and results[f"{name}_speedup"] > 0
+    for name in names:  # each speedup is its rate over fp32's, from the same run
+        assert results[f"{name}_speedup"] == pytest.approx(
+            results[f"{name}_images_per_s"] / results["fp32_images_per_s"]
+        )
     assert results["fp32_speedup"] == 1.0
 
 
@@ -68,8 +87,9 @@ def test_jpeg_benchmark_reports_rates_and_the_draft_error():
     from benchmarks import jpeg
 
     results = jpeg.main(["--tiny"])
-    for name in ("pillow_full", "full", "draft"):
-        assert results[f"{name}_images_per_s_per_core"] > 0
+    rates = {name: results[f"{name}_images_per_s_per_core"] for name in ("pillow_full", "full", "draft")}
+    assert results["draft_speedup"] == pytest.approx(rates["draft"] / rates["full"])
+    assert results["draft_speedup_over_pillow_full"] == pytest.approx(rates["draft"] / rates["pillow_full"])
     assert 0 < results["draft_vs_full_decode_mean_abs"] < results["jpeg_q90_vs_lossless_mean_abs"]
 
 

@@ -103,7 +103,7 @@ def test_beam_size_zero_names_the_setting(tiny_checkpoint, test_dir, capsys):
     code = main(["caption", "--ckpt", str(tiny_checkpoint), str(test_dir), "--beam-size", "0"])
     _, err = capsys.readouterr()
     assert code == 2
-    assert err == "error: --beam-size must be an integer >= 1, got 0\n"
+    assert err == "error: --beam-size: beam_size must be an integer >= 1, got 0\n"
 
 
 def test_malicious_checkpoint_is_refused_in_process(tiny_checkpoint, test_dir, tmp_path, capsys):

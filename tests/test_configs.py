@@ -1,6 +1,8 @@
 """Every shipped YAML config builds its model and data module against the current code, so
 none can rot: a misspelt backbone or setting fails here, not at the start of a long run."""
 
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
@@ -90,19 +92,25 @@ def test_config_builds_the_model_and_data_it_names(config, synth_data, tmp_path)
                 assert getattr(built, key) == value, f"{config.name}: model.{section}.{key} not taken"
     for key, value in written["model"].get("decoding", {}).items():
         assert getattr(model.decoding, key) == value
-    for key, value in written["model"].get("hard_attention", {}).items():
-        assert model.hparams.hard_attention[key] == value, f"{config.name}: model.hard_attention.{key} not taken"
-    for key in ("attention_lambda", "attention_entropy"):
-        if key in written["model"]:
-            assert model.hparams[key] == written["model"][key]
+    objective = written["model"].get("objective", {"class_path": "captioner.training.objectives.CrossEntropy"})
+    assert isinstance(model.objective, _named_class(objective["class_path"]))
+    # A layer naming another class keeps only the base's init_args that class takes.
+    taken = inspect.signature(type(model.objective)).parameters
+    for key, value in objective.get("init_args", {}).items():
+        if key in taken:
+            assert getattr(model.objective, key) == value, f"{config.name}: model.objective.{key} not taken"
     assert model.hparams.image_size == data.image_size == written["data"]["image_size"]
     assert model.model.decoder.vocab_size == len(data.vocab) > 4
     for role in ("train", "val", "test"):
         assert data.split(role).name == written["data"].get(role, {}).get("name", role)
         assert data.records(role)  # the data module reads the split under the config's name
     assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
-    assert (model.scst is None) == ("scst" not in written["model"])
     assert model.hparams.init_from == written["model"].get("init_from")
+
+
+def _named_class(class_path: str) -> type:
+    module, name = class_path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 
 def test_a_config_naming_a_missing_backbone_fails(synth_data, tmp_path):
@@ -123,7 +131,7 @@ def test_small_scratch_runs_its_whole_schedule_with_the_grounding_settings(synth
     assert cli.trainer.checkpoint_callback.monitor == "val/CIDEr"
     encoder = cli.model.model.encoder.config
     assert (encoder.weights, encoder.fine_tune, encoder.stages, encoder.coord_channels) == (None, "all", 2, False)
-    assert cli.model.hparams.attention_lambda == 0
+    assert cli.model.objective.attention_lambda == 0
     assert cli.trainer.max_epochs > 3  # the demo's budget would stop short of converging
 
 
@@ -151,6 +159,7 @@ def test_dates_config_builds_its_model_and_data(tmp_path):
     for key, value in written["model"]["decoding"].items():
         assert getattr(model.decoding, key) == value
     assert model.hparams.lr == written["model"]["lr"]
+    assert model.objective.attention_lambda == 0.0  # the dates default: no doubly stochastic term
     assert model.hparams.input_chars == data.input_chars and len(data.input_chars) > 40
     assert cli.trainer.max_epochs == written["trainer"]["max_epochs"]
     assert cli.trainer.checkpoint_callback.monitor == "val/exact_match"

@@ -252,7 +252,7 @@ def test_translate_command_refuses_bad_input(dates_checkpoint, capsys, date, mes
 def test_translate_command_checks_its_flags(dates_checkpoint, tmp_path, capsys):
     ckpt = ["--ckpt", str(dates_checkpoint)]
     assert cli(["dates", "translate", "July 20th 1969", "--beam-size", "0", *ckpt]) == 2
-    assert "--beam-size must be an integer >= 1" in capsys.readouterr().err
+    assert "--beam-size: beam_size must be an integer >= 1" in capsys.readouterr().err
     assert cli(["dates", "translate", "July 20th 1969", "--attention", str(tmp_path / "a.jpg"), *ckpt]) == 2
     assert "must name a .png file" in capsys.readouterr().err
 

@@ -171,6 +171,8 @@ def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):
         *common,
         "--model.decoder.attention",
         "hard",
+        "--model.objective",
+        "HardAttention",
         "--trainer.default_root_dir",
         str(hard_run),
         "--checkpoint.dirpath",
@@ -179,7 +181,7 @@ def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):
     )
     _finish(hard, tmp_path / "hard.log")
     hard_ckpt = hard_run / "checkpoints" / "last.ckpt"
-    baseline = torch.load(hard_ckpt, weights_only=True)["state_dict"]["objective.baseline.value"]
+    baseline = torch.load(hard_ckpt, weights_only=True)["state_dict"]["objective.moving_average.value"]
     assert baseline < 0  # a mean log-likelihood was recorded
     scst = _captioner_train(
         "fit",
@@ -188,9 +190,11 @@ def test_ddp_hard_attention_then_scst_from_its_checkpoint(odd_data, tmp_path):
         "hard",
         "--model.init_from",
         str(hard_ckpt),
-        "--model.scst.samples",
+        "--model.objective",
+        "SelfCritical",
+        "--model.objective.samples",
         "2",
-        "--model.scst.baseline",
+        "--model.objective.baseline",
         "mean",
         "--model.decoding.max_len",
         "6",

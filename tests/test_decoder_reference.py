@@ -78,14 +78,25 @@ def test_hard_decoders_agree_when_decoding_and_in_their_expected_rows(attend_fro
 
 @pytest.mark.parametrize("attend_from", ["previous", "current"])
 def test_hard_sampling_draws_locations_with_the_right_log_probability(attend_from):
+    """Each step's reported log-probability is log α_t of one cell, the cell drawn: over many
+    draws of one caption, each cell is reported as often as α_t says (P(s_t = i) = E[α_ti]
+    over the earlier draws), and the entropy is H(α_t)."""
     readable, fused = _pair(attention="hard", attend_from=attend_from)
     features, tokens, _ = _inputs(masked=False)
+    draws = 4000
+    features, tokens = features[:1].expand(draws, -1, -1), tokens[:1].expand(draws, -1)
     for decoder in (readable, fused):
-        out = decoder.forward_hard(features, tokens, expected_prob=0.0)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = decoder.forward_hard(features, tokens, expected_prob=0.0)
         assert out.sampled.all()
-        # log α[s_t] of a real location is finite and at most 0; H(α) within [0, log P].
-        assert (out.location_log_probs <= 0).all() and torch.isfinite(out.location_log_probs).all()
-        assert (out.entropies >= 0).all() and (out.entropies <= torch.log(torch.tensor(float(P))) + 1e-9).all()
+        alphas = out.alphas  # (draws, T, P)
+        cell = (alphas.log() - out.location_log_probs.unsqueeze(-1)).abs().argmin(-1)  # (draws, T)
+        torch.testing.assert_close(alphas.gather(-1, cell.unsqueeze(-1)).squeeze(-1).log(), out.location_log_probs)
+        for t in range(T):
+            frequencies = torch.bincount(cell[:, t], minlength=P).double() / draws
+            torch.testing.assert_close(frequencies, alphas[:, t].mean(0), atol=0.035, rtol=0)
+        torch.testing.assert_close(out.entropies, -(alphas * alphas.log()).sum(-1))
 
 
 @pytest.mark.parametrize("attend_from", ["previous", "current"])

@@ -208,7 +208,7 @@ def test_cli_bounds_decoding_settings(tiny_checkpoint, good_image, capsys, flag,
     high = DECODING_LIMITS[name]
     assert main(["caption", "--ckpt", str(tiny_checkpoint), str(good_image), flag, "100000"]) == 2
     line, printed = _one_error_line(capsys)
-    assert printed == "" and f"{flag} must be at most {high}, got 100000" in line
+    assert printed == "" and f"error: {flag}: {name} must be at most {high}, got 100000" in line
     assert main(["caption", "--ckpt", str(tiny_checkpoint), str(good_image), flag, str(high)]) == 0
 
 
@@ -222,6 +222,24 @@ def test_python_api_and_service_share_the_bounds(tiny_checkpoint, good_image):
     assert Limits().max_caption_len == DECODING_LIMITS["max_len"]
     with pytest.raises(CaptionerError, match="max_beam_size may be at most 10"):
         Limits(max_beam_size=11)
+
+
+def test_decoding_settings_travel_typed_to_the_decoder(tiny_checkpoint, good_image, monkeypatch):
+    captioner = Captioner.from_checkpoint(tiny_checkpoint, device="cpu")
+    seen: list[DecodingConfig] = []
+    decode = captioner._decode
+    monkeypatch.setattr(
+        captioner,
+        "_decode",
+        lambda images, settings, erasure: seen.append(settings) or decode(images, settings, erasure),
+    )
+    settings = DecodingConfig(beam_size=2, max_len=5)
+    assert [item.error for item in captioner.caption_files([good_image], settings=settings)] == [None]
+    assert seen[-1] is settings  # handed down as it was given, not flattened and rebuilt
+    captioner.caption(good_image, beam_size=4)  # keywords become a DecodingConfig where they enter
+    assert seen[-1] == captioner.decoding.replace(beam_size=4)
+    with pytest.raises(CaptionerError, match=r"unknown DecodingConfig setting\(s\) \['beam'\]"):
+        captioner.caption(good_image, beam=4)
 
 
 # 6. Inputs that are neither images nor missing: say what they are, never block on a FIFO.

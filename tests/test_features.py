@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,8 +20,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from captioner.cli import main
 from captioner.data.features import SplitFeatures
 from captioner.errors import CaptionerError
+from captioner.models import Encoder, EncoderConfig
+from captioner.models.config import NOT_IN_FEATURES
 from captioner.training.callbacks import AttentionOverlayCallback
 from captioner.training.cli import cli_main
+from captioner.training.extract import encoder_settings
 
 TINY_CONFIG = {
     "seed_everything": 0,
@@ -60,7 +64,8 @@ def test_extract_writes_every_image_once_as_float16(extracted, config, synth_dat
     model, datamodule = _module_and_data(config)
     meta = json.loads((extracted / "meta.json").read_text())
     assert meta["splits"] == {"train": 24, "val": 8, "test": 8}
-    assert meta | model.encoder_settings() == meta  # backbone, weights, stages, grid, image size, SHA-256
+    settings = encoder_settings(model.model.encoder, model.hparams.image_size)
+    assert meta | settings == meta  # every feature setting of the encoder, the image size, SHA-256
     assert (meta["positions"], meta["feature_dim"]) == (POSITIONS, CHANNELS)
     model.eval()
     for split in ("train", "val", "test"):
@@ -166,14 +171,43 @@ def test_fine_tuning_with_cached_features_is_refused(extracted, config, capsys):
 
 @pytest.mark.parametrize(
     ("override", "named"),
-    [(["--model.encoder.grid_size", "2"], "grid_size=4"), (["--seed_everything", "1"], "encoder_sha256=")],
-    ids=["grid_size", "other_random_weights"],
+    [
+        (["--model.encoder.grid_size", "2"], "grid_size=4"),
+        (["--seed_everything", "1"], "encoder_sha256="),
+        # The same weights, features shifted by half a stride: its hash cannot tell.
+        (["--model.encoder.align_grid", "true"], "align_grid=False"),
+    ],
+    ids=["grid_size", "other_random_weights", "align_grid"],
 )
 def test_features_made_with_other_settings_are_refused(extracted, config, capsys, override, named):
     args = ["train", "fit", "--config", str(config), *override, "--data.features_dir", str(extracted)]
     assert main([*args, "--trainer.logger", "false", "--trainer.fast_dev_run", "true"]) == 2
     err = capsys.readouterr().err
     assert f"{extracted} were extracted with {named}" in err and "captioner features extract" in err
+
+
+def test_every_encoder_setting_decides_the_features_unless_listed_as_not():
+    """A field added to EncoderConfig is part of the cached features' settings by default; the
+    ones left out really leave an image's features unchanged."""
+    names = {field.name for field in dataclasses.fields(EncoderConfig)}
+    assert set(NOT_IN_FEATURES) < names
+    settings = EncoderConfig().feature_settings()
+    assert set(settings) == names - set(NOT_IN_FEATURES)
+    assert {"align_grid", "coord_channels", "grid_size", "stages"} <= set(settings)
+    images = torch.randn(2, 3, 64, 64)
+
+    def extracted_with(**changed):
+        torch.manual_seed(0)
+        encoder = Encoder(EncoderConfig(backbone="resnet18", stages=2, grid_size=4, **changed)).eval()
+        with torch.no_grad():
+            return encoder_settings(encoder, 64), encoder(images)
+
+    settings, features = extracted_with()
+    for changed in ({"fine_tune": "all"}, {"fine_tune": 1}, {"channels_last": True}):
+        other_settings, other_features = extracted_with(**changed)
+        assert other_settings == settings
+        torch.testing.assert_close(other_features, features)
+    assert extracted_with(align_grid=True)[0] != settings
 
 
 def test_missing_extraction_and_nonempty_out_are_clear_errors(extracted, config, tmp_path, capsys):

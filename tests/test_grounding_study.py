@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.grounding_study import FAMILIES, ROWS, SCST_STAGE, WITH_SCST, row_commands
 from captioner.commands.data import KINDS
 from captioner.training.cli import cli_main
+from studies.grounding_study import FAMILIES, ROWS, SCST_STAGE, WITH_SCST, row_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,14 @@ def test_each_row_parses_and_sets_its_overrides(row, tmp_path, capsys):
     assert printed["data"]["data_dir"] == "data/study/glyphs"
     _, overrides = ROWS[row]
     for key, value in zip(overrides[::2], overrides[1::2]):
+        *path, last = key.removeprefix("--").split(".")
         node = printed
-        for part in key.removeprefix("--").split("."):
-            node = node[part]
-            if isinstance(node, dict):  # the model's settings dataclasses print as class_path + init_args
-                node = node.get("init_args", node)
-        assert node == yaml.safe_load(value), key
+        for part in path:  # settings dataclasses and objectives print as class_path + init_args
+            node = node[part].get("init_args", node[part])
+        if isinstance(node[last], dict):  # a class chosen by name (--model.objective HardAttention)
+            assert node[last]["class_path"].rsplit(".", 1)[-1] == value, key
+        else:
+            assert node[last] == yaml.safe_load(value), key
 
 
 def test_every_study_family_is_a_synth_kind_at_a_size_it_accepts(tmp_path):

@@ -14,7 +14,7 @@ from captioner.errors import CaptionerError
 from captioner.inference.checkpoint import load_model
 from captioner.models import DecoderConfig, FusedDecoder
 from captioner.models.search import DecodingConfig, decode_captions
-from captioner.training.objectives import HardAttentionConfig, MovingAverageBaseline, hard_attention_loss
+from captioner.training.objectives import HardAttention
 from captioner.training.system import CaptioningModule
 from captioner.vocab import Vocabulary
 from tests.fixtures import train_tiny_checkpoint
@@ -96,10 +96,9 @@ def test_sampled_contexts_pass_no_gradient_to_attention_but_reinforce_does():
         decoder = _decoder(seed=1)
         torch.manual_seed(0)
         out = decoder.forward_hard(features, inputs, expected_prob=0.0)
-        baseline = MovingAverageBaseline()
-        baseline(torch.tensor([-5.0]))
-        config = HardAttentionConfig(reinforce_lambda=reinforce_lambda, entropy_lambda=entropy_lambda)
-        total = hard_attention_loss(out, targets, 0, 0.0, baseline, config)[0]
+        objective = HardAttention(0.0, reinforce_lambda=reinforce_lambda, entropy_lambda=entropy_lambda)
+        objective.moving_average(torch.tensor([-5.0]))
+        total = objective.loss(out, targets)[0]
         total.backward()
         return decoder.attention.score.weight.grad.abs().sum().item(), decoder.out_vocab.weight.grad.abs().sum()
 
@@ -150,11 +149,16 @@ def test_bad_settings_are_clear_errors():
         _decoder(hard_decoding="mode")
     with pytest.raises(CaptionerError, match='attention="hard"'):
         _decoder(attention="soft").forward_hard(*_batch())
-    with pytest.raises(CaptionerError, match="hard_attention.baseline 'mean' is not one of"):
-        HardAttentionConfig(baseline="mean")
+    with pytest.raises(CaptionerError, match="HardAttention baseline 'mean' is not one of"):
+        HardAttention(baseline="mean")
     hard_previous = {"attention": "hard", "attend_from": "previous"}
     with pytest.raises(CaptionerError, match='needs model.decoder.attend_from "current"'):
-        CaptioningModule(VOCAB.words, 64, decoder=hard_previous, hard_attention={"baseline": "expected_context"})
+        CaptioningModule(VOCAB.words, 64, decoder=hard_previous, objective=HardAttention(baseline="expected_context"))
+    # Each objective refuses a decoder it cannot train: one rule, one place.
+    with pytest.raises(CaptionerError, match="needs model.decoder.attention hard"):
+        CaptioningModule(VOCAB.words, 64, objective=HardAttention())
+    with pytest.raises(CaptionerError, match="trains with the hard-attention objective"):
+        CaptioningModule(VOCAB.words, 64, decoder={"attention": "hard"})
 
 
 @pytest.fixture(scope="module", params=[("previous", "moving_average"), ("current", "expected_context")])
@@ -170,7 +174,9 @@ def hard_checkpoint(request, synth_data: Path, tmp_path_factory: pytest.TempPath
         "hard",
         "--model.decoder.attend_from",
         attend_from,
-        "--model.hard_attention.baseline",
+        "--model.objective",
+        "HardAttention",
+        "--model.objective.baseline",
         baseline,
     )
 

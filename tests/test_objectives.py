@@ -8,16 +8,11 @@ import torch
 
 from captioner.errors import CaptionerError
 from captioner.models import DecoderConfig, FusedDecoder
+from captioner.models.captioner import ShowAttendTell
 from captioner.models.hard_attention import argmax_context, sample_context
-from captioner.models.search import greedy_decode, sample_captions
-from captioner.training.objectives import (
-    HardAttentionConfig,
-    MovingAverageBaseline,
-    ScstConfig,
-    SelfCritical,
-    hard_attention_terms,
-    reinforce_loss,
-)
+from captioner.models.search import DecodingConfig, greedy_decode, sample_captions
+from captioner.training.objectives import HardAttention, SelfCritical
+from captioner.training.objectives.reinforce import MovingAverageBaseline, reinforce_loss
 from captioner.vocab import Vocabulary
 
 
@@ -123,21 +118,18 @@ def test_per_step_rewards_pair_each_location_with_its_own_word():
     whole caption's reward does; a reward paired with the wrong step would not."""
     theta = torch.tensor([[0.2, -0.5, 0.9], [1.1, 0.0, -0.3]], requires_grad=True)
     word_log_probs = torch.tensor([[-0.1, -2.0, -0.7], [-1.5, -0.2, -3.0]])  # r_t(s)
-    config = HardAttentionConfig(reinforce_lambda=1.0, entropy_lambda=0.0)
     real, sampled = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, dtype=torch.bool)
     exact = torch.stack([_exact_gradient(theta[t].detach(), word_log_probs[t]) for t in range(2)])
     for per_step in (True, False):
         expected = torch.zeros(2, 3)
         for s0 in range(3):
             for s1 in range(3):
-                baseline = MovingAverageBaseline()
-                baseline(torch.tensor([-1.0]))  # a value from history: an unbiased baseline
+                objective = HardAttention(reinforce_lambda=1.0, entropy_lambda=0.0)
+                objective.moving_average(torch.tensor([-1.0]))  # a value from history: an unbiased baseline
                 alpha = theta.softmax(-1)
                 log_alpha = torch.stack([alpha[0, s0].log(), alpha[1, s1].log()]).view(1, 2)
                 rewards = torch.stack([word_log_probs[0, s0], word_log_probs[1, s1]]).view(1, 2)
-                terms = hard_attention_terms(
-                    rewards, log_alpha, torch.zeros(1, 2), real, sampled, baseline, config, per_step=per_step
-                )
+                terms = objective.terms(rewards, log_alpha, torch.zeros(1, 2), real, sampled, per_step=per_step)
                 (grad,) = torch.autograd.grad(terms.total, theta)
                 expected += (alpha[0, s0] * alpha[1, s1]).detach() * grad
         # total is normalised by the 2 real tokens, and is a loss: −∇ E[Σ_t r_t] / 2
@@ -148,12 +140,11 @@ def test_per_step_advantages_are_each_words_own():
     token_log_probs = torch.tensor([[-1.0, -3.0, 0.0], [-2.0, -0.5, -4.0]])
     real = torch.tensor([[True, True, False], [True, True, True]])
     location_log_probs = torch.zeros(2, 3, requires_grad=True)
-    baseline = MovingAverageBaseline()
-    baseline(torch.tensor([-1.5]))
-    config = HardAttentionConfig(reinforce_lambda=1.0, entropy_lambda=0.0)
-    terms = hard_attention_terms(
+    objective = HardAttention(reinforce_lambda=1.0, entropy_lambda=0.0)
+    objective.moving_average(torch.tensor([-1.5]))
+    terms = objective.terms(
         token_log_probs, location_log_probs * real, torch.zeros(2, 3), real, torch.ones(2, dtype=torch.bool),
-        baseline, config, per_step=True,
+        per_step=True,
     )  # fmt: skip
     (grad,) = torch.autograd.grad(terms.total, location_log_probs)
     torch.testing.assert_close(grad, -(token_log_probs + 1.5) * real / 5)
@@ -165,16 +156,13 @@ def test_expected_context_baseline_is_each_words_own_expected_context_likelihood
     expected_log_probs = torch.tensor([[-0.5, -3.5, -9.0], [-1.0, -1.5, -2.0]])
     real = torch.tensor([[True, True, False], [True, True, True]])
     location_log_probs = torch.zeros(2, 3, requires_grad=True)
-    baseline = MovingAverageBaseline()
-    config = HardAttentionConfig(reinforce_lambda=1.0, entropy_lambda=0.0, baseline="expected_context")
+    objective = HardAttention(reinforce_lambda=1.0, entropy_lambda=0.0, baseline="expected_context")
     args = (token_log_probs, location_log_probs * real, torch.zeros(2, 3), real, torch.ones(2, dtype=torch.bool))
-    terms = hard_attention_terms(*args, baseline, config, per_step=True, expected_log_probs=expected_log_probs)
+    terms = objective.terms(*args, per_step=True, expected_log_probs=expected_log_probs)
     (grad,) = torch.autograd.grad(terms.total, location_log_probs)
     torch.testing.assert_close(grad, -(token_log_probs - expected_log_probs) * real / 5)
     torch.testing.assert_close(terms.baseline, torch.tensor(-8.5 / 5))  # mean over the real words
-    assert baseline.updates == 0  # the moving average is not used
-    with pytest.raises(CaptionerError, match='needs a decoder with attend_from "current"'):
-        hard_attention_terms(*args, baseline, config, per_step=False)
+    assert objective.moving_average.updates == 0  # the moving average is not used
 
 
 def test_argmax_context_picks_the_most_attended_location_per_beam():
@@ -247,7 +235,9 @@ def _scst_setup(samples: int, baseline: str):
         12: ["a red square on the right", "a red square on the right"],
         13: ["a blue circle on the left", "the blue circle on the left"],
     }
-    scst = SelfCritical.from_references(references, vocab, ScstConfig(samples=samples, baseline=baseline), max_len=8)
+    scst = SelfCritical(samples=samples, baseline=baseline)
+    scst.attach(ShowAttendTell(torch.nn.Identity(), _decoder(len(vocab))), vocab, DecodingConfig(max_len=8))
+    scst.use_references(references)
     return vocab, scst
 
 
@@ -288,8 +278,9 @@ def test_rewards_score_each_image_against_its_own_references():
 
 
 def test_scst_settings_are_checked():
-    vocab, scst = _scst_setup(1, "greedy")
     with pytest.raises(CaptionerError, match="samples to 2 or more"):
-        SelfCritical(scst.scorer, vocab, ScstConfig(samples=1, baseline="mean"), 8)
+        SelfCritical(samples=1, baseline="mean")
     with pytest.raises(CaptionerError, match="at least 1"):
-        SelfCritical(scst.scorer, vocab, ScstConfig(samples=0), 8)
+        SelfCritical(samples=0)
+    with pytest.raises(CaptionerError, match="'greedy' or 'mean'"):
+        SelfCritical(samples=2, baseline="median")

@@ -111,6 +111,15 @@ def _assert_heat_matches(pixels: np.ndarray, grid: list) -> None:
     assert same > 0.99 and np.abs(pixels[..., :3].astype(int) - expected).max() <= 16
 
 
+def test_the_header_names_the_metrics_in_words(server, browser):
+    base_url, _ = server
+    browser.get(base_url + "/")
+    _wait_state(browser, "ready")
+    metrics = {"test/BLEU-4": 0.9, "test/pointing_game": 0.824, "test/chance_pointing_game": 0.093, "test/METEOR": 0.5}
+    header = browser.execute_script("return describeMetrics(arguments[0])", metrics)
+    assert header == " · BLEU-4 0.900, pointing game 0.824, pointing game by chance 0.093"
+
+
 def test_upload_caption_hover_focus_and_beam_size(server, browser, synth_data, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

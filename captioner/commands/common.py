@@ -17,7 +17,7 @@ from captioner.data.images import list_image_files
 from captioner.errors import CaptionerError, require_positive
 from captioner.inference.api import Captioner, FileCaption
 from captioner.inference.precision import MAX_CALIBRATION_IMAGES, PRECISIONS
-from captioner.models.search import DECODING_LIMITS, check_decoding_limits
+from captioner.models.search import DECODING_LIMITS, DecodingConfig
 
 # Fewer images than this finish before a progress bar would be worth drawing.
 PROGRESS_MIN_IMAGES = 32
@@ -88,13 +88,22 @@ def open_captioner(args: argparse.Namespace) -> Captioner:
     return load_captioner(args, device=args.device, precision=args.precision, calibration=calibration)
 
 
+def decoding_flags(args: argparse.Namespace) -> dict[str, int]:
+    """The decoding flags given (--beam-size, --max-len) as `DecodingConfig` changes, each checked
+    by `DecodingConfig` here, before any model is loaded; its error is prefixed with the flag."""
+    flags = {name: value for name in ("beam_size", "max_len") if (value := getattr(args, name, None)) is not None}
+    for name, value in flags.items():
+        try:
+            DecodingConfig().replace(**{name: value})
+        except CaptionerError as error:
+            raise CaptionerError(f"--{name.replace('_', '-')}: {error}") from None
+    return flags
+
+
 def check_decoding_arguments(args: argparse.Namespace) -> None:
-    """Raise CaptionerError naming the flag when a count is below 1 or a decoding setting above its bound."""
-    given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in ("--beam-size", "--max-len", "--batch-size")}
-    require_positive(**{flag: value for flag, value in given.items() if value is not None})
-    check_decoding_limits(
-        {"beam_size": args.beam_size, "max_len": args.max_len}, lambda name: f"--{name.replace('_', '-')}"
-    )
+    """Raise CaptionerError for a --batch-size below 1 or decoding flags `DecodingConfig` refuses."""
+    require_positive(**{"--batch-size": args.batch_size})
+    decoding_flags(args)
 
 
 def report(message: object) -> None:
@@ -148,13 +157,8 @@ class CaptionRun:
         for problem in problems:
             report(problem)
         self.failed = len(problems)
-        options = dict(
-            beam_size=args.beam_size,
-            max_len=args.max_len,
-            batch_size=args.batch_size,
-            full_size=self.full_size,
-            faithfulness=self.faithfulness,
-        )
+        settings = self.captioner.decoding_settings(**decoding_flags(args))
+        options = dict(settings=settings, batch_size=args.batch_size, full_size=self.full_size, faithfulness=self.faithfulness)
         with progress(len(files), self.description) as advance:
             for item in self.captioner.caption_files(files, **options):
                 advance()

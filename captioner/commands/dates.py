@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from captioner.errors import CaptionerError, require_positive
@@ -99,15 +98,15 @@ def translate_parser() -> argparse.ArgumentParser:
 
 def translate(args: argparse.Namespace) -> int:
     """Print the ISO date (YYYY-MM-DD) of each DATE; optionally draw its attention matrix."""
+    from captioner.commands.common import decoding_flags
     from captioner.dates.model import load_dates_model
     from captioner.dates.plot import save_attention_matrix
 
-    if args.beam_size is not None:
-        require_positive(**{"--beam-size": args.beam_size})
+    flags = decoding_flags(args)
     if args.attention is not None and args.attention.suffix.lower() != ".png":
         raise CaptionerError(f"--attention {args.attention} must name a .png file")
     loaded = load_dates_model(args.ckpt)
-    settings = loaded.decoding if args.beam_size is None else replace(loaded.decoding, beam_size=args.beam_size)
+    settings = loaded.decoding.replace(**flags)
     results = loaded.model.translate(args.dates, settings)
     status = 0
     for i, result in enumerate(results, start=1):

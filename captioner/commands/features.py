@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from captioner.training.cli import cli_main
-    from captioner.training.extract import extract_features
+    from captioner.training.extract import encoder_settings, extract_features, require_frozen
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -47,16 +47,16 @@ def run(args: argparse.Namespace) -> int:
     # No logger: predicting would write hyper-parameters into the config's run folder.
     overrides = ["--config", args.config, *args.overrides, "--trainer.logger", "false"]
     cli = cli_main(overrides, run=False, prog="captioner features extract")
-    model = cli.model
-    model.require_frozen_encoder(
-        "its features change during training and cannot be cached; extract with --model.encoder.fine_tune none"
+    encoder = cli.model.model.encoder
+    require_frozen(
+        encoder, "its features change during training and cannot be cached; extract with --model.encoder.fine_tune none"
     )
     meta = {
-        **model.encoder_settings(),
-        "positions": model.model.encoder.config.grid_size**2,
-        "feature_dim": model.model.encoder.out_channels,
+        **encoder_settings(encoder, cli.model.hparams.image_size),
+        "positions": encoder.config.grid_size**2,
+        "feature_dim": encoder.out_channels,
     }
-    counts = extract_features(cli.trainer, model.model.encoder, cli.datamodule, out, meta)
+    counts = extract_features(cli.trainer, encoder, cli.datamodule, out, meta)
     if cli.trainer.is_global_zero:
         summary = ", ".join(f"{n} {name}" for name, n in counts.items())
         print(f"wrote features of {summary} images to {out}\n  train with: --data.features_dir {out}")

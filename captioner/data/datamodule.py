@@ -226,7 +226,7 @@ class CaptionDataModule(pl.LightningDataModule):
 
     def check_features(self, settings: dict) -> None:
         """With `features_dir`: raise CaptionerError unless its features were extracted with these
-        encoder `settings` (see `captioner.data.features.ENCODER_KEYS`)."""
+        encoder `settings` (`captioner.data.features.check_meta`)."""
         if self.features_dir is not None:
             check_meta(self.features_dir, settings)
 

@@ -24,8 +24,6 @@ from captioner.data.records import ImageRecord
 from captioner.errors import CaptionerError
 
 META_FILE = "meta.json"
-# The settings that decide what the encoder computes; features made with others do not fit.
-ENCODER_KEYS = ("backbone", "weights", "stages", "grid_size", "coord_channels", "image_size", "encoder_sha256")
 
 
 def write_meta(root: str | Path, meta: dict[str, Any]) -> Path:
@@ -46,11 +44,13 @@ def read_meta(root: str | Path) -> dict[str, Any]:
 
 
 def check_meta(root: str | Path, settings: dict[str, Any]) -> None:
-    """Raise CaptionerError unless the features in `root` were made with these encoder `settings`."""
+    """Raise CaptionerError unless the features in `root` were made with these encoder `settings`
+    (every key: `captioner.training.extract.encoder_settings` decides which). A setting the
+    extraction did not record counts as different: it was made by an older captioner."""
     meta = read_meta(root)
-    wrong = [key for key in ENCODER_KEYS if key in settings and meta.get(key) != settings[key]]
+    wrong = [key for key in settings if key not in meta or meta[key] != settings[key]]
     if wrong:
-        have = ", ".join(f"{key}={meta.get(key)!r}" for key in wrong)
+        have = ", ".join(f"{key}={meta[key]!r}" if key in meta else f"{key} not recorded" for key in wrong)
         want = ", ".join(f"{key}={settings[key]!r}" for key in wrong)
         raise CaptionerError(
             f"the cached features in {root} were extracted with {have}, but the model has {want}; "

@@ -4,10 +4,10 @@
 
 `DatesCLI` is the Lightning CLI over it and `DatesDataModule` (`captioner dates fit|validate|test`).
 
-It shares the captioning system's parts — the loss (`caption_loss`), the decoder and the
-decoding entry point (`decode_captions`, through `DatesModel.decode`) — and differs where
-dates differ: the encoder is a `SequenceEncoder`, and the metric is exact match of the ISO
-string (per input format in test), not COCO caption scores.
+It shares the captioning system's parts — the objectives (`captioner.training.objectives`,
+cross-entropy by default), the decoder and the decoding entry point (`decode_captions`, through
+`DatesModel.decode`) — and differs where dates differ: the encoder is a `SequenceEncoder`, and
+the metric is exact match of the ISO string (per input format in test), not COCO caption scores.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import lazy_instance
 from pytorch_lightning.cli import LightningArgumentParser
 
 from captioner.dates.data import DatesDataModule
@@ -25,7 +26,11 @@ from captioner.dates.model import DatesModel
 from captioner.models import DecoderConfig, SequenceEncoderConfig
 from captioner.models.search import DecodingConfig
 from captioner.training.cli import CaptionerCLI, start_cli
-from captioner.training.loss import caption_loss
+from captioner.training.objectives import CrossEntropy, Objective
+
+# No doubly stochastic term: it asks every input position for a total attention of 1, but most
+# characters of "Sunday, the 20th of July 1969" rightly get none.
+DEFAULT_OBJECTIVE = lazy_instance(CrossEntropy, attention_lambda=0.0)
 
 
 class DatesModule(pl.LightningModule):
@@ -38,9 +43,8 @@ class DatesModule(pl.LightningModule):
         decoding: validation and test decoding, kept in the checkpoint for `translate`
             (beam_size 1 is greedy; max_len is always 11: ten characters and <end>).
         max_input_len: longest input `translate` accepts, in characters.
-        attention_lambda: weight of the doubly stochastic term Σ_i (1 − Σ_t α_ti)². 0 by
-            default: it asks every input position for a total attention of 1, but most
-            characters of "Sunday, the 20th of July 1969" rightly get none.
+        objective: what training minimises, by `class_path` (`captioner.training.objectives`);
+            by default cross-entropy without the doubly stochastic term (λ = 0).
         lr: Adam learning rate, annealed to 0 over the run (cosine).
     """
 
@@ -51,31 +55,43 @@ class DatesModule(pl.LightningModule):
         decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
         decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
         max_input_len: int = 64,
-        attention_lambda: float = 0.0,
+        objective: Objective = DEFAULT_OBJECTIVE,
         lr: float = 1e-2,
     ) -> None:
         super().__init__()
         # Checkpoints carry plain data only (they are loaded with weights_only=True).
         encoder, decoder = SequenceEncoderConfig.from_dict(encoder), DecoderConfig.from_dict(decoder)
         decoding = DecodingConfig.from_dict(decoding)
-        self.save_hyperparameters()
+        if objective is DEFAULT_OBJECTIVE:  # never one module shared by two systems
+            objective = CrossEntropy(attention_lambda=0.0)
+        self.save_hyperparameters(ignore=["objective"])
         self.hparams.update(
             input_chars=list(input_chars),
             encoder=encoder.to_dict(),
             decoder=decoder.to_dict(),
             decoding=decoding.to_dict(),
+            objective=objective.spec(),
         )
         self.decoding = decoding
         self.model = DatesModel(list(input_chars), encoder, decoder, max_input_len)
+        self.objective = objective
+        objective.attach(self.model, self.model.target, decoding)
         self._outputs: list[tuple[str, bool]] = []  # (format, exact match) per example
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.objective.start(getattr(self._trainer, "datamodule", None))
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        targets = batch["targets"]
-        logits, alphas = self.model(self.model.encode(batch["inputs"]), targets[:, :-1])
-        loss = caption_loss(
-            logits, targets[:, 1:], alphas, self.model.target.pad_id, self.hparams.attention_lambda
-        ).total
-        self.log("train/loss", loss, prog_bar=True, batch_size=targets.size(0))
+        """batch: inputs (B, T_x) character ids, targets (B, 12): <start>, the date, <end>."""
+        annotations = self.model.encode(batch["inputs"])
+        tokens = batch["targets"]
+        loss, logs = self.objective(
+            self.model, {"features": annotations.features, "mask": annotations.mask, "tokens": tokens}
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=tokens.size(0))
+        for name, value in logs.items():
+            self.log(f"train/{name}", value, batch_size=tokens.size(0))
         return loss
 
     def _judge(self, batch: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ images get the same RGB conversion; both are resized and normalised exactly as i
 Tensors are taken as already prepared.
 
 Decoding follows the settings stored in the checkpoint (`model.decoding` when it was
-trained); `caption(..., beam_size=5)` and the other keywords override them per call.
+trained); `caption(..., settings=DecodingConfig(...))` decodes with others, and keywords
+(`caption(..., beam_size=5)`) change them per call.
 """
 
 from __future__ import annotations
@@ -174,19 +175,21 @@ class Captioner:
         *,
         batch_size: int = 16,
         faithfulness: bool = False,
-        **decoding: int | bool | None,
+        settings: DecodingConfig | None = None,
+        **overrides: int | bool | None,
     ) -> list[CaptionResult]:
         """Caption `images` (one item or a sequence; a (B, 3, S, S) tensor counts as B images).
 
         Returns one result per image, in order; with `faithfulness`, each with its per-word
-        deletion test (costs several decoding passes; docs/attention.md). `decoding` keywords
-        (beam_size, max_len, length_normalize, allow_unk; see `DecodingConfig`) override the
-        checkpoint's settings; None keeps them; `beam_size=1` decodes greedily. Images are read
-        and decoded `batch_size` at a time. Raises `ImageLoadError` for an unreadable path (use
-        `caption_files` to go on past bad files) and CaptionerError for bad settings.
+        deletion test (costs several decoding passes; docs/attention.md). Decodes with `settings`, by default the
+        checkpoint's; keywords (beam_size, max_len, length_normalize, allow_unk; see
+        `DecodingConfig`) change them for this call, None keeps them; `beam_size=1` decodes
+        greedily. Images are read and decoded `batch_size` at a time. Raises `ImageLoadError`
+        for an unreadable path (use `caption_files` to go on past bad files) and CaptionerError
+        for bad settings.
         """
         require_positive(batch_size=batch_size)
-        settings = self.decoding_settings(**decoding)
+        settings = self.decoding_settings(settings, **overrides)
         results: list[CaptionResult] = []
         batch: list[torch.Tensor] = []
         for image in _flatten(images):
@@ -198,25 +201,34 @@ class Captioner:
             results.extend(self._decode(torch.stack(batch), settings, faithfulness))
         return results
 
-    def decoding_settings(self, **overrides: int | bool | None) -> DecodingConfig:
-        """The checkpoint's decoding settings with the non-None `overrides` applied (validated)."""
-        known = {field.name for field in dataclasses.fields(DecodingConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise CaptionerError(f"unknown decoding setting(s) {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(self.decoding, **{k: v for k, v in overrides.items() if v is not None})
+    def decoding_settings(
+        self, settings: DecodingConfig | None = None, **overrides: int | bool | None
+    ) -> DecodingConfig:
+        """`settings` (the checkpoint's when None) with the non-None keyword `overrides` applied:
+        where keywords become a `DecodingConfig`, which checks them."""
+        changes = {name: value for name, value in overrides.items() if value is not None}
+        settings = self.decoding if settings is None else settings
+        return settings.replace(**changes) if changes else settings
 
     def caption_files(
-        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 16, full_size: bool = True, **options
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        settings: DecodingConfig | None = None,
+        batch_size: int = 16,
+        full_size: bool = True,
+        faithfulness: bool = False,
+        **overrides: int | bool | None,
     ) -> Iterator[FileCaption]:
         """Caption image files, yielding one `FileCaption` per path in order as each batch finishes.
 
         An unreadable file does not stop the others: it comes back with `error` set.
         With `full_size=False` a large JPEG is decoded only at the scale the model needs
         (faster; see `load_image_for`) and `FileCaption.image` is that smaller image.
-        `options` are those of `caption` (beam_size, max_len, ...).
+        `settings`, keyword `overrides` and `faithfulness` are those of `caption`.
         """
         require_positive(batch_size=batch_size)
+        options = {"settings": self.decoding_settings(settings, **overrides), "faithfulness": faithfulness}
         pending: list[tuple[Path, Image.Image | None, ImageLoadError | None]] = []
         for path in paths:
             try:

@@ -188,9 +188,25 @@ def check_vocabulary(words: list[str], vocab: Vocabulary, path: str | Path) -> N
     )
 
 
+def upgrade_checkpoint(checkpoint: dict[str, Any], vocab: Vocabulary, path: str | Path) -> None:
+    """Before a checkpoint's weights are loaded into a model with `vocab`: refuse it when it was
+    trained with another vocabulary (`check_vocabulary`), and bring its state dict to today's
+    layout (`model_state`), in place."""
+    words = checkpoint.get("hyper_parameters", {}).get("vocab_words")
+    if words is not None:
+        check_vocabulary(words, vocab, path)
+    checkpoint["state_dict"] = model_state(checkpoint["state_dict"], prefix="model.")
+
+
 # Checkpoints written before the model was one object kept its parts and the hard-attention
-# baseline at the top of the state dict.
-_RENAMED = {"encoder.": "model.encoder.", "decoder.": "model.decoder.", "hard_baseline.": "objective.baseline."}
+# baseline at the top of the state dict; before objectives were chosen by class_path, that
+# baseline was `objective.baseline`.
+_RENAMED = {
+    "encoder.": "model.encoder.",
+    "decoder.": "model.decoder.",
+    "hard_baseline.": "objective.moving_average.",
+    "objective.baseline.": "objective.moving_average.",
+}
 
 
 def model_state(state: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -213,17 +229,42 @@ _GROUPED = {"optimizer": ("decoder_lr", "encoder_lr", "weight_decay", "lr_schedu
 _DROPPED = ("compile", "tf32")
 # Settings under a new name: the half-α erasure test gave way to the deletion test of faithfulness.
 _RENAMED_SETTINGS = {"validation_erasure": "validation_faithfulness"}
+# Before objectives were chosen by class_path (`model.objective`), flags chose them: `scst`
+# settings, else a decoder with hard attention; λ and the entropy weight sat beside them.
+OBJECTIVES = "captioner.training.objectives."
+_LOSS_WEIGHTS = ("attention_lambda", "attention_entropy")
 
 
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """A captioning checkpoint's hyper-parameters in today's layout (older checkpoints kept the
-    optimiser's settings flat, the runtime switches among them, and some settings under old names)."""
-    hparams = {_RENAMED_SETTINGS.get(key, key): value for key, value in hparams.items() if key not in _DROPPED}
+    """A captioning or dates checkpoint's hyper-parameters in today's layout: older checkpoints
+    kept the optimiser's settings flat and the runtime switches among them, chose their
+    objective by flags, and named some settings otherwise. The grounding gate (`keep_if_grounded`)
+    is a callback now, not the model's."""
+    hparams = {
+        _RENAMED_SETTINGS.get(key, key): value
+        for key, value in hparams.items()
+        if key not in (*_DROPPED, "keep_if_grounded")
+    }
     for group, names in _GROUPED.items():
         moved = {name: hparams.pop(name) for name in names if name in hparams}
         if moved:
             hparams[group] = {**moved, **(hparams.get(group) or {})}
+    if "objective" not in hparams and any(key in hparams for key in (*_LOSS_WEIGHTS, "scst", "hard_attention")):
+        hparams["objective"] = _objective_of(hparams)
     return hparams
+
+
+def _objective_of(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The class_path and init_args of the objective an older checkpoint's flags chose; its
+    flags are taken out of `hparams`."""
+    weights = {name: hparams.pop(name) for name in _LOSS_WEIGHTS if name in hparams}
+    scst, hard = hparams.pop("scst", None), hparams.pop("hard_attention", None) or {}
+    if scst is not None:
+        return {"class_path": OBJECTIVES + "self_critical.SelfCritical", "init_args": dict(scst)}
+    if (hparams.get("decoder") or {}).get("attention") == "hard":
+        return {"class_path": OBJECTIVES + "hard_attention.HardAttention", "init_args": {**weights, **hard}}
+    return {"class_path": OBJECTIVES + "cross_entropy.CrossEntropy", "init_args": weights}
+
 
 
 def _load_state(state: Mapping[str, Any], model: ShowAttendTell, problem: Callable[[str], CaptionerError]) -> None:

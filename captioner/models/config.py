@@ -41,6 +41,10 @@ class PlainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    def replace(self: Config, **changes: Any) -> Config:
+        """A copy with `changes`, checked as the class checks any settings (unknown names are an error)."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
 
 @dataclass(frozen=True)
 class EncoderConfig(PlainConfig):
@@ -86,6 +90,17 @@ class EncoderConfig(PlainConfig):
         """(rows, cols) of the attention grid; α rows of length P = rows·cols are row-major over it."""
         return (self.grid_size, self.grid_size)
 
+    def feature_settings(self) -> dict[str, Any]:
+        """The fields that decide what the encoder computes for an image: every field but those in
+        `NOT_IN_FEATURES`, so a field added later counts unless it is listed there. Cached features
+        (`captioner.data.features`) made with other values do not fit the model."""
+        return {name: value for name, value in self.to_dict().items() if name not in NOT_IN_FEATURES}
+
+
+# `EncoderConfig` fields that leave the features of an image unchanged (in eval mode, where
+# features are extracted): what is trained, and the memory layout of the convolutions.
+NOT_IN_FEATURES = ("fine_tune", "channels_last")
+
 
 @dataclass(frozen=True)
 class DecoderConfig(PlainConfig):
@@ -108,7 +123,7 @@ class DecoderConfig(PlainConfig):
         Lu et al. 2017): the LSTM reads y_{t-1} first, α_t comes from h_t, and z_t feeds only
         the deep output of y_t, so what a word's attention gathers can serve that word alone.
         With hard attention each sampled location then affects only its own word, and is
-        rewarded with that word's log-likelihood alone (`hard_attention_terms`, per_step).
+        rewarded with that word's log-likelihood alone (`HardAttention.terms`, per_step).
     """
 
     embed_dim: int = 512

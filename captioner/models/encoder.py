@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -95,6 +96,20 @@ class Encoder(nn.Module):
             size = tuple(self.feature_map(probe).shape[-2:])
         self.train(was_training)
         return size
+
+    def warn_if_grid_repeats(self, image_size: int) -> None:
+        """Warn when the grid is finer than the trunk's map at `image_size`: adaptive pooling then
+        copies map cells into several grid cells, and attention over copies adds nothing."""
+        rows, cols = self.map_size(image_size)
+        grid, config = self.grid_size, self.config
+        if grid > min(rows, cols):
+            warnings.warn(
+                f"grid_size={grid} is finer than the {rows}x{cols} map that {config.backbone} "
+                f"(stages={config.stages}) gives at image_size={image_size}: only {rows * cols} of the "
+                f"{grid * grid} grid cells differ. Raise data.image_size or lower model.encoder.grid_size "
+                "(or keep more of the map with model.encoder.stages)",
+                stacklevel=3,
+            )
 
     def feature_centres(self, image_size: int) -> list[float]:
         """(grid_size,) pixel coordinate, along either side of an image_size² input, of the centre

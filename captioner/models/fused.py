@@ -22,7 +22,7 @@ StepWeights = tuple[Tensor, Tensor, Tensor]  # see FusedDecoder.step_weights
 
 
 class _Step(NamedTuple):
-    """One step of `Decoder._advance`; shapes (B, [K,] ...)."""
+    """One step of `FusedDecoder._advance`; shapes (B, [K,] ...)."""
 
     h: Tensor  # (H)
     c: Tensor  # (H)

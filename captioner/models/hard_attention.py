@@ -3,7 +3,7 @@
 The attention weights α are those of `SoftAttention`; what differs is the context. In
 training, each step samples one location s_t ~ Multinoulli(α_t) and takes z_t = a_{s_t};
 the decoder is trained on the variational lower bound with REINFORCE
-(`captioner.training.objectives.hard_attention_loss`), which needs log α_t[s_t] and the entropy of α_t
+(`captioner.training.objectives.hard_attention.HardAttention.loss`), which needs log α_t[s_t] and the entropy of α_t
 from here. With probability 0.5 per image the paper uses the expected context Σ_i α_ti a_i
 (the soft one) instead of a sample: those rows are `expected`.
 

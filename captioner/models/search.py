@@ -6,7 +6,7 @@ every returned word (for overlays and grounding metrics).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,22 +24,11 @@ NEG_INF = float("-inf")
 DECODING_LIMITS = {"beam_size": 10, "max_len": 60}
 
 
-def check_decoding_limits(values: Mapping[str, int | None], label: Callable[[str], str] = str) -> None:
-    """Raise CaptionerError naming the first of `values` (beam_size, max_len; None = unset) above
-    its DECODING_LIMITS bound; `label` turns a setting's name into the name the user typed."""
-    for name, value in values.items():
-        high = DECODING_LIMITS[name]
-        if value is not None and not isinstance(value, bool) and isinstance(value, int) and value > high:
-            raise CaptionerError(
-                f"{label(name)} must be at most {high}, got {value}; wider beams and longer captions cost time "
-                "and memory without captioning better (captioner.models.search.DECODING_LIMITS)"
-            )
-
-
 @dataclass(frozen=True)
 class DecodingConfig(PlainConfig):
     """How captions are decoded: one object, stored in the checkpoint, that validation, test,
-    predict, the Python API and every command read (a command-line flag overrides it).
+    predict, the Python API, the service and every command pass down to the decoder (a
+    command-line flag or an API keyword changes it at the edge, `replace`).
 
     beam_size: 1 decodes greedily; the paper decodes with a beam.
     max_len: longest caption, in words; one that has not ended by then stops there.
@@ -54,8 +43,14 @@ class DecodingConfig(PlainConfig):
     allow_unk: bool = False
 
     def __post_init__(self) -> None:
+        """The one check of decoding settings, wherever they come from."""
         require_positive(beam_size=self.beam_size, max_len=self.max_len)
-        check_decoding_limits({"beam_size": self.beam_size, "max_len": self.max_len})
+        for name, high in DECODING_LIMITS.items():
+            if getattr(self, name) > high:
+                raise CaptionerError(
+                    f"{name} must be at most {high}, got {getattr(self, name)}; wider beams and longer captions "
+                    "cost time and memory without captioning better (captioner.models.search.DECODING_LIMITS)"
+                )
 
 
 @dataclass

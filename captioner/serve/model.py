@@ -110,7 +110,7 @@ class CaptionModel:
     def _decode(self, key: tuple[DecodingConfig, bool], tensors: list[torch.Tensor]) -> list[CaptionResult]:
         """Runs in the batcher's worker thread: one decoding call for the whole batch."""
         settings, faithfulness = key
-        return self.captioner.caption(tensors, batch_size=len(tensors), faithfulness=faithfulness, **settings.to_dict())
+        return self.captioner.caption(tensors, batch_size=len(tensors), faithfulness=faithfulness, settings=settings)
 
     def _result_json(self, result: CaptionResult, size: tuple[int, int]) -> dict[str, Any]:
         rows, cols = result.grid

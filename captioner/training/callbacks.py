@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,7 +12,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from captioner.errors import require_positive
-from captioner.training.objectives import batch_annotations
+from captioner.models.search import DecodingConfig
+from captioner.training.objectives.base import batch_annotations
 from captioner.viz.overlay import draw_attention
 
 __all__ = ["AttentionOverlayCallback"]
@@ -33,7 +33,8 @@ class AttentionOverlayCallback(pl.Callback):
     """
 
     def __init__(self, num_images: int = 4, every_n_epochs: int = 1, beam_size: int = 1) -> None:
-        require_positive(num_images=num_images, every_n_epochs=every_n_epochs, beam_size=beam_size)
+        require_positive(num_images=num_images, every_n_epochs=every_n_epochs)
+        DecodingConfig().replace(beam_size=beam_size)  # checked as every decoding setting is
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
         self.beam_size = beam_size
@@ -49,7 +50,7 @@ class AttentionOverlayCallback(pl.Callback):
             return
         if self._inputs is None:
             self._inputs = self._first_inputs(trainer.val_dataloaders)
-        settings = dataclasses.replace(pl_module.decoding, beam_size=self.beam_size)
+        settings = pl_module.decoding.replace(beam_size=self.beam_size)
         model = pl_module.model
         key = "features" if "features" in self._inputs else "images"
         with torch.inference_mode():

@@ -96,8 +96,18 @@ class CaptionerCLI(LightningCLI):
             return
         hparams = load_checkpoint(ckpt_path)["hyper_parameters"]
         hparams.pop("_instantiator", None)
-        if hparams:
-            self.config = self.parser.parse_object({subcommand: {"model": upgrade_hparams(hparams)}}, self.config)
+        if not hparams:
+            return
+        hparams = upgrade_hparams(hparams)
+        # A class named by a file is imported to be checked: only captioner's, or one the config names.
+        named = (hparams.get("objective") or {}).get("class_path", "captioner.")
+        chosen = self.config[subcommand].get("model.objective")
+        if not named.startswith("captioner.") and named != (chosen or {}).get("class_path"):
+            raise CaptionerError(
+                f"--ckpt_path {ckpt_path} names its objective {named}, which is not captioner's: name it in the "
+                f"config (model.objective.class_path: {named}) if you trust that code"
+            )
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_fit(self) -> None:
         self._check_resume()

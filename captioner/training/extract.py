@@ -19,27 +19,40 @@ from torch import nn
 
 from captioner.data.datamodule import ROLES, CaptionDataModule
 from captioner.data.features import ShardWriter, write_meta
+from captioner.errors import CaptionerError
 from captioner.models import Encoder
 
 
 def encoder_settings(encoder: Encoder, image_size: int) -> dict[str, Any]:
-    """What decides the encoder's output, as plain data: cached features made with other settings
-    do not fit a model. The SHA-256 of its weights also tells two randomly initialised encoders
-    (weights null, another seed) apart."""
+    """What decides the encoder's output, as plain data: its config's `feature_settings`, the
+    image size, and the SHA-256 of its weights (which also tells two randomly initialised
+    encoders, weights null and another seed, apart). Cached features made with other settings
+    do not fit a model (`captioner.data.features.check_meta`)."""
     digest = hashlib.sha256()
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    config = encoder.config
-    return {
-        "backbone": config.backbone,
-        "weights": config.weights,
-        "stages": config.stages,
-        "grid_size": config.grid_size,
-        "coord_channels": config.coord_channels,
-        "image_size": image_size,
-        "encoder_sha256": digest.hexdigest(),
-    }
+    return {**encoder.config.feature_settings(), "image_size": image_size, "encoder_sha256": digest.hexdigest()}
+
+
+def require_frozen(encoder: Encoder, why: str) -> None:
+    """Raise CaptionerError when fine-tuning trains the encoder; `why` says what needs it frozen."""
+    if any(p.requires_grad for p in encoder.parameters()):
+        raise CaptionerError(f"model.encoder.fine_tune={encoder.config.fine_tune!r} trains the encoder, but {why}")
+
+
+def check_cached_features(data: Any, encoder: Encoder, image_size: int) -> None:
+    """When the data module reads cached features (`features_dir`), raise CaptionerError unless
+    they fit `encoder` at `image_size` and the encoder is frozen."""
+    features_dir = getattr(data, "features_dir", None)
+    if features_dir is None:
+        return
+    require_frozen(
+        encoder,
+        f"data.features_dir={features_dir} holds features of a frozen one; "
+        "set model.encoder.fine_tune to none or drop data.features_dir",
+    )
+    data.check_features(encoder_settings(encoder, image_size))
 
 
 class EncoderPredictor(pl.LightningModule):

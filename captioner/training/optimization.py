@@ -48,7 +48,7 @@ def configure_optimizer(
     encoder_params = [p for p in encoder.parameters() if p.requires_grad]
     if encoder_params:
         groups.append({"params": encoder_params, "lr": config.encoder_lr})
-    # fused: one kernel for all parameters, several times faster per step on CPU too.
+    # fused: one kernel updates all parameters, on CPU too.
     optimizer = torch.optim.Adam(groups, weight_decay=config.weight_decay, fused=True)
     if config.lr_schedule == "constant":
         return {"optimizer": optimizer}

@@ -1,8 +1,12 @@
 """How a training process runs, apart from what it trains: the trainer's precision, TF32 on
-CUDA and `torch.compile`. The CLI adds `Runtime` to every run (`--runtime.*`)."""
+CUDA and `torch.compile` (the CLI adds `Runtime` to every run, `--runtime.*`), and the random
+state each epoch starts from."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -53,3 +57,13 @@ def use_tf32(enabled: bool) -> None:
     mode = "tf32" if enabled else "ieee"
     torch.backends.cuda.matmul.fp32_precision = mode
     torch.backends.cudnn.conv.fp32_precision = mode
+
+
+def reseed_for_epoch(epoch: int) -> None:
+    """Re-seed torch's global RNG (which dropout draws from) from (seed, epoch), so an epoch's
+    randomness does not depend on whatever ran before it, and a run resumed from an end-of-epoch
+    checkpoint continues exactly as one that never stopped. The seed is the one `seed_everything`
+    set (the CLI's `seed_everything`, 0 by default); unseeded runs are left alone."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    if seed is not None:
+        torch.manual_seed(int(np.random.SeedSequence([int(seed), epoch]).generate_state(1)[0]))

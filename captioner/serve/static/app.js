@@ -70,11 +70,21 @@ function drawLegend(lut, ticks) {
   );
 }
 
+// The test metrics the header shows, in this order (metrics.json's keys, without "test/"), in words.
+const METRIC_WORDS = {
+  "BLEU-4": "BLEU-4",
+  CIDEr: "CIDEr",
+  pointing_game: "pointing game",
+  chance_pointing_game: "pointing game by chance",
+  attention_in_box: "attention in box",
+  object_deletion_faithfulness: "deletion faithfulness of object words",
+};
+
 function describeMetrics(metrics) {
   if (!metrics) return "";
-  const shown = Object.entries(metrics)
-    .filter(([name]) => /bleu.?4|cider|pointing|object_deletion_faithfulness/i.test(name))
-    .map(([name, value]) => `${name.replace(/^test\//, "")} ${value.toFixed(3)}`);
+  const shown = Object.entries(METRIC_WORDS)
+    .filter(([name]) => typeof metrics[`test/${name}`] === "number")
+    .map(([name, words]) => `${words} ${metrics[`test/${name}`].toFixed(3)}`);
   return shown.length ? ` · ${shown.join(", ")}` : "";
 }
 

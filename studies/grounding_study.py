@@ -1,7 +1,7 @@
 """What makes the soft-attention decoder ground its words: one training run per (setting, family).
 
-    python -m benchmarks.grounding_study --data data/study --runs runs/study            # every row
-    python -m benchmarks.grounding_study --rows paper lambda0 --families glyphs        # some rows
+    python -m studies.grounding_study --data data/study --runs runs/study            # every row
+    python -m studies.grounding_study --rows paper lambda0 --families glyphs        # some rows
 
 For each family it makes a data set once (`captioner data synth`, 2000/200/200 images at the
 family's size in `FAMILIES`: 64 px, scenes 96 px, which the recipes' 64 px input resizes),
@@ -27,8 +27,8 @@ from pathlib import Path
 
 # Row name -> (config, or configs layered, and CLI overrides). "paper" is the shapes demo as it ships: the paper's
 # doubly stochastic term (λ = 1), scalar gate, a two-stage ResNet-18 trunk, no coordinates.
-LAMBDA0 = ["--model.attention_lambda", "0"]
-HARD = ["--model.decoder.attention", "hard"]
+LAMBDA0 = ["--model.objective.attention_lambda", "0"]
+HARD = ["--model.decoder.attention", "hard", "--model.objective", "HardAttention"]
 CURRENT = ["--model.decoder.attend_from", "current"]
 UNALIGNED = ["--model.encoder.align_grid", "false"]
 # The small-data recipe with hard attention: its config, layered.
@@ -45,8 +45,8 @@ ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
         [*LAMBDA0, "--model.encoder.stages", "3", "--model.encoder.grid_size", "4"],
     ),
     "lambda0_seed1": ("configs/shapes.yaml", [*LAMBDA0, "--seed_everything", "1"]),
-    "lambda0_entropy0.03": ("configs/shapes.yaml", [*LAMBDA0, "--model.attention_entropy", "0.03"]),
-    "lambda0_entropy0.1": ("configs/shapes.yaml", [*LAMBDA0, "--model.attention_entropy", "0.1"]),
+    "lambda0_entropy0.03": ("configs/shapes.yaml", [*LAMBDA0, "--model.objective.attention_entropy", "0.03"]),
+    "lambda0_entropy0.1": ("configs/shapes.yaml", [*LAMBDA0, "--model.objective.attention_entropy", "0.1"]),
     "lambda0_size128_grid16": (
         "configs/shapes.yaml",
         [*LAMBDA0, "--data.image_size", "128", "--model.encoder.grid_size", "16"],
@@ -67,7 +67,7 @@ ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
     ),
     "hard_current_expected_baseline": (
         "configs/shapes.yaml",
-        [*HARD, *CURRENT, "--model.hard_attention.baseline", "expected_context"],
+        [*HARD, *CURRENT, "--model.objective.baseline", "expected_context"],
     ),
     "hard_lambda0_current_zero_state_expected_baseline": (
         "configs/shapes.yaml",
@@ -77,15 +77,15 @@ ROWS: dict[str, tuple[str | tuple[str, ...], list[str]]] = {
             *CURRENT,
             "--model.decoder.initial_state",
             "zero",
-            "--model.hard_attention.baseline",
+            "--model.objective.baseline",
             "expected_context",
         ],
     ),
-    "hard_entropy0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.entropy_lambda", "0.1"]),
+    "hard_entropy0.1": ("configs/shapes.yaml", [*HARD, "--model.objective.entropy_lambda", "0.1"]),
     "hard_lambda0": ("configs/shapes.yaml", [*HARD, *LAMBDA0]),
     "hard_lambda0_gate_none": ("configs/shapes.yaml", [*HARD, *LAMBDA0, "--model.decoder.gate", "none"]),
     "hard_gate_none": ("configs/shapes.yaml", [*HARD, "--model.decoder.gate", "none"]),
-    "hard_reinforce0.1": ("configs/shapes.yaml", [*HARD, "--model.hard_attention.reinforce_lambda", "0.1"]),
+    "hard_reinforce0.1": ("configs/shapes.yaml", [*HARD, "--model.objective.reinforce_lambda", "0.1"]),
     "hard_recipe": (HARD_RECIPE, []),
     "hard_recipe_scst": (HARD_RECIPE, []),
     "recipe_3ep": ("configs/small_scratch.yaml", ["--trainer.max_epochs", "3"]),
