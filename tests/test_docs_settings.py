@@ -108,7 +108,11 @@ CLAIMS: list[tuple[str, str, dict[str, Any]]] = [
     ("docs/dates.md", "one over {captioner.dates.system.DatesModule(max_input_len)} characters", {}),
     ("docs/dates.md", "`captioner dates` runs torch on one thread", {"captioner.commands.dates.DEFAULT_THREADS": 1}),
     ("docs/performance.md", "(up to {captioner.inference.precision.MAX_CALIBRATION_IMAGES} are used)", {}),
-    ("docs/attention.md", "hence `model.validation_faithfulness` stays off by default", {"model.validation_faithfulness": False}),
+    (
+        "docs/attention.md",
+        "hence `model.validation_faithfulness` stays off by default",
+        {"model.validation_faithfulness": False},
+    ),
 ]
 FIELD = re.compile(r"\{([^{}]+)\}")
 

@@ -158,7 +158,9 @@ class CaptionRun:
             report(problem)
         self.failed = len(problems)
         settings = self.captioner.decoding_settings(**decoding_flags(args))
-        options = dict(settings=settings, batch_size=args.batch_size, full_size=self.full_size, faithfulness=self.faithfulness)
+        options = dict(
+            settings=settings, batch_size=args.batch_size, full_size=self.full_size, faithfulness=self.faithfulness
+        )
         with progress(len(files), self.description) as advance:
             for item in self.captioner.caption_files(files, **options):
                 advance()

@@ -266,7 +266,6 @@ def _objective_of(hparams: dict[str, Any]) -> dict[str, Any]:
     return {"class_path": OBJECTIVES + "cross_entropy.CrossEntropy", "init_args": weights}
 
 
-
 def _load_state(state: Mapping[str, Any], model: ShowAttendTell, problem: Callable[[str], CaptionerError]) -> None:
     """Load `state` (the state dict of `ShowAttendTell`) into `model`, strictly."""
     try:
