@@ -1,10 +1,10 @@
-"""`studies.attention_lag`: hits, distances and the direction of a miss, on hand-made attention."""
+"""`benchmarks.studies.attention_lag`: hits, distances and the direction of a miss, on hand-made attention."""
 
 import numpy as np
 import pytest
 
+from benchmarks.studies.attention_lag import lag_statistics, summarise
 from captioner.data.records import Box
-from studies.attention_lag import lag_statistics, summarise
 
 # A 40x40 image on a 4x4 grid (10 px cells): a circle in cell 0, a square in cell 3.
 BOXES = [Box("circle", 0, 0, 10, 10), Box("square", 30, 0, 10, 10)]

@@ -1,4 +1,5 @@
-"""`studies.attention_offset`: resizing keeps a dot in place; peak offsets on hand-made attention; a report."""
+"""`benchmarks.studies.attention_offset`: resizing keeps a dot in place; peak offsets on hand-made
+attention; a report."""
 
 import json
 import math
@@ -6,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.studies.attention_offset import drawn_centres, peak_offsets, resize_shift, summarise_offsets
 from captioner.data.records import Box
-from studies.attention_offset import drawn_centres, peak_offsets, resize_shift, summarise_offsets
 
 
 def test_resizing_moves_no_dot():
@@ -40,7 +41,7 @@ def test_peak_offsets_per_placement_and_the_last_object_word():
 
 
 def test_peaks_report_on_a_trained_checkpoint(tiny_checkpoint, synth_data, capsys):
-    from studies.attention_offset import main
+    from benchmarks.studies.attention_offset import main
 
     assert main(["peaks", str(tiny_checkpoint), str(synth_data), "--images", "4"]) == 0
     report = json.loads(capsys.readouterr().out)

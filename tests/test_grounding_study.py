@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.studies.grounding_study import FAMILIES, ROWS, SCST_STAGE, WITH_SCST, row_commands
 from captioner.commands.data import KINDS
 from captioner.training.cli import cli_main
-from studies.grounding_study import FAMILIES, ROWS, SCST_STAGE, WITH_SCST, row_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Where a checkpoint's attention peaks when an object word misses its box: next to it, and
 towards the object the caption names next?
 
-    python -m studies.attention_lag CHECKPOINT DATA_DIR [--split test]
+    python -m benchmarks.studies.attention_lag CHECKPOINT DATA_DIR [--split test]
 
 Captions the split's images greedily, and for every word that names a category (the words the
 pointing game scores) finds the attention peak's cell. Prints one JSON line: hits and misses,
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     from captioner.evaluation.grounding import coco_category_words
     from captioner.inference.api import Captioner
 
-    parser = argparse.ArgumentParser(prog="python -m studies.attention_lag", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.attention_lag", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("data_dir", type=Path, help="a COCO-layout data set with instances_<split>.json")
     parser.add_argument("--split", default="test")

@@ -1,7 +1,7 @@
 """What makes the soft-attention decoder ground its words: one training run per (setting, family).
 
-    python -m studies.grounding_study --data data/study --runs runs/study            # every row
-    python -m studies.grounding_study --rows paper lambda0 --families glyphs        # some rows
+    python -m benchmarks.studies.grounding_study --data data/study --runs runs/study            # every row
+    python -m benchmarks.studies.grounding_study --rows paper lambda0 --families glyphs        # some rows
 
 For each family it makes a data set once (`captioner data synth`, 2000/200/200 images at the
 family's size in `FAMILIES`: 64 px, scenes 96 px, which the recipes' 64 px input resizes),

@@ -1,8 +1,8 @@
 """Where attention peaks relative to the object a word names, and where each grid cell's feature comes from.
 
-    python -m studies.attention_offset geometry [--image-sizes 64 96 128] [--stages 1 2 3] [--grid 8]
-    python -m studies.attention_offset oracle DATA_DIR [--image-size 64] [--stages 1 2 3] [--grid 8]
-    python -m studies.attention_offset peaks CHECKPOINT DATA_DIR [--split test] [--images 200]
+    python -m benchmarks.studies.attention_offset geometry [--image-sizes 64 96 128] [--stages 1 2 3] [--grid 8]
+    python -m benchmarks.studies.attention_offset oracle DATA_DIR [--image-size 64] [--stages 1 2 3] [--grid 8]
+    python -m benchmarks.studies.attention_offset peaks CHECKPOINT DATA_DIR [--split test] [--images 200]
 
 `geometry` needs no training: for a ResNet-18 trunk cut after each of `--stages`, at each
 image size, it prints one JSON line with the trunk's stride and centre offset, and for every
@@ -238,7 +238,9 @@ def _effective_shift(encoder: Encoder, images: torch.Tensor) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studies.attention_offset", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.studies.attention_offset", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     geometry = sub.add_parser("geometry", help="receptive-field centres against drawn cell centres, no checkpoint")
     geometry.add_argument("--image-sizes", type=int, nargs="+", default=[64, 96, 128])
