@@ -44,6 +44,7 @@ from captioner.training.objectives import (
     batch_annotations,
 )
 from captioner.training.optimization import OptimizerConfig, configure_optimizer
+from captioner.training.runtime import clip_fused
 from captioner.vocab import Vocabulary
 
 
@@ -263,6 +264,10 @@ class CaptioningModule(pl.LightningModule):
             path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
             check_vocabulary(words, self.vocab, path)
         checkpoint["state_dict"] = model_state(checkpoint["state_dict"], prefix="model.")
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if not clip_fused(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):  # mixed precision
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         steps = int(self.trainer.estimated_stepping_batches) if self.optimizer_config.lr_schedule == "cosine" else 0
