@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 
 import torch
@@ -20,24 +21,30 @@ from benchmarks.suite import COCO, TINY, Context, run
 MEASUREMENT_MODULES = ["benchmarks.suite", "benchmarks.cached", "benchmarks.objectives"]
 
 
-def cpu_name() -> str:
+def cpu_info(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo ("model name", "flags"), or None off Linux."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
 
 
 def machine(device: torch.device) -> dict:
-    """What every benchmark JSON records about where it ran."""
+    """What every benchmark JSON records about where it ran, including the CPU's bfloat16
+    instructions: AVX512-BF16 (dot products) and AMX (tile matrix multiplies), from its flags."""
+    flags = set((cpu_info("flags") or "").split())
     return {
         "device": device.type,
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "cpu": cpu_name(),
+        "cpu": cpu_info("model name") or platform.processor() or "unknown",
+        "cpu_avx512_bf16": "avx512_bf16" in flags,
+        "cpu_amx": {"amx_tile", "amx_bf16"} <= flags,
+        "load_average_1min": os.getloadavg()[0],  # at the start; the machine may be shared
     }
 
 

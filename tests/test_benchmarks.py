@@ -7,6 +7,7 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.suite import RATIOS
+from captioner.inference.precision import bf16_supported
 
 NUMBERS = [
     "cached_features_train_images_per_s",
@@ -22,15 +23,34 @@ NUMBERS = [
     "encoder_only_images_per_s",
     "end_to_end_over_encoder_time",
     "threads",
+    "decoder_train_gflop_per_image",
+    "matmul_float32_gflop_per_s",
+    "decoder_train_float32_bound_images_per_s",
+    "decoder_train_of_float32_bound",
+]
+# Beside float32, where the CPU multiplies bfloat16 (AVX512-BF16 or AMX).
+BF16_MIXED = [
+    "decoder_train_bf16_mixed_images_per_s",
+    "decoder_train_bf16_mixed_speedup",
+    "matmul_bfloat16_gflop_per_s",
+    "decoder_train_bfloat16_bound_images_per_s",
+    "decoder_train_bf16_mixed_of_bfloat16_bound",
+    "cached_features_train_bf16_mixed_speedup",
+    "hard_attention_train_bf16_mixed_speedup",
+    "scst_greedy_train_bf16_mixed_speedup",
 ]
 
 
 def _check(results):
-    for key in NUMBERS:
+    for key in NUMBERS + BF16_MIXED * bf16_supported(torch.device("cpu")):
         assert isinstance(results[key], (int, float)) and results[key] > 0, key
+    assert not any("16_mixed" in key and "bf16" not in key for key in results)  # 16-mixed is for CUDA
+    assert isinstance(results["cpu_avx512_bf16"], bool) and isinstance(results["cpu_amx"], bool)
     # Every ratio is the quotient of the two measurements it names, from the same run.
-    for key, numerator, denominator in RATIOS:
-        assert results[key] == pytest.approx(results[numerator] / results[denominator]), key
+    for key, numerator, denominator in RATIOS:  # those of precisions this machine lacks are absent
+        assert (key in results) == (numerator in results and denominator in results), key
+        if key in results:
+            assert results[key] == pytest.approx(results[numerator] / results[denominator]), key
     assert results["device"] in ("cpu", "cuda")
     assert results["torch_version"] == torch.__version__ and results["cpu"]
     assert results["sizes"] == "tiny"
