@@ -2,6 +2,7 @@
 
 python -m benchmarks            # COCO sizes, a few minutes on 2 CPU cores
 python -m benchmarks --tiny     # toy sizes, seconds (used by the tests)
+python -m benchmarks --only decoder_train,decoder_train_bound --threads 1   # some, on one thread
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import platform
 
 import torch
 
-from benchmarks.suite import COCO, TINY, Context, run
+from benchmarks.suite import COCO, MEASUREMENTS, TINY, Context, run
 
 # Modules whose @measurement functions register themselves in suite.MEASUREMENTS on import;
 # they run in this order. To add measurements, write them in a module and list it here.
@@ -52,14 +53,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="toy sizes: a seconds-long smoke run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", help="comma-separated measurements to run (their function names), not all")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (torch.set_num_threads); one thread on a machine others load"
+    )
     args = parser.parse_args(argv)
     for name in MEASUREMENT_MODULES:
         importlib.import_module(name)
+    measurements = MEASUREMENTS
+    if args.only:
+        named = {measure.__name__: measure for measure in MEASUREMENTS}
+        unknown = sorted(set(args.only.split(",")) - set(named))
+        if unknown:
+            parser.error(f"unknown measurements {unknown}; known: {sorted(named)}")
+        measurements = [named[name] for name in args.only.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results = {
         **machine(device),
         "sizes": "tiny" if args.tiny else "coco",
-        **run(Context(TINY if args.tiny else COCO, device)),
+        **run(Context(TINY if args.tiny else COCO, device), measurements),
     }
     print(json.dumps(results, indent=2))
     return results

@@ -7,8 +7,8 @@
 - SCST: `SelfCritical.loss` — n sampled captions per image (n = 5, the mean of the other
   samples as baseline; and n = 1 with the greedy caption as baseline) scored with CIDEr-D
   against 5 random references per image, then Adam.
-All on `train_batch` images, in float32 and in each mixed precision the device has (the
-objectives' rows take turns); the ratios are to cross-entropy, measured in the same run.
+All on `train_batch` images, in float32 and in each mixed precision the device has (an
+objective's precisions take turns); the ratios are to cross-entropy, measured in the same run.
 """
 
 from __future__ import annotations
@@ -72,23 +72,33 @@ def _scst_step(ctx: Context, decoder: Decoder, precision: str, config: ScstConfi
 
 @measurement
 def objectives_train(ctx: Context) -> dict[str, float]:
-    """Images per second of a training step with each objective, in each precision."""
+    """Images per second of a training step with each objective, in each precision; an
+    objective's precisions take turns."""
     batch = ctx.sizes.train_batch
     features, captions = ctx.features(batch), ctx.captions(batch)
     hard, expected_baseline = HardAttentionConfig(), HardAttentionConfig(baseline="expected_context")
+    objectives = {
+        "xe_train": lambda precision: train_step(ctx.decoder().train(), captions, precision),
+        "hard_attention_train": lambda precision: _hard_step(
+            ctx.decoder(attention="hard").train(), captions, precision, hard
+        ),
+        "xe_current_train": lambda precision: train_step(
+            ctx.decoder(attend_from="current").train(), captions, precision
+        ),
+        "hard_current_train": lambda precision: _hard_step(
+            ctx.decoder(attention="hard", attend_from="current").train(), captions, precision, expected_baseline
+        ),
+        "scst_5_samples_train": lambda precision: _scst_step(
+            ctx, ctx.decoder().train(), precision, ScstConfig(5, "mean")
+        ),
+        "scst_greedy_train": lambda precision: _scst_step(
+            ctx, ctx.decoder().train(), precision, ScstConfig(1, "greedy")
+        ),
+    }
     results = {}
-    for precision in ["32-true", *ctx.mixed_precisions]:
-        steps = {
-            "xe_train": train_step(ctx.decoder().train(), captions, precision),
-            "hard_attention_train": _hard_step(ctx.decoder(attention="hard").train(), captions, precision, hard),
-            "xe_current_train": train_step(ctx.decoder(attend_from="current").train(), captions, precision),
-            "hard_current_train": _hard_step(
-                ctx.decoder(attention="hard", attend_from="current").train(), captions, precision, expected_baseline
-            ),
-            "scst_5_samples_train": _scst_step(ctx, ctx.decoder().train(), precision, ScstConfig(5, "mean")),
-            "scst_greedy_train": _scst_step(ctx, ctx.decoder().train(), precision, ScstConfig(1, "greedy")),
-        }
-        runs = {images_per_s(name, precision): lambda step=step: step(features) for name, step in steps.items()}
+    for name, make_step in objectives.items():
+        steps = {images_per_s(name, p): make_step(p) for p in ["32-true", *ctx.mixed_precisions]}
+        runs = {key: lambda step=step: step(features) for key, step in steps.items()}
         results |= {key: batch / seconds for key, seconds in ctx.seconds_each(runs).items()}
     return results
 

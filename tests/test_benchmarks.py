@@ -91,3 +91,16 @@ def test_jpeg_benchmark_reports_rates_and_the_draft_error():
     for name in ("pillow_full", "full", "draft"):
         assert results[f"{name}_images_per_s_per_core"] > 0
     assert 0 < results["draft_vs_full_decode_mean_abs"] < results["jpeg_q90_vs_lossless_mean_abs"]
+
+
+def test_only_some_measurements_on_one_thread(capsys):
+    threads = torch.get_num_threads()
+    try:
+        results = main(["--tiny", "--device", "cpu", "--only", "decoder_train_bound", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # the rest of the session keeps its threads
+    assert results["threads"] == 1 and results["decoder_train_float32_bound_images_per_s"] > 0
+    assert "decoder_train_images_per_s" not in results and "beam5_images_per_s" not in results
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "--only", "decoder_train,beam7"])
+    assert exit_info.value.code == 2 and "unknown measurements ['beam7']" in capsys.readouterr().err

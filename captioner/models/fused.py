@@ -108,8 +108,9 @@ class _MixedLinear(torch.autograd.Function):
         rows = x.to(low.dtype, memory_format=torch.contiguous_format).view(-1, x.size(-1))  # (N, In)
         ctx.save_for_backward(rows, low)
         ctx.x_shape, ctx.dtypes = x.shape, (x.dtype, full.dtype)
-        out = torch.mm(rows, low.t())
-        out = out.to(full.dtype) if bias is None else bias + out
+        out = torch.mm(rows, low.t()).to(full.dtype)  # then add: a mixed-dtype add is several times slower
+        if bias is not None:
+            out.add_(bias)
         return out.view(*x.shape[:-1], low.size(0))
 
     @staticmethod
@@ -133,7 +134,7 @@ def _addmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """c + a @ b, the product in b's dtype, the result in c's."""
     if b.dtype == c.dtype:
         return torch.addmm(c, a, b)
-    return c + torch.mm(a.to(b.dtype), b)
+    return torch.mm(a.to(b.dtype), b).to(c.dtype).add_(c)
 
 
 class FusedDecoder(Decoder):
