@@ -71,8 +71,8 @@ notebook: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
-# On a machine with CUDA: the tests marked `gpu` (bf16-mixed, compile, TF32, predict, two-GPU
-# DDP when two exist) and the benchmarks on cuda, in one JSON.
+# On a machine with CUDA: the tests marked `gpu` (bf16-mixed and 16-mixed, compile, TF32, predict,
+# two-GPU DDP when two exist) and the benchmarks on cuda, mixed-precision rows included, in one JSON.
 gpu-check: $(STAMP)
 	$(PY) -m benchmarks.gpu_check --out runs/gpu_check.json
 

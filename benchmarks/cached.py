@@ -2,9 +2,10 @@
 
 Both measure one training step of the same Decoder (forward, backward, Adam) on `train_batch`
 images. "Cached" reads the features of each image from a float16 memory-mapped shard on disk
-through `SplitFeatures`, exactly as the data module does; "frozen encoder" runs the backbone
-(random weights, `image_size` pixels) over a batch of images first. Image decoding is left out
-of both, which flatters the frozen-encoder side.
+through `SplitFeatures`, exactly as the data module does (they arrive as float32), in float32
+and in each mixed precision the device has; "frozen encoder" runs the backbone (random
+weights, `image_size` pixels) over a batch of images first. Image decoding is left out of
+both, which flatters the frozen-encoder side.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.suite import Context, measurement, train_step
+from benchmarks.suite import RATIOS, Context, images_per_s, measurement, speedups, train_step
 from captioner.data.features import ShardWriter, SplitFeatures, write_meta
 from captioner.data.records import ImageRecord
 from captioner.models import Encoder, EncoderConfig, FusedDecoder
@@ -28,7 +29,8 @@ def cached_features_train_images_per_s(ctx: Context) -> dict[str, float]:
     """Decoder training step on features read from a memory-mapped float16 shard."""
     s, batch = ctx.sizes, ctx.sizes.train_batch
     records = [ImageRecord(i, Path(f"{i}.jpg"), (), "train") for i in range(CACHED_BATCHES * batch)]
-    step = train_step(ctx.decoder().train(), ctx.captions(batch))
+    captions = ctx.captions(batch)
+    steps = {p: train_step(ctx.decoder().train(), captions, p) for p in ["32-true", *ctx.mixed_precisions]}
     with tempfile.TemporaryDirectory() as root:
         shard = ShardWriter(Path(root) / "train", rank=0, capacity=len(records))
         for start in range(0, len(records), batch):
@@ -39,12 +41,13 @@ def cached_features_train_images_per_s(ctx: Context) -> dict[str, float]:
         store = SplitFeatures(root, "train")
         turn = itertools.count()
 
-        def run() -> None:
+        def run(step) -> None:
             first = next(turn) % CACHED_BATCHES * batch
             features = torch.stack([store(r)[0] for r in records[first : first + batch]])
             step(features.to(ctx.device))
 
-        return {"cached_features_train_images_per_s": batch / ctx.seconds(run)}
+        runs = {images_per_s("cached_features_train", p): lambda step=step: run(step) for p, step in steps.items()}
+        return {key: batch / seconds for key, seconds in ctx.seconds_each(runs).items()}
 
 
 @measurement
@@ -62,3 +65,6 @@ def frozen_encoder_train_images_per_s(ctx: Context) -> dict[str, float]:
         step(features)
 
     return {"frozen_encoder_train_images_per_s": batch / ctx.seconds(run)}
+
+
+RATIOS += speedups("cached_features_train")

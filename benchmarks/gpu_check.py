@@ -1,5 +1,7 @@
 """`make gpu-check`: the GPU paths verified in one run on a machine with CUDA — the tests marked
-`gpu` (tests/test_gpu.py) and the benchmarks on cuda — written as one JSON.
+`gpu` (tests/test_gpu.py, and the CUDA cases of tests/test_decoder_reference.py: the decoder
+under CUDA autocast in bfloat16 and float16 against the float64 reference) and the benchmarks on
+cuda (float32 beside bf16-mixed, where the GPU has bfloat16, and 16-mixed) — written as one JSON.
 
     python -m benchmarks.gpu_check --out runs/gpu_check.json
 """

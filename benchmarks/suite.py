@@ -1,7 +1,10 @@
 """The measurements: one function per measurement, registered in `MEASUREMENTS`.
 
 Each takes a `Context` and returns {json_key: value}; `RATIOS` are derived afterwards.
-Timings are the median of several repeats after warm-up iterations.
+Timings are the median of several repeats after warm-up iterations; rows compared with each
+other (float32 against mixed precision) take turns, so that all see the same shared machine.
+Mixed precision is Lightning's: the forward and the loss under autocast, the backward and the
+optimizer step outside it (`train_step`).
 
 Measurements may live in other modules too: decorate them with `@measurement` (from here)
 and list the module in `benchmarks/__main__.py`'s MEASUREMENT_MODULES; add any derived
@@ -10,6 +13,7 @@ ratio to `RATIOS`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -17,13 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.naive import NaiveDecoder, naive_loss
+from captioner.inference.precision import bf16_supported
 from captioner.models import DecoderConfig, Encoder, EncoderConfig, FusedDecoder
 from captioner.models.search import beam_search
 from captioner.training.loss import caption_loss
 
 START, END, PAD = 1, 2, 0
+# Lightning's names for the trainer precisions measured beside float32, and their autocast dtypes.
+MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -106,15 +114,27 @@ class Context:
 
     def seconds(self, fn: Callable[[], object], repeats: int | None = None) -> float:
         """Median wall time of fn over `repeats` runs (default: the sizes') after `warmup` runs."""
-        times = []
+        return self.seconds_each({"fn": fn}, repeats)["fn"]
+
+    def seconds_each(self, fns: dict[str, Callable[[], object]], repeats: int | None = None) -> dict[str, float]:
+        """Median wall time of each fn over `repeats` rounds after `warmup` rounds; each round
+        runs every fn once, in turn, so that their ratios come from the same stretch of time."""
+        times: dict[str, list[float]] = {name: [] for name in fns}
         for i in range(self.sizes.warmup + (self.sizes.repeats if repeats is None else repeats)):
-            start = time.perf_counter()
-            fn()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= self.sizes.warmup:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= self.sizes.warmup:
+                    times[name].append(time.perf_counter() - start)
+        return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+    @property
+    def mixed_precisions(self) -> list[str]:
+        """The mixed precisions this device runs in hardware: bf16-mixed where it multiplies
+        bfloat16 (CPUs with AVX512-BF16 or AMX, GPUs from Ampere on), and 16-mixed on CUDA."""
+        return ["bf16-mixed"] * bf16_supported(self.device) + ["16-mixed"] * (self.device.type == "cuda")
 
 
 Measurement = Callable[[Context], dict[str, float]]
@@ -131,27 +151,107 @@ def _adam(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=4e-4, fused=True)
 
 
-def train_step(decoder: FusedDecoder, captions: torch.Tensor):
-    """A function features (B, P, D) -> None doing one teacher-forced step of `decoder` with Adam;
-    every training measurement times this same step."""
-    optimizer = _adam(decoder)
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """What Lightning wraps a training step's forward in: autocast for a mixed `precision`."""
+    if precision not in MIXED:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=MIXED[precision])
+
+
+class Trainer:
+    """Adam on a module, in a Lightning trainer precision ("32-true", "bf16-mixed", "16-mixed"):
+    `loss_of()` runs under its autocast, `step(loss)` back-propagates and updates outside it
+    (16-mixed with a gradient scaler, as Lightning does)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, precision: str = "32-true") -> None:
+        self.device, self.precision = device, precision
+        self.optimizer = _adam(module)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+
+    def forward(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.precision)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+def train_step(decoder: FusedDecoder, captions: torch.Tensor, precision: str = "32-true"):
+    """A function features (B, P, D) -> None doing one teacher-forced step of `decoder` with Adam
+    in a trainer `precision`; every training measurement times this same step."""
+    trainer = Trainer(decoder, captions.device, precision)
 
     def step(features: torch.Tensor) -> None:
-        logits, alphas = decoder(features, captions[:, :-1])
-        loss = caption_loss(logits, captions[:, 1:], alphas, PAD).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with trainer.forward():
+            logits, alphas = decoder(features, captions[:, :-1])
+            loss = caption_loss(logits.float(), captions[:, 1:], alphas.float(), PAD).total
+        trainer.step(loss)
 
     return step
 
 
+def images_per_s(name: str, precision: str = "32-true") -> str:
+    """The JSON key of measurement `name` in a trainer `precision`: float32 keeps the plain key
+    ("decoder_train_images_per_s"), mixed ones name theirs ("decoder_train_bf16_mixed_images_per_s")."""
+    return f"{name}_images_per_s" if precision not in MIXED else f"{name}_{precision.replace('-', '_')}_images_per_s"
+
+
+def speedups(*names: str) -> list[tuple[str, str, str]]:
+    """`RATIOS` of each measurement in each mixed precision to its float32 one ("..._bf16_mixed_speedup")."""
+    return [
+        (
+            images_per_s(name, precision).replace("_images_per_s", "_speedup"),
+            images_per_s(name, precision),
+            images_per_s(name),
+        )
+        for name in names
+        for precision in MIXED
+    ]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 @measurement
 def decoder_train(ctx: Context) -> dict[str, float]:
-    """Forward + backward + Adam step of the Decoder on given features."""
+    """Forward + backward + Adam step of the Decoder on given features, in float32 and in each
+    mixed precision the device has, taking turns."""
     batch = ctx.sizes.train_batch
+    captions, features = ctx.captions(batch), ctx.features(batch)
+    steps = {}
+    for precision in ["32-true", *ctx.mixed_precisions]:
+        step = train_step(ctx.decoder().train(), captions, precision)
+        steps[images_per_s("decoder_train", precision)] = lambda step=step: step(features)
+    return {key: batch / seconds for key, seconds in ctx.seconds_each(steps).items()}
+
+
+@measurement
+def decoder_train_bound(ctx: Context) -> dict[str, float]:
+    """What bounds the training step: its matrix products' FLOPs per image (counted over one
+    float32 step, forward and backward, `torch.utils.flop_counter`), and the speed of the
+    step's largest product, W_a a ((B·P, D) by (D, A)), in float32 and in the dtype of each mixed
+    precision. Each bound (`RATIOS`) is that speed over those FLOPs: every product at the speed
+    of the largest, and all else free."""
+    s, batch = ctx.sizes, ctx.sizes.train_batch
     step, features = train_step(ctx.decoder().train(), ctx.captions(batch)), ctx.features(batch)
-    return {"decoder_train_images_per_s": batch / ctx.seconds(lambda: step(features))}
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(features)
+    results = {"decoder_train_gflop_per_image": counter.get_total_flops() / batch / 1e9}
+    a = torch.randn(batch * s.grid**2, s.feature_dim, device=ctx.device)
+    b = torch.randn(s.feature_dim, s.width, device=ctx.device)
+    dtypes = [torch.float32] + [MIXED[precision] for precision in ctx.mixed_precisions]
+    products = {dtype_name(dtype): (a.to(dtype), b.to(dtype)) for dtype in dtypes}
+    seconds = ctx.seconds_each({name: lambda a=a, b=b: a @ b for name, (a, b) in products.items()})
+    flops = 2 * a.size(0) * a.size(1) * b.size(1)
+    return results | {f"matmul_{name}_gflop_per_s": flops / time / 1e9 for name, time in seconds.items()}
 
 
 @measurement
@@ -224,6 +324,19 @@ def end_to_end(ctx: Context) -> dict[str, float]:
 # (key, numerator, denominator): derived from the measured keys when both are present.
 RATIOS = [
     ("decoder_train_speedup", "decoder_train_images_per_s", "decoder_train_naive_images_per_s"),
+    *speedups("decoder_train"),
+    *[
+        (f"decoder_train_{name}_bound_images_per_s", f"matmul_{name}_gflop_per_s", "decoder_train_gflop_per_image")
+        for name in ("float32", *map(dtype_name, MIXED.values()))
+    ],
+    *[
+        (
+            f"{images_per_s('decoder_train', precision).removesuffix('_images_per_s')}_of_{dtype_name(dtype)}_bound",
+            images_per_s("decoder_train", precision),
+            f"decoder_train_{dtype_name(dtype)}_bound_images_per_s",
+        )
+        for precision, dtype in {"32-true": torch.float32, **MIXED}.items()
+    ],
     ("beam5_speedup", "beam5_images_per_s", "beam5_one_at_a_time_images_per_s"),
     ("end_to_end_over_encoder_time", "encoder_only_images_per_s", "end_to_end_images_per_s"),
     ("cached_features_speedup", "cached_features_train_images_per_s", "frozen_encoder_train_images_per_s"),

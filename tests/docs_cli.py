@@ -291,7 +291,7 @@ def option_strings(parser: argparse.ArgumentParser) -> set[str]:
 def benchmark_flags() -> set[str]:
     """Flags the benchmarks' own parsers define (`--rows` of the grounding study)."""
     pattern = re.compile(r"add_argument\(\s*\"(--[\w-]+)\"")
-    return {flag for path in (ROOT / "benchmarks").glob("*.py") for flag in pattern.findall(path.read_text())}
+    return {flag for path in (ROOT / "benchmarks").rglob("*.py") for flag in pattern.findall(path.read_text())}
 
 
 def is_settings_group(prefix: str) -> bool:

@@ -52,8 +52,14 @@ def test_attention_broadcasts_beams_over_shared_features():
 
 
 def _count_feature_projections(decoder):
-    calls = []
-    decoder.attention.feature_proj.register_forward_hook(lambda *_: calls.append(1))
+    """Calls of the one method that computes W_a a + b, in every precision."""
+    calls, project = [], decoder._prepare
+
+    def counted(*args):
+        calls.append(1)
+        return project(*args)
+
+    decoder._prepare = counted
     return calls
 
 
@@ -232,8 +238,13 @@ def test_context_feeds_the_lstm_only_when_attending_from_the_previous_state(atte
     # LSTM: the hidden states depend on the words alone, and a word's context reaches only that
     # word's output. From the previous state, z_t is an LSTM input and the states depend on it.
     decoder = _decoder(attend_from=attend_from, initial_state="zero")
-    hiddens = []
-    decoder.out_hidden.register_forward_hook(lambda _module, args, _out: hiddens.append(args[0]))
+    hiddens, deep_output = [], decoder.deep_output
+
+    def spied(embedded, h, *args):
+        hiddens.append(h)
+        return deep_output(embedded, h, *args)
+
+    decoder.deep_output = spied
     tokens = torch.randint(3, V, (2, 5))
     decoder(torch.randn(2, P, D), tokens)
     decoder(5 * torch.randn(2, P, D), tokens)

@@ -6,27 +6,37 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
-from benchmarks.suite import RATIOS, TINY
+from benchmarks.suite import RATIOS, TINY, images_per_s
+from captioner.inference.precision import bf16_supported
 
+# The mixed precisions this CPU multiplies natively; their training rows stand beside float32's.
+PRECISIONS = ["32-true"] + ["bf16-mixed"] * bf16_supported(torch.device("cpu"))
+TRAININGS = [
+    "decoder_train",
+    "cached_features_train",
+    "xe_train",
+    "hard_attention_train",
+    "xe_current_train",
+    "hard_current_train",
+    "scst_5_samples_train",
+    "scst_greedy_train",
+]
 # Each measured rate and how many images the work it times handles per call, at the tiny sizes.
 IMAGES_PER_CALL = {
-    "decoder_train_images_per_s": TINY.train_batch,
+    **{images_per_s(name, precision): TINY.train_batch for name in TRAININGS for precision in PRECISIONS},
     "decoder_train_naive_images_per_s": TINY.train_batch,
+    "frozen_encoder_train_images_per_s": TINY.train_batch,
     "beam5_images_per_s": TINY.decode_batch,
     "beam5_current_images_per_s": TINY.decode_batch,
     "beam5_one_at_a_time_images_per_s": TINY.one_at_a_time_images,
     "end_to_end_images_per_s": TINY.image_batch,
     "encoder_only_images_per_s": TINY.image_batch,
-    "cached_features_train_images_per_s": TINY.train_batch,
-    "frozen_encoder_train_images_per_s": TINY.train_batch,
-    "xe_train_images_per_s": TINY.train_batch,
-    "hard_attention_train_images_per_s": TINY.train_batch,
-    "xe_current_train_images_per_s": TINY.train_batch,
-    "hard_current_train_images_per_s": TINY.train_batch,
-    "scst_5_samples_train_images_per_s": TINY.train_batch,
-    "scst_greedy_train_images_per_s": TINY.train_batch,
 }
-MACHINE = {"device", "threads", "torch_version", "cpu", "sizes"}
+# The FLOP count of a training image and the matmul speed of each precision the bounds use.
+FLOPS = {"decoder_train_gflop_per_image", "matmul_float32_gflop_per_s"} | {
+    "matmul_bfloat16_gflop_per_s" for _ in PRECISIONS[1:]
+}
+MACHINE = {"device", "threads", "torch_version", "cpu", "cpu_avx512_bf16", "cpu_amx", "load_average_1min", "sizes"}
 
 
 class _Clock:
@@ -46,13 +56,17 @@ def test_every_rate_is_the_images_of_a_call_over_its_median_time(monkeypatch, ca
     monkeypatch.setattr("benchmarks.suite.time", _Clock())
     results = main(["--tiny", "--device", "cpu"])
     assert json.loads(capsys.readouterr().out) == results
-    assert set(results) == MACHINE | set(IMAGES_PER_CALL) | {key for key, _, _ in RATIOS}
+    ratios = {key for key, numerator, denominator in RATIOS if numerator in results and denominator in results}
+    assert set(results) == MACHINE | set(IMAGES_PER_CALL) | FLOPS | ratios
     for key, images in IMAGES_PER_CALL.items():
         assert results[key] == pytest.approx(images / _Clock.TICK), key
+    assert not any("16_mixed" in key and "bf16" not in key for key in results)  # 16-mixed is for CUDA
     # Every ratio is the quotient of the two measurements it names, from the same run.
-    for key, numerator, denominator in RATIOS:
+    for key in ratios:
+        _, numerator, denominator = next(row for row in RATIOS if row[0] == key)
         assert results[key] == pytest.approx(results[numerator] / results[denominator]), key
     assert (results["device"], results["sizes"], results["threads"]) == ("cpu", "tiny", torch.get_num_threads())
+    assert isinstance(results["cpu_avx512_bf16"], bool) and isinstance(results["cpu_amx"], bool)
     assert results["torch_version"] == torch.__version__ and results["cpu"]
 
 
@@ -65,7 +79,8 @@ def test_module_prints_one_json_object_of_real_timings():
         timeout=300,
     ).stdout
     results = json.loads(out)
-    assert set(results) == MACHINE | set(IMAGES_PER_CALL) | {key for key, _, _ in RATIOS}
+    ratios = {key for key, numerator, denominator in RATIOS if numerator in results and denominator in results}
+    assert set(results) == MACHINE | set(IMAGES_PER_CALL) | FLOPS | ratios
     for key in IMAGES_PER_CALL:  # a real clock: finite rates, each from time actually spent
         assert 0 < results[key] < float("inf"), key
 
@@ -116,3 +131,16 @@ def test_faithfulness_ranking_prints_one_row_per_checkpoint(tiny_checkpoint, syn
     assert 0 <= row["object_deletion_dependent_share"] <= 1 and row["deletion_words"] >= row["object_deletion_words"]
     faithful = row["object_deletion_faithfulness"]
     assert (faithful is None) == (row["object_deletion_dependent_words"] == 0)
+
+
+def test_only_some_measurements_on_one_thread(capsys):
+    threads = torch.get_num_threads()
+    try:
+        results = main(["--tiny", "--device", "cpu", "--only", "decoder_train_bound", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # the rest of the session keeps its threads
+    assert results["threads"] == 1 and results["decoder_train_float32_bound_images_per_s"] > 0
+    assert "decoder_train_images_per_s" not in results and "beam5_images_per_s" not in results
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", "--only", "decoder_train,beam7"])
+    assert exit_info.value.code == 2 and "unknown measurements ['beam7']" in capsys.readouterr().err

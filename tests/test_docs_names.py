@@ -19,6 +19,7 @@ import collections.abc
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import re
 import types
@@ -45,12 +46,18 @@ EXTERNAL = {
     "ModelCheckpoint": "pytorch_lightning.callbacks.ModelCheckpoint",
     "HfApi": "huggingface_hub.HfApi",
     "malloc_trim": None,  # glibc's, called through ctypes
+    "NaN": None,  # JSON's spellings of non-finite numbers
+    "Infinity": None,
+    "DatasetDict": None,  # the optional `datasets` package's, which the tests need not have
+    "Module": "torch.nn.Module",
+    "TorchDispatchMode": "torch.utils._python_dispatch.TorchDispatchMode",
 }
+# Optional extras a snippet may import; where one is not installed its names go unchecked.
+OPTIONAL_PACKAGES = {"datasets"}
 # Packages a dotted name may start from.
 MODULE_ROOTS = {
     "captioner",
     "benchmarks",
-    "tools",
     "inspect",
     "torch",
     "torchvision",
@@ -61,8 +68,14 @@ MODULE_ROOTS = {
 MODULE_ROOTS |= {"huggingface_hub", "numpy", "safetensors", "jsonargparse", "pycocoevalcap", "fastapi", "uvicorn"}
 # The training CLI's sections: `model.decoding`, `trainer.devices`, `runtime.tf32: true` are settings.
 SETTING_ROOTS = {"model", "data", "trainer", "runtime", "checkpoint", "last_checkpoint", "predictions"}
+# Settings that are gone but that older checkpoints still hold: the docs say so, and the
+# checkpoint reader must still know them.
+FORMER_SETTINGS = {"model.validation_erasure", "model.scst", "model.hard_attention", "model.attention_lambda"}
+CHECKPOINT_READER = "captioner/inference/checkpoint.py"
 # Files the code writes (named in the docs, but not in the repository).
 WRITTEN_FILES = {"config.yaml"}
+# File names the docs give as examples of what a user might type.
+EXAMPLE_FILES = {"foo.yaml"}
 FILE_NAME = re.compile(r"\.(py|json|jsonl|yaml|yml|png|jpg|ckpt|safetensors|md|txt|npy|html|ipynb|csv)\b")
 
 
@@ -295,6 +308,10 @@ class Checker:
                     self.statement(child)
 
     def bind_import(self, node: ast.AST, dotted: str, name: str, whole: Any) -> None:
+        root = dotted.split(".")[0]
+        if root in OPTIONAL_PACKAGES and importlib.util.find_spec(root) is None:
+            self.names[name] = None
+            return
         try:
             value = import_path(dotted)
         except (NotFound, AttributeError):
@@ -417,6 +434,10 @@ def setting_problems(text: str) -> list[str]:
     if key.endswith((".*", ".")):  # `model.*`, or `model.` as a prefix
         prefix = key.rstrip("*").rstrip(".")
         return [] if is_settings_group(prefix) else [f"no settings under `{prefix}`"]
+    if key in FORMER_SETTINGS:
+        if key in setting_keys() or f'"{key.split(".")[-1]}"' not in (ROOT / CHECKPOINT_READER).read_text():
+            return [f"`{key}` is listed as a former setting, yet it is a setting or {CHECKPOINT_READER} forgot it"]
+        return []
     if key not in setting_keys() and not is_settings_group(key):
         return [f"`{key}` is no setting of `captioner train` (`--print_config` lists them)"]
     error = problem(f"--{key} {value}", fragment=True) if value.strip() else None
@@ -482,14 +503,14 @@ def file_problems(page: Path) -> list[str]:
             elif test and not re.search(rf"^def {test}\(", (ROOT / path).read_text(), re.MULTILINE):
                 out.append(f"{page_id(page)}:{number}: {path} has no `{test}`")
         for named in FILE_END.findall(line):
-            if named.startswith(REPO_PATH_ROOTS) or named in WRITTEN_FILES:
+            if named.startswith(REPO_PATH_ROOTS) or named in WRITTEN_FILES | EXAMPLE_FILES:
                 continue
             if not any(file == named or file.endswith(f"/{named}") for file in repository_files()):
                 out.append(f"{page_id(page)}:{number}: no file `{named}` in the repository")
     return out
 
 
-REPO_PATH_ROOTS = ("captioner/", "configs/", "benchmarks/", "tests/", "docs/", "notebooks/", "tools/")
+REPO_PATH_ROOTS = ("captioner/", "configs/", "benchmarks/", "tests/", "docs/", "notebooks/")
 
 
 # -- the tests -------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The GPU paths, on a GPU: `make gpu-check` (`pytest -m gpu`). Skipped without CUDA (conftest).
 
-The switches themselves are also exercised on the CPU (tests/test_gpu_switches.py); these run
-them where they matter: bf16-mixed training, torch.compile with inductor, TF32, DDP over two
-GPUs, and predict with its writer.
+The switches themselves are also exercised on the CPU (tests/test_gpu_switches.py,
+tests/test_mixed_precision.py); these run them where they matter: bf16-mixed and 16-mixed
+training, torch.compile with inductor, TF32, DDP over two GPUs, and predict with its writer.
+Mixed precision's numbers against the float64 reference on CUDA: tests/test_decoder_reference.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from captioner.inference.api import Captioner
 from captioner.training.cli import cli_main
 from captioner.training.runtime import use_tf32
 from tests.fixtures import TINY_MODEL
+from tests.test_mixed_precision import _spy_on_clipping, _spy_on_the_time_loop
 
 pytestmark = pytest.mark.gpu
 ON_GPU = [*TINY_MODEL, "--trainer.accelerator", "gpu", "--trainer.devices", "1"]  # later flags win
@@ -38,10 +40,26 @@ def _fit(synth_data, tmp_path, *extra: str):
     )
 
 
-def test_bf16_mixed_fit_on_the_gpu(synth_data, tmp_path):
-    cli = _fit(synth_data, tmp_path, "--trainer.precision", "bf16-mixed", "--model.encoder.channels_last", "true")
+@pytest.mark.parametrize(("precision", "low"), [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)])
+def test_mixed_precision_fit_on_the_gpu_runs_the_time_loop(precision, low, synth_data, tmp_path, monkeypatch):
+    # Under CUDA autocast the decoder takes its hand-written time loop with 16-bit matrices, and
+    # the fused Adam's gradients are clipped (16-mixed: unscaled first), as configs/shapes.yaml trains.
+    if low is torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("bf16-mixed needs a GPU with bfloat16 (compute capability 8.0 or newer)")
+    calls, clipped = _spy_on_the_time_loop(monkeypatch), _spy_on_clipping(monkeypatch)
+    cli = _fit(
+        synth_data,
+        tmp_path,
+        "--trainer.precision",
+        precision,
+        "--trainer.gradient_clip_val",
+        "1.0",
+        "--model.encoder.channels_last",
+        "true",
+    )
     assert cli.trainer.strategy.root_device.type == "cuda"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    assert sum(calls.values()) == 1 and {matrices for _, matrices in calls} == {low} and clipped == [True]
 
 
 def test_compile_with_inductor_on_the_gpu(synth_data, tmp_path):

@@ -1,20 +1,16 @@
-"""The GPU switches, exercised on the CPU: mixed precision, channels-last, torch.compile."""
+"""The GPU switches, exercised on the CPU: mixed precision, channels-last, torch.compile (mixed
+precision in detail: tests/test_mixed_precision.py)."""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
 
 from captioner.cli import main
-from captioner.models import DecoderConfig, Encoder, EncoderConfig
+from captioner.models import Encoder, EncoderConfig
 from captioner.training.cli import cli_main
 from captioner.training.runtime import use_tf32
-from captioner.training.system import CaptioningModule
 from tests.fixtures import TINY_MODEL
-
-WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle"]
 
 
 def test_bf16_mixed_fast_dev_run_with_channels_last(synth_data, tmp_path):
@@ -37,28 +33,6 @@ def test_bf16_mixed_fast_dev_run_with_channels_last(synth_data, tmp_path):
     convolutions = [m.weight for m in cli.model.model.encoder.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-
-
-def test_float16_autocast_covers_the_decoder_matmuls_and_trains():
-    # What 16-mixed does on a GPU; CPU autocast can cast to float16 too. The decoder takes its
-    # autograd path there, so its matmuls run in float16 while the loss stays float32.
-    torch.manual_seed(0)
-    module = CaptioningModule(
-        WORDS,
-        image_size=32,
-        encoder=EncoderConfig(backbone="resnet18", stages=2, grid_size=2, fine_tune="all"),
-        decoder=DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0),
-    )
-    batch = {"images": torch.randn(2, 3, 32, 32), "tokens": torch.tensor([[1, 4, 5, 6, 2], [1, 6, 2, 0, 0]])}
-    with torch.autocast("cpu", dtype=torch.float16), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # self.log without a trainer
-        logits, _ = module.model(module.model.encode(batch["images"]), batch["tokens"][:, :-1])
-        loss = module.training_step(batch, 0)
-    assert logits.dtype == torch.float16
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    grads = [p.grad for p in module.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_channels_last_gives_the_same_features():

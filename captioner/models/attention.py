@@ -49,7 +49,9 @@ class SoftAttention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~(mask.unsqueeze(1) if mask.dim() == 2 else mask), float("-inf"))
         alpha = scores.softmax(dim=-1)
-        context = torch.bmm(alpha.to(features.dtype), features)  # (B, K, P) @ (B, P, D): Σ_i α_i a_i per beam
+        # (B, K, P) @ (B, P, D): Σ_i α_i a_i per beam, in the features' dtype (16 bits under mixed
+        # precision), returned in α's (float32 at least).
+        context = torch.bmm(alpha.to(features.dtype), features).to(alpha.dtype)
         if not beams:
             return context.squeeze(1), alpha.squeeze(1)
         return context, alpha

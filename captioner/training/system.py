@@ -34,7 +34,7 @@ from captioner.training.nonfinite import NonFiniteLosses
 from captioner.training.objectives import CrossEntropy, Objective
 from captioner.training.objectives.base import batch_annotations
 from captioner.training.optimization import OptimizerConfig, configure_optimizer
-from captioner.training.runtime import reseed_for_epoch
+from captioner.training.runtime import clip_fused, reseed_for_epoch
 from captioner.vocab import Vocabulary
 
 # What `model.objective` is unless the config names another (shown by --print_config).
@@ -166,6 +166,10 @@ class CaptioningModule(pl.LightningModule):
         """Refuse another vocabulary's checkpoint; read older layouts (`upgrade_checkpoint`)."""
         path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
         upgrade_checkpoint(checkpoint, self.vocab, path)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if not clip_fused(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):  # mixed precision
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         steps = int(self.trainer.estimated_stepping_batches) if self.optimizer_config.lr_schedule == "cosine" else 0

@@ -38,7 +38,7 @@ class CrossEntropy(Objective):
 
     def forward(self, model: ShowAttendTell, batch: dict[str, Any]) -> tuple[Tensor, Logs]:
         tokens = batch["tokens"]
-        # Under mixed precision the decoder runs its autograd path with autocast's matmuls.
+        # Under mixed precision the fused decoder casts its own products; its logits and α are float32.
         logits, alphas = model(batch_annotations(model, batch), tokens[:, :-1])
         parts = caption_loss(
             logits.float(), tokens[:, 1:], alphas.float(), self.pad_id, self.attention_lambda, self.attention_entropy
