@@ -256,3 +256,39 @@ def test_init_from_an_old_layout_checkpoint_copies_every_weight(tiny_checkpoint,
     load_weights(old, fresh, loaded.vocab)
     for (name, want), got in zip(loaded.model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(want, got), name
+
+
+def test_a_checkpoint_from_before_the_grounding_defaults_keeps_the_paper_settings(synth_data, tmp_path, test_images):
+    """A checkpoint written before `attend_from`, `initial_state` and `align_grid` existed was made
+    with the paper's settings, which are no longer the defaults: it must load as that model,
+    not as one with today's defaults (wrong LSTM width, missing h0 layer, or, silently for
+    align_grid, features shifted from their cells)."""
+    from captioner.inference.checkpoint import upgrade_hparams
+    from tests.fixtures import train_tiny_checkpoint
+
+    paper = ["--model.decoder.attend_from", "previous", "--model.decoder.initial_state", "mean"]
+    trained = train_tiny_checkpoint(
+        synth_data,
+        tmp_path / "run",
+        *paper,
+        "--model.encoder.align_grid",
+        "false",
+        "--trainer.limit_train_batches",
+        "3",
+    )
+
+    def predating(checkpoint: dict) -> None:
+        del checkpoint["hyper_parameters"]["decoder"]["attend_from"]
+        del checkpoint["hyper_parameters"]["decoder"]["initial_state"]
+        del checkpoint["hyper_parameters"]["encoder"]["align_grid"]
+
+    old = _tampered(trained, tmp_path, predating)
+    settings = upgrade_hparams(load_checkpoint(old)["hyper_parameters"])  # what `train test --ckpt_path` reads
+    assert settings["decoder"]["attend_from"] == "previous" and settings["encoder"]["align_grid"] is False
+    loaded = load_model(old).model
+    assert loaded.decoder.config.attend_from == "previous" and loaded.decoder.config.initial_state == "mean"
+    assert loaded.encoder.config.align_grid is False
+    now, then = Captioner.from_checkpoint(trained, "cpu"), Captioner.from_checkpoint(old, "cpu")
+    for a, b in zip(now.caption(test_images), then.caption(test_images)):
+        assert a.tokens == b.tokens
+        assert torch.equal(a.alphas, b.alphas)

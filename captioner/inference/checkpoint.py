@@ -233,6 +233,12 @@ _RENAMED_SETTINGS = {"validation_erasure": "validation_faithfulness"}
 # settings, else a decoder with hard attention; λ and the entropy weight sat beside them.
 OBJECTIVES = "captioner.training.objectives."
 _LOSS_WEIGHTS = ("attention_lambda", "attention_entropy")
+# Settings whose default changed to the grounding settings (`paper` keeps the old ones): a
+# checkpoint written before the setting existed was made with its old value.
+_FORMER_DEFAULTS = {
+    "encoder": {"align_grid": False},
+    "decoder": {"initial_state": "mean", "attend_from": "previous"},
+}
 
 
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -251,6 +257,9 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
             hparams[group] = {**moved, **(hparams.get(group) or {})}
     if "objective" not in hparams and any(key in hparams for key in (*_LOSS_WEIGHTS, "scst", "hard_attention")):
         hparams["objective"] = _objective_of(hparams)
+    for key, former in _FORMER_DEFAULTS.items():
+        if isinstance(hparams.get(key), dict):
+            hparams[key] = {**former, **hparams[key]}
     return hparams
 
 
@@ -277,11 +286,14 @@ def _load_state(state: Mapping[str, Any], model: ShowAttendTell, problem: Callab
 
 def _settings(kind: type[PlainConfig], hparams: dict[str, Any], key: str) -> Any:
     """The `kind` settings stored under `key`; checkpoints of captioner 0.1 kept them flat among
-    the hyper-parameters, under the same field names."""
+    the hyper-parameters, under the same field names. A setting the checkpoint predates takes
+    the value it had then (`_FORMER_DEFAULTS`)."""
     if key in hparams:
-        return kind.from_dict(hparams[key])
-    names = {field.name for field in dataclasses.fields(kind)}
-    return kind.from_dict({name: value for name, value in hparams.items() if name in names})
+        stored = hparams[key]
+    else:
+        names = {field.name for field in dataclasses.fields(kind)}
+        stored = {name: value for name, value in hparams.items() if name in names}
+    return kind.from_dict({**_FORMER_DEFAULTS.get(key, {}), **stored} if isinstance(stored, dict) else stored)
 
 
 def refused_global(error: pickle.UnpicklingError) -> str | None:

@@ -66,10 +66,10 @@ class EncoderConfig(PlainConfig):
         k's centre (3.5 px at stride 8, 15.5 at 32); with this on, the image is padded by about
         s/2 on each side and the map's first row and column (centred outside the image) are
         dropped, so the features sit within 0.5 px of the cell centres (about (1 + s/S)² the
-        trunk's work, S the image side). VGG's maps are centred already. Not in the paper; off by
-        default (kept for the paper's setups), on in the small-data recipe: without it even a
-        decoder that attends exactly to the object's feature is scored, and drawn, a fraction of
-        a cell right of and below it (docs/grounding_offset.md).
+        trunk's work, S the image side). VGG's maps are centred already. Not in the paper (the
+        `paper` recipe turns it off); on by default: without it even a decoder that attends
+        exactly to the object's feature is scored, and drawn, a fraction of a cell right of and
+        below it (docs/grounding_offset.md).
     """
 
     backbone: str = "resnet101"
@@ -79,7 +79,7 @@ class EncoderConfig(PlainConfig):
     fine_tune: str | int = "none"
     channels_last: bool = False
     coord_channels: bool = False
-    align_grid: bool = False
+    align_grid: bool = True
 
     def __post_init__(self) -> None:
         require_positive(grid_size=self.grid_size)
@@ -104,7 +104,9 @@ NOT_IN_FEATURES = ("fine_tune", "channels_last")
 
 @dataclass(frozen=True)
 class DecoderConfig(PlainConfig):
-    """The attention LSTM decoder (Xu et al. 2015).
+    """The attention LSTM decoder (Xu et al. 2015). The defaults are the settings that ground best
+    (docs/grounding_study.md); the paper's are `initial_state: mean`, `attend_from: previous`
+    (the `paper` recipe).
 
     embed_dim, hidden_dim, attention_dim: widths of the word embedding, the LSTM and the
         attention's hidden layer.
@@ -115,8 +117,8 @@ class DecoderConfig(PlainConfig):
         with REINFORCE; see `captioner.models.hard_attention`).
     hard_decoding: the context a "hard" decoder uses when it is not sampling (decoding, eval):
         "expected" Σ_i α_i a_i, as the paper does at test time, or "argmax" a_{argmax α}.
-    initial_state: "mean", h_0, c_0 = tanh(Linear(mean_i a_i)) as in the paper, or "zero",
-        h_0 = c_0 = 0, so the decoder learns what is in the image only through attention.
+    initial_state: "zero", h_0 = c_0 = 0, so the decoder learns what is in the image only
+        through attention, or "mean", h_0, c_0 = tanh(Linear(mean_i a_i)) as in the paper.
     attend_from: the state that chooses where to look for word y_t. "previous" as in the paper:
         α_t comes from h_{t-1}, before the LSTM has read y_{t-1}, and z_t feeds the LSTM (so it
         can serve later words too) and the deep output. "current" (the spatial attention of
@@ -133,8 +135,8 @@ class DecoderConfig(PlainConfig):
     gate: str = "scalar"
     attention: str = "soft"
     hard_decoding: str = "expected"
-    initial_state: str = "mean"
-    attend_from: str = "previous"
+    initial_state: str = "zero"
+    attend_from: str = "current"
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

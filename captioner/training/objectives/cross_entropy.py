@@ -23,7 +23,7 @@ class CrossEntropy(Objective):
             the paper; > 0 favours attention on few cells). 0 leaves it out.
     """
 
-    def __init__(self, attention_lambda: float = 1.0, attention_entropy: float = 0.0) -> None:
+    def __init__(self, attention_lambda: float = 0.0, attention_entropy: float = 0.0) -> None:
         super().__init__()
         self.attention_lambda, self.attention_entropy = attention_lambda, attention_entropy
         self.pad_id = 0

@@ -51,7 +51,7 @@ class HardAttention(Objective):
 
     def __init__(
         self,
-        attention_lambda: float = 1.0,
+        attention_lambda: float = 0.0,
         attention_entropy: float = 0.0,
         reinforce_lambda: float = 1.0,
         entropy_lambda: float = 0.01,
