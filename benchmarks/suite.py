@@ -53,7 +53,15 @@ class Sizes:
 
     @property
     def decoder_config(self) -> DecoderConfig:
-        return DecoderConfig(embed_dim=self.width, hidden_dim=self.width, attention_dim=self.width)
+        # The paper's order, as the implementation we compare against has it (the `_current` rows
+        # time the other).
+        return DecoderConfig(
+            embed_dim=self.width,
+            hidden_dim=self.width,
+            attention_dim=self.width,
+            attend_from="previous",
+            initial_state="mean",
+        )
 
 
 COCO = Sizes(

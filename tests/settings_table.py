@@ -45,12 +45,14 @@ def roots() -> dict[str, type]:
 @dataclass(frozen=True)
 class Group:
     """The settings under `key` (`model.encoder`): held by `owner`, as (name, default) pairs in the
-    order the code declares them. `optional`: the group itself defaults to null (off until set)."""
+    order the code declares them. `optional`: the group itself defaults to null (off until set);
+    `chosen`: `owner` is the default of a setting that takes any subclass of `chosen` by class_path."""
 
     key: str
     owner: type
     settings: tuple[tuple[str, Any], ...]
     optional: bool = False
+    chosen: type | None = None
 
     def keys(self) -> list[str]:
         return [f"{self.key}.{name}" for name, _ in self.settings]
@@ -76,17 +78,23 @@ def settings() -> dict[str, Any]:
 
 
 def _walk(key: str, owner: type, parameters: list[tuple[str, Any, Any]], optional: bool, out: list[Group]) -> None:
-    own, nested = [], []
+    own, nested, chosen = [], [], []
     for name, hint, default in parameters:
         if default is REQUIRED:
             continue
         config = _dataclass_in(hint)
-        if config is None:
+        if _lazy_class(default) is not None:
+            chosen.append((name, hint, default))
+        elif config is None:
             own.append((name, default))
         else:
             nested.append((name, config, default))
     if own:
         out.append(Group(key, owner, tuple(own), optional))
+    for name, hint, default in chosen:
+        cls = _lazy_class(default)
+        arguments = {**_init_defaults(cls), **default._lazy_kwargs}
+        out.append(Group(f"{key}.{name}", cls, tuple(arguments.items()), chosen=hint))
     for name, config, default in nested:
         hints = typing.get_type_hints(config)
         fields = [(f.name, hints[f.name], _field_default(f, default)) for f in dataclasses.fields(config)]
@@ -102,6 +110,17 @@ def _field_default(field: dataclasses.Field, instance: Any) -> Any:
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return REQUIRED
+
+
+def _lazy_class(value: Any) -> type | None:
+    """The class of a `jsonargparse.lazy_instance` default (what `class_path` names), else None."""
+    return getattr(value, "_lazy_class_type", None)
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    """The constructor's parameters that have defaults, in order, with them."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: p.default for p in parameters if p.default is not REQUIRED}
 
 
 def _dataclass_in(hint: Any) -> type | None:
@@ -128,8 +147,10 @@ def table() -> str:
         values = ", ".join(f"`{name}` = {format_value(default)}" for name, default in group.settings)
         if group.optional:
             values = f"null (off) until set; then {values}"
-        owner = f"{group.owner.__module__}.{group.owner.__qualname__}"
-        rows.append(f"| `{group.key}.*` | `{owner}` | {values} |")
+        owner = f"`{group.owner.__module__}.{group.owner.__qualname__}`"
+        if group.chosen is not None:
+            owner += f" by default; any `{group.chosen.__qualname__}` by class_path"
+        rows.append(f"| `{group.key}.*` | {owner} | {values} |")
     return "\n".join(rows)
 
 

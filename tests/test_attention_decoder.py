@@ -199,7 +199,7 @@ def test_zero_initial_state_starts_from_zero_whatever_the_features():
         assert torch.equal(h, torch.zeros(3, 9)) and torch.equal(c, torch.zeros(3, 9))
     # A "mean" decoder whose Linear(mean a) is 0 starts at tanh(0) = 0 too: same logits, same gradients
     # (the hand-written backward must not assume an h_0 that depends on the features).
-    mean = _decoder()
+    mean = _decoder(initial_state="mean")
     mean.load_state_dict(zero.state_dict(), strict=False)
     torch.nn.init.zeros_(mean.init_proj.weight)
     torch.nn.init.zeros_(mean.init_proj.bias)

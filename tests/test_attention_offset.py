@@ -46,8 +46,9 @@ def test_peaks_report_on_a_trained_checkpoint(tiny_checkpoint, synth_data, capsy
     assert main(["peaks", str(tiny_checkpoint), str(synth_data), "--images", "4"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["images"], report["image_size"], report["grid"]) == (4, 64, 4)
-    # Stride 8 pooled in 2x2 bins: each feature looks 3.5 px up and left of its drawn cell.
-    assert report["feature_minus_drawn_px"] == [-3.5] * 4
+    # Stride 8 pooled in 2x2 bins, aligned (the default): each feature looks 0.5 px below and
+    # right of its drawn cell's centre (3.5 px up and left without `align_grid`).
+    assert report["feature_minus_drawn_px"] == [0.5] * 4
     for key in ("effective_minus_drawn_px", "untrained_effective_minus_drawn_px"):
         effective = report[key]
         assert len(effective["per_column_dx"]) == len(effective["per_row_dy"]) == 4

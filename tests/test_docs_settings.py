@@ -26,6 +26,7 @@ from tests.docs_cli import cli_settings
 from tests.docs_pages import ROOT
 
 LIMITS = "captioner.models.search.DECODING_LIMITS"
+HARD = "captioner.training.objectives.HardAttention"
 SERVE = "captioner.serve.limits.Limits"
 
 # (page, the sentence with `{key}` for each default it states, {key: the value its words imply})
@@ -46,27 +47,24 @@ CLAIMS: list[tuple[str, str, dict[str, Any]]] = [
         f"at most 80 MP decode at once across requests (503 with Retry-After beyond a {{{SERVE}.max_decode_wait_s}} s",
         {f"{SERVE}.max_pixels_in_flight": 80_000_000},
     ),
-    ("docs/objectives.md", "(`model.attention_lambda`, λ = {model.attention_lambda} by default)", {}),
-    ("docs/objectives.md", "(`model.attention_entropy`, {model.attention_entropy} by default;", {}),
+    ("docs/objectives.md", "(`attention_lambda`, λ = {model.objective.attention_lambda} by default;", {}),
+    ("docs/objectives.md", "(`attention_entropy`, {model.objective.attention_entropy} by default;", {}),
     (
         "docs/objectives.md",
-        "REINFORCE with a moving-average baseline (decay {model.hard_attention.baseline_decay}), an entropy bonus "
-        "λ_e (`--model.hard_attention.entropy_lambda`, default {model.hard_attention.entropy_lambda})",
-        {"model.hard_attention.baseline": "moving_average"},
+        f"REINFORCE with a moving-average baseline (decay {{{HARD}(baseline_decay)}}, `baseline_decay`), an entropy "
+        f"bonus λ_e (`entropy_lambda`, default {{{HARD}(entropy_lambda)}})",
+        {f"{HARD}(baseline)": "moving_average"},
     ),
-    ("docs/objectives.md", "with probability {model.hard_attention.expected_prob} (`expected_prob`)", {}),
-    ("docs/objectives.md", "`reinforce_lambda`, default {model.hard_attention.reinforce_lambda}", {}),
+    ("docs/objectives.md", f"with probability {{{HARD}(expected_prob)}} (`expected_prob`)", {}),
+    ("docs/objectives.md", f"`reinforce_lambda`, default {{{HARD}(reinforce_lambda)}};", {}),
     ("docs/objectives.md", "`--model.decoder.hard_decoding {model.decoder.hard_decoding}` (default,", {}),
-    ("docs/model.md", "(`initial_state: zero` starts from 0 instead)", {"model.decoder.initial_state": "mean"}),
-    ("docs/model.md", "the paper's `{model.decoder.attend_from}` stays the default", {}),
+    ("docs/model.md", "or 0 (`initial_state: {model.decoder.initial_state}`, the default)", {}),
+    ("docs/model.md", "so `attend_from: {model.decoder.attend_from}` is the default", {}),
     (
         "docs/grounding_study.md",
-        "The paper's order, λ = {model.attention_lambda}, mean h₀ and the scalar gate stay the defaults",
-        {
-            "model.decoder.attend_from": "previous",
-            "model.decoder.initial_state": "mean",
-            "model.decoder.gate": "scalar",
-        },
+        "`attend_from: {model.decoder.attend_from}`, `initial_state: {model.decoder.initial_state}`, "
+        "`align_grid: {model.encoder.align_grid}`, λ = {model.objective.attention_lambda}",
+        {},
     ),
     ("docs/training.md", "`runtime.tf32` (default {runtime.tf32})", {}),
     ("docs/reliability.md", "With the default `{model.optimizer.lr_schedule}` schedule", {}),

@@ -158,7 +158,7 @@ def test_align_grid_centres_each_feature_on_its_cell(backbone, stages, stride):
     # 20 cells: cell 9's receptive field (99 px for ResNet-18's first two stages) fits inside the image.
     image_size, cell = 20 * stride, (9, 11)
     centre = [(k + 0.5) * stride for k in reversed(cell)]  # (x, y) of the cell's centre
-    plain = Encoder(EncoderConfig(backbone=backbone, stages=stages, grid_size=20))
+    plain = Encoder(EncoderConfig(backbone=backbone, stages=stages, grid_size=20, align_grid=False))
     aligned = Encoder(EncoderConfig(backbone=backbone, stages=stages, grid_size=20, align_grid=True))
     offset = (stride - 1) / 2
     assert _receptive_field_centre(plain, image_size, cell) == pytest.approx([c - offset for c in centre])
@@ -191,7 +191,7 @@ def test_feature_centres_against_the_cells_grounding_draws(stages, image_size, p
 
 def test_feature_centres_are_where_the_pooled_features_look():
     # A 30x30 map pooled to 20 cells: bins of one and two map cells, centred off the drawn cells.
-    encoder = Encoder(EncoderConfig("resnet18", stages=2, grid_size=20))
+    encoder = Encoder(EncoderConfig("resnet18", stages=2, grid_size=20, align_grid=False))
     centres = encoder.feature_centres(240)
     for cell in (9, 10):
         x, y = _receptive_field_centre(encoder, 240, (cell, cell))

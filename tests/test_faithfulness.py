@@ -3,12 +3,14 @@ randomisation, determinism, padding, both step orders and hard attention."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from captioner.dates.model import DatesModel, encode_texts
+from captioner.dates.system import TRANSLATION_DECODER
 from captioner.evaluation import faithfulness
 from captioner.evaluation.faithfulness import (
     WordDeletion,
@@ -281,7 +283,7 @@ def test_dates_model_erases_input_characters_and_never_the_padding():
     model = DatesModel(
         list("0123456789 JulyThe,"),
         SequenceEncoderConfig(embed_dim=8, hidden_dim=8),
-        DecoderConfig(embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0),
+        dataclasses.replace(TRANSLATION_DECODER, embed_dim=8, hidden_dim=8, attention_dim=8, dropout=0.0),
     ).eval()
     with torch.no_grad():
         model.decoder.out_context.weight.mul_(30)  # words that lean on what they read

@@ -175,7 +175,7 @@ def test_fine_tuning_with_cached_features_is_refused(extracted, config, capsys):
         (["--model.encoder.grid_size", "2"], "grid_size=4"),
         (["--seed_everything", "1"], "encoder_sha256="),
         # The same weights, features shifted by half a stride: its hash cannot tell.
-        (["--model.encoder.align_grid", "true"], "align_grid=False"),
+        (["--model.encoder.align_grid", "false"], "align_grid=True"),
     ],
     ids=["grid_size", "other_random_weights", "align_grid"],
 )
@@ -207,7 +207,7 @@ def test_every_encoder_setting_decides_the_features_unless_listed_as_not():
         other_settings, other_features = extracted_with(**changed)
         assert other_settings == settings
         torch.testing.assert_close(other_features, features)
-    assert extracted_with(align_grid=True)[0] != settings
+    assert extracted_with(align_grid=not EncoderConfig.align_grid)[0] != settings
 
 
 def test_missing_extraction_and_nonempty_out_are_clear_errors(extracted, config, tmp_path, capsys):

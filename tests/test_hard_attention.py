@@ -23,7 +23,7 @@ V, D, P = 11, 6, 5
 VOCAB = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *"abcdefg"])
 
 
-def _decoder(attention="hard", hard_decoding="expected", seed=0, attend_from="previous"):
+def _decoder(attention="hard", hard_decoding="expected", seed=0, attend_from="previous", initial_state="mean"):
     torch.manual_seed(seed)
     config = DecoderConfig(
         embed_dim=8,
@@ -33,6 +33,7 @@ def _decoder(attention="hard", hard_decoding="expected", seed=0, attend_from="pr
         attention=attention,
         hard_decoding=hard_decoding,
         attend_from=attend_from,
+        initial_state=initial_state,
     )
     return FusedDecoder(config, V, D)
 

@@ -22,13 +22,15 @@ from captioner.models.search import DecodingConfig, decode_captions, sample_capt
 from captioner.training import runtime, system
 from captioner.training.cli import cli_main
 from captioner.training.loss import caption_loss
-from captioner.training.objectives import HardAttentionConfig, MovingAverageBaseline, hard_attention_loss
+from captioner.training.objectives import HardAttention
 from captioner.training.system import CaptioningModule
 from captioner.vocab import Vocabulary
 from tests.fixtures import TINY_MODEL
 
 V, D, H, A, P, B, T = 40, 48, 24, 16, 9, 4, 6
 SIXTEEN_BITS = (torch.bfloat16, torch.float16)
+# Attending from the previous state, the order whose training runs the hand-written time loop.
+PAPER_ORDER = ["--model.decoder.attend_from", "previous"]
 aten = torch.ops.aten
 PRODUCTS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
 
@@ -69,6 +71,8 @@ def _sixteen_bits(tree) -> list[torch.Tensor]:
 
 def _decoder(seed: int = 0, **settings) -> FusedDecoder:
     torch.manual_seed(seed)
+    # The paper's order unless asked: it runs the hand-written time loop.
+    settings = {"attend_from": "previous", "initial_state": "mean", **settings}
     config = DecoderConfig(embed_dim=H, hidden_dim=H, attention_dim=A, dropout=0.1, **settings)
     return FusedDecoder(config, V, D).train()
 
@@ -98,14 +102,15 @@ def _teacher_forced(decoder, features, tokens):
 
 
 def _hard(decoder, features, tokens):
-    config = HardAttentionConfig(
-        baseline="expected_context" if decoder.config.attend_from == "current" else "moving_average"
+    objective = HardAttention(
+        attention_lambda=1.0,
+        baseline="expected_context" if decoder.config.attend_from == "current" else "moving_average",
     )
     out = decoder.forward_hard(
-        features, tokens[:, :-1], expected_prob=0.5, with_expected_logits=config.expected_context_baseline
+        features, tokens[:, :-1], expected_prob=0.5, with_expected_logits=objective.expected_context_baseline
     )
     assert out.logits.dtype == out.location_log_probs.dtype == out.entropies.dtype == torch.float32
-    return hard_attention_loss(out, tokens[:, 1:], 0, 1.0, MovingAverageBaseline(), config)[0]
+    return objective.loss(out, tokens[:, 1:])[0]
 
 
 def _sampled(decoder, features, tokens):
@@ -244,7 +249,7 @@ def test_bf16_mixed_fit_runs_the_time_loop_and_clips_gradients(synth_data, tmp_p
     # As configs/shapes.yaml trains: gradient clipping, with the fused Adam that Lightning
     # refuses to clip under mixed precision (`runtime.clip_fused`).
     calls, clipped = _spy_on_the_time_loop(monkeypatch), _spy_on_clipping(monkeypatch)
-    args = ["--data.data_dir", str(synth_data), *TINY_MODEL, "--trainer.precision", "bf16-mixed"]
+    args = ["--data.data_dir", str(synth_data), *TINY_MODEL, *PAPER_ORDER, "--trainer.precision", "bf16-mixed"]
     cli = cli_main(
         [
             "fit",
@@ -265,7 +270,7 @@ def test_bf16_mixed_fit_runs_the_time_loop_and_clips_gradients(synth_data, tmp_p
 
 def test_bf16_mixed_fit_from_cached_features(synth_data, tmp_path, monkeypatch):
     # Cached features arrive as float32 (from float16 shards); the decoder casts them for W_a a.
-    common = ["--data.data_dir", str(synth_data), *TINY_MODEL]
+    common = ["--data.data_dir", str(synth_data), *TINY_MODEL, *PAPER_ORDER]
     assert main(["features", "extract", *common, "--out", str(tmp_path / "features")]) == 0
     calls = _spy_on_the_time_loop(monkeypatch)
     cli = cli_main(

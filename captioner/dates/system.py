@@ -33,6 +33,11 @@ from captioner.training.objectives import CrossEntropy, Objective
 DEFAULT_OBJECTIVE = lazy_instance(CrossEntropy, attention_lambda=0.0)
 
 
+# Bahdanau et al.'s translation model: α_t from the previous decoder state s_{t-1}, which
+# starts from the encoder's mean (the captioner's own defaults attend from the current state).
+TRANSLATION_DECODER = DecoderConfig(attend_from="previous", initial_state="mean")
+
+
 class DatesModule(pl.LightningModule):
     """Sequence encoder + attention decoder, trained with teacher forcing, judged by free decoding.
 
@@ -52,7 +57,7 @@ class DatesModule(pl.LightningModule):
         self,
         input_chars: list[str],
         encoder: SequenceEncoderConfig = SequenceEncoderConfig(),  # noqa: B008 - frozen, so one shared default is safe
-        decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
+        decoder: DecoderConfig = TRANSLATION_DECODER,
         decoding: DecodingConfig = DecodingConfig(),  # noqa: B008
         max_input_len: int = 64,
         objective: Objective = DEFAULT_OBJECTIVE,

@@ -236,9 +236,20 @@ _LOSS_WEIGHTS = ("attention_lambda", "attention_entropy")
 # Settings whose default changed to the grounding settings (`paper` keeps the old ones): a
 # checkpoint written before the setting existed was made with its old value.
 _FORMER_DEFAULTS = {
-    "encoder": {"align_grid": False},
-    "decoder": {"initial_state": "mean", "attend_from": "previous"},
+    "encoder": (EncoderConfig, {"align_grid": False}),
+    "decoder": (DecoderConfig, {"initial_state": "mean", "attend_from": "previous"}),
 }
+
+
+def _with_former_defaults(key: str, stored: Any) -> Any:
+    """`stored` settings under `key` with the former defaults of those it predates, when they
+    are the settings of the class that changed (a dates model's encoder is another class)."""
+    if key not in _FORMER_DEFAULTS or not isinstance(stored, dict):
+        return stored
+    kind, former = _FORMER_DEFAULTS[key]
+    if not set(stored) <= {field.name for field in dataclasses.fields(kind)}:
+        return stored
+    return {**former, **stored}
 
 
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -257,9 +268,9 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
             hparams[group] = {**moved, **(hparams.get(group) or {})}
     if "objective" not in hparams and any(key in hparams for key in (*_LOSS_WEIGHTS, "scst", "hard_attention")):
         hparams["objective"] = _objective_of(hparams)
-    for key, former in _FORMER_DEFAULTS.items():
-        if isinstance(hparams.get(key), dict):
-            hparams[key] = {**former, **hparams[key]}
+    for key in _FORMER_DEFAULTS:
+        if key in hparams:
+            hparams[key] = _with_former_defaults(key, hparams[key])
     return hparams
 
 
@@ -293,7 +304,7 @@ def _settings(kind: type[PlainConfig], hparams: dict[str, Any], key: str) -> Any
     else:
         names = {field.name for field in dataclasses.fields(kind)}
         stored = {name: value for name, value in hparams.items() if name in names}
-    return kind.from_dict({**_FORMER_DEFAULTS.get(key, {}), **stored} if isinstance(stored, dict) else stored)
+    return kind.from_dict(_with_former_defaults(key, stored))
 
 
 def refused_global(error: pickle.UnpicklingError) -> str | None:
