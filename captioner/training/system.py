@@ -5,9 +5,7 @@
 Training minimises the objective the config names (`model.objective`, one of
 `captioner.training.objectives`): by default cross-entropy over real tokens plus the doubly
 stochastic attention term; the paper's hard attention, or self-critical training on the CIDEr-D
-of sampled captions from a trained model:
-
-    captioner train fit --config configs/shapes_scst.yaml --model.init_from runs/demo/checkpoints/best.ckpt
+of sampled captions from a trained model (`configs/shapes_scst.yaml`).
 
 Validation and test decode without teacher forcing (`model.decoding`) and hand the
 captions to `captioner.evaluation.scores`, which gathers every rank's captions and scores each
@@ -188,13 +186,9 @@ class CaptioningModule(pl.LightningModule):
             annotations = batch_annotations(self.model, batch)
             captions = self.model.caption(annotations, self.vocab, self.decoding)
         tokens = [caption.tokens for caption in captions]
-        deletions = (
-            deletion_curves(
-                self.model.decoder, annotations.features, tokens, self.vocab.start_id, mask=annotations.mask
-            )
-            if faithfulness
-            else [None] * len(tokens)
-        )
+        decoder, start, deletions = self.model.decoder, self.vocab.start_id, [None] * len(tokens)
+        if faithfulness:
+            deletions = deletion_curves(decoder, annotations.features, tokens, start, mask=annotations.mask)
         return [
             DecodedImage(
                 image_id=int(batch["image_ids"][i]),
@@ -235,8 +229,7 @@ class CaptioningModule(pl.LightningModule):
     def boxes(self, stage: str) -> dict[int, list[Box]]:
         """Image id -> boxes of the data module's `stage` split ({} without instances), read once."""
         if stage not in self._boxes_by_stage:
-            data = self.data
-            self._boxes_by_stage[stage] = data.boxes(stage) if data is not None else {}
+            self._boxes_by_stage[stage] = self.data.boxes(stage) if self.data is not None else {}
         return self._boxes_by_stage[stage]
 
     # ------------------------------------------------------------------ predict
