@@ -3,9 +3,10 @@
     captioner train fit --config configs/shapes.yaml
 
 Training minimises the objective the config names (`model.objective`, one of
-`captioner.training.objectives`): by default cross-entropy over real tokens plus the doubly
-stochastic attention term; the paper's hard attention, or self-critical training on the CIDEr-D
-of sampled captions from a trained model (`configs/shapes_scst.yaml`).
+`captioner.training.objectives`): by default cross-entropy over real tokens (the paper's doubly
+stochastic attention term with λ > 0, as `configs/paper.yaml` has it); the paper's hard
+attention, or self-critical training on the CIDEr-D of sampled captions from a trained model
+(`configs/shapes_scst.yaml`).
 
 Validation and test decode without teacher forcing (`model.decoding`) and hand the
 captions to `captioner.evaluation.scores`, which gathers every rank's captions and scores each

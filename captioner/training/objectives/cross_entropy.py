@@ -18,7 +18,8 @@ class CrossEntropy(Objective):
     """Cross-entropy over real tokens + λ Σ_i (1 − Σ_t α_ti)² (`caption_loss`).
 
     Args:
-        attention_lambda: λ, the weight of the doubly stochastic term.
+        attention_lambda: λ, the weight of the doubly stochastic term; 0 by default (it spreads
+            attention over the image, docs/grounding_study.md), 1 in the paper.
         attention_entropy: weight of the mean entropy H(α_t) of each step's attention (not in
             the paper; > 0 favours attention on few cells). 0 leaves it out.
     """
