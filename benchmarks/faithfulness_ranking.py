@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.data.readers.coco import coco_layout, read_boxes, read_coco
+from captioner.data.collection import showing
 from captioner.evaluation.faithfulness import attention_spread, faithfulness_scores
 from captioner.evaluation.grounding import GroundingSample, coco_category_words, grounding_scores
 from captioner.inference.api import Captioner
@@ -33,9 +33,8 @@ def rank_row(ckpt: Path, data_dir: Path, split: str, batch_size: int = 50) -> di
     """The grounding and deletion numbers of `ckpt` on `split` of `data_dir` (a COCO layout with boxes)."""
     began = time.perf_counter()
     captioner = Captioner.from_checkpoint(ckpt, device="cpu")
-    layout = coco_layout(data_dir, split)
-    records = read_coco(layout["images"], layout["captions"], split)
-    boxes = read_boxes(layout["instances"])
+    data = showing(data_dir, split, format="coco")
+    records, boxes = data.records("test"), data.boxes("test")
     categories = sorted({box.category for image_boxes in boxes.values() for box in image_boxes})
     objects = coco_category_words(categories)
     words, deletions, samples, spreads = [], [], [], []
