@@ -30,7 +30,7 @@ import numpy as np
 from matplotlib import font_manager
 from PIL import Image, ImageDraw, ImageFont
 
-from captioner.data.synth import MARGIN, Instance, describe, layout_ok, write_dataset
+from captioner.data.synth import MARGIN, Instance, PixelFrame, describe, layout_ok, write_dataset
 from captioner.errors import CaptionerError
 
 CATEGORIES = ("two", "three", "four", "five", "seven", "eight")  # COCO category ids 1..6
@@ -53,8 +53,9 @@ def _reference_mask(category: str) -> Image.Image:
 
 
 @dataclass(frozen=True)
-class Glyph:
-    """One drawn digit: its category, grey level and ink mask placed with its top-left corner at (x, y)."""
+class Glyph(PixelFrame):
+    """One drawn digit: its category, grey level and ink mask placed with its top-left corner at
+    (x, y); its box is the ink's."""
 
     category: str
     grey: int
@@ -69,19 +70,6 @@ class Glyph:
     @property
     def h(self) -> int:
         return self.mask.height
-
-    @property
-    def cx(self) -> float:
-        return self.x + self.w / 2
-
-    @property
-    def cy(self) -> float:
-        return self.y + self.h / 2
-
-    @property
-    def bbox(self) -> list[float]:
-        """COCO xywh of the ink: pixel columns x .. x+w-1 and rows y .. y+h-1."""
-        return [float(self.x), float(self.y), float(self.w), float(self.h)]
 
     @property
     def phrase(self) -> str:

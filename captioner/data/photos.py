@@ -36,7 +36,6 @@ with the Karpathy file `dataset_photos.json`.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from functools import cache, partial
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from captioner.data.synth import MARGIN, SPLITS, Instance, apart, write_dataset
+from captioner.data.synth import MARGIN, SPLITS, Instance, PixelFrame, all_apart, clearly_ordered, write_dataset
 from captioner.errors import CaptionerError
 
 CATEGORIES = ("heart", "moon", "hexagon", "bolt", "hourglass", "arch")  # COCO category ids 1..6
@@ -127,8 +126,9 @@ OUTLINES = {
 
 
 @dataclass(frozen=True, eq=False)
-class Figure:
-    """One drawn figure: its kind, and its coverage placed with the top-left corner at (x, y)."""
+class Figure(PixelFrame):
+    """One drawn figure: its kind, and its coverage placed with the top-left corner at (x, y);
+    its box is the coverage's."""
 
     kind: str
     x: int
@@ -143,19 +143,6 @@ class Figure:
     @property
     def h(self) -> int:
         return self.coverage.shape[0]
-
-    @property
-    def cx(self) -> float:
-        return self.x + self.w / 2
-
-    @property
-    def cy(self) -> float:
-        return self.y + self.h / 2
-
-    @property
-    def bbox(self) -> list[float]:
-        """COCO xywh of the coverage: pixel columns x .. x+w-1 and rows y .. y+h-1."""
-        return [float(self.x), float(self.y), float(self.w), float(self.h)]
 
     @property
     def phrase(self) -> str:
@@ -199,11 +186,7 @@ def _sample_silhouette(
 
 def _layout_ok(figures: list[Figure], size: int) -> bool:
     """Frames at least the margin apart, and the top-to-bottom order clear."""
-    gap = MARGIN * size
-    if not all(apart(a, b, gap) for i, a in enumerate(figures) for b in figures[i + 1 :]):
-        return False
-    ys = sorted(f.cy for f in figures)
-    return all(b - a >= MIN_Y_GAP * size for a, b in itertools.pairwise(ys))
+    return all_apart(figures, MARGIN * size) and clearly_ordered([f.cy for f in figures], MIN_Y_GAP * size)
 
 
 def _sample_figures(rng: np.random.Generator, size: int) -> list[Figure]:

@@ -25,7 +25,6 @@ with the Karpathy file `dataset_scenes.json`.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from captioner.data.synth import MARGIN, Instance, apart, write_dataset
+from captioner.data.synth import MARGIN, Instance, all_apart, clearly_ordered, write_dataset
 from captioner.errors import CaptionerError
 
 CATEGORIES = ("star", "ring", "cross", "diamond", "arrow")  # COCO category ids 1..5
@@ -135,11 +134,7 @@ def _sample_things(rng: np.random.Generator, size: int) -> list[Thing]:
 
 def _layout_ok(things: list[Thing], size: int) -> bool:
     """Frames at least the margin apart, and the left-to-right order clear."""
-    gap = MARGIN * size
-    if not all(apart(a, b, gap) for i, a in enumerate(things) for b in things[i + 1 :]):
-        return False
-    xs = sorted(t.cx for t in things)
-    return all(b - a >= MIN_X_GAP * size for a, b in itertools.pairwise(xs))
+    return all_apart(things, MARGIN * size) and clearly_ordered([t.cx for t in things], MIN_X_GAP * size)
 
 
 def _listing(things: list[Thing]) -> str:

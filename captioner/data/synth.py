@@ -27,6 +27,7 @@ Image ids are unique across splits. Image `i` is drawn from its own generator se
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -149,12 +150,30 @@ class Placed(Protocol):
     def phrase(self) -> str: ...
 
 
+class PixelFrame:
+    """For an object drawn at whole pixels with its top-left corner at (x, y) and its extent
+    `w`, `h` (the subclass gives all four): its centre and its COCO box, pixel columns
+    x .. x+w-1 and rows y .. y+h-1."""
+
+    @property
+    def cx(self) -> float:
+        return self.x + self.w / 2
+
+    @property
+    def cy(self) -> float:
+        return self.y + self.h / 2
+
+    @property
+    def bbox(self) -> list[float]:
+        return [float(self.x), float(self.y), float(self.w), float(self.h)]
+
+
 def layout_ok(items: Sequence[Placed], size: int) -> bool:
     """No two boxes closer than the margin, and the relation the captions will state is
     unambiguous: two objects clearly apart along the stated axis and clearly more than along
     the other; three (named in a row) clearly apart from left to right."""
     gap = MARGIN * size
-    if not all(apart(a, b, gap) for i, a in enumerate(items) for b in items[i + 1 :]):
+    if not all_apart(items, gap):
         return False
     if len(items) == 2:
         a, b = items
@@ -162,14 +181,22 @@ def layout_ok(items: Sequence[Placed], size: int) -> bool:
         reach = (a.w + b.w) / 2 if dx >= dy else (a.h + b.h) / 2
         return max(dx, dy) >= reach + gap and min(dx, dy) <= 0.5 * max(dx, dy)
     if len(items) == 3:
-        xs = sorted(item.cx for item in items)
-        return min(xs[1] - xs[0], xs[2] - xs[1]) >= 0.18 * size
+        return clearly_ordered([item.cx for item in items], 0.18 * size)
     return True
 
 
-def apart(a: Placed, b: Placed, gap: float) -> bool:
-    """True when the boxes of `a` and `b` are at least `gap` apart along x or y."""
-    return abs(a.cx - b.cx) >= (a.w + b.w) / 2 + gap or abs(a.cy - b.cy) >= (a.h + b.h) / 2 + gap
+def all_apart(items: Sequence[Placed], gap: float) -> bool:
+    """True when every two boxes are at least `gap` apart along x or y."""
+    return all(
+        abs(a.cx - b.cx) >= (a.w + b.w) / 2 + gap or abs(a.cy - b.cy) >= (a.h + b.h) / 2 + gap
+        for a, b in itertools.combinations(items, 2)
+    )
+
+
+def clearly_ordered(positions: Sequence[float], gap: float) -> bool:
+    """True when the positions, sorted, are each at least `gap` past the one before."""
+    ordered = sorted(positions)
+    return all(b - a >= gap for a, b in itertools.pairwise(ordered))
 
 
 def describe(
