@@ -212,18 +212,6 @@ def test_category_words_are_the_only_mapped_caption_words_and_plurals_score(phot
     assert scores["grounded_words"] == 2 and scores["pointing_game"] == 0.5
 
 
-def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
-    def tree(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-    kwargs = dict(train=4, val=2, test=2, size=64)
-    first = tree(photos.generate(tmp_path / "a", seed=3, **kwargs))
-    assert first == tree(photos.generate(tmp_path / "b", seed=3, **kwargs))
-    other = tree(photos.generate(tmp_path / "c", seed=4, **kwargs))
-    assert first.keys() == other.keys()
-    assert all(first[name] != other[name] for name in first if name.endswith(".png"))
-
-
 def test_cli_kind_photos_and_its_size_error(tmp_path, capsys):
     args = ["--train", "3", "--val", "1", "--test", "1", "--size", "64"]
     assert main(["data", "synth", "--kind", "photos", "--out", str(tmp_path / "p"), *args]) == 0

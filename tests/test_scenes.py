@@ -129,18 +129,6 @@ def test_category_words_are_the_only_mapped_caption_words(scene_data):
     assert not words & {"circle", "square", "triangle", "red", "top", "left of"}  # not the shapes grammar
 
 
-def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
-    def tree(root: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-    kwargs = dict(train=5, val=2, test=2, size=64)
-    first = tree(scenes.generate(tmp_path / "a", seed=3, **kwargs))
-    assert first == tree(scenes.generate(tmp_path / "b", seed=3, **kwargs))
-    other = tree(scenes.generate(tmp_path / "c", seed=4, **kwargs))
-    assert first.keys() == other.keys()
-    assert all(first[name] != other[name] for name in first if name.endswith(".png"))
-
-
 def test_cli_kind_scenes_and_its_size_error(tmp_path, capsys):
     args = ["--train", "3", "--val", "1", "--test", "1", "--size", "96"]
     assert main(["data", "synth", "--kind", "scenes", "--out", str(tmp_path / "s"), *args]) == 0

@@ -13,7 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from captioner.cli import main
-from captioner.data import glyphs, synth
+from captioner.data import glyphs, photos, scenes, synth
 from captioner.evaluation.grounding import coco_category_words
 from captioner.vocab import tokenize
 
@@ -155,9 +155,17 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("generate", [synth.generate, glyphs.generate], ids=["shapes", "glyphs"])
-def test_same_seed_same_bytes_other_seed_other_images(generate, tmp_path):
-    kwargs = dict(train=6, val=2, test=2, size=48)
+@pytest.mark.parametrize(
+    ("generate", "kwargs"),
+    [
+        (synth.generate, dict(train=6, val=2, test=2, size=48)),
+        (glyphs.generate, dict(train=6, val=2, test=2, size=48)),
+        (scenes.generate, dict(train=5, val=2, test=2, size=64)),
+        (photos.generate, dict(train=4, val=2, test=2, size=64)),
+    ],
+    ids=["shapes", "glyphs", "scenes", "photos"],
+)
+def test_same_seed_same_bytes_other_seed_other_images(generate, kwargs, tmp_path):
     first = tree_bytes(generate(tmp_path / "a", seed=3, **kwargs))
     assert first == tree_bytes(generate(tmp_path / "b", seed=3, **kwargs))
     other = tree_bytes(generate(tmp_path / "c", seed=4, **kwargs))
